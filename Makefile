@@ -1,0 +1,59 @@
+# cocoon: the two commands a user needs are `make run` (set up everything, boot a microVM) and
+# `make test` (set up everything, run every test). The rest are their steps.
+SHELL := /bin/bash
+.DEFAULT_GOAL := run
+
+CARGO ?= cargo
+HOST_TARGET := x86_64-unknown-linux-gnu
+GUEST_DIR := target/guest
+AGENT := target/$(HOST_TARGET)/release/cocoon-agent
+DEB_PACKAGES := linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio xz-utils kmod \
+	qemu-system-x86 linux-image-cloud-amd64 busybox-static binutils e2fsprogs
+
+.PHONY: run test deps kernel agent guest build bench lint clean-guest
+
+## deps: install the Debian packages the build and the tests need (root, or sudo).
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "make deps: installing $$missing"; \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+## kernel: build (or reuse from ~/.cache/cocoon) the guest kernel.
+kernel: deps
+	@mkdir -p $(GUEST_DIR)
+	@dir=$$(guest-image/build-kernel.sh) && cp -f "$$dir/bzImage" "$$dir/vmlinux" $(GUEST_DIR)/
+
+## agent: the guest agent, statically linked (the guest has no libraries).
+agent:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p cocoon-agent --target $(HOST_TARGET)
+
+## guest: kernel + initramfs holding the agent; prints their sha256.
+guest: kernel agent
+	$(CARGO) run -q -p cocoon-guest-image -- --agent $(AGENT) --out $(GUEST_DIR)/initramfs.cpio >/dev/null
+	@cd $(GUEST_DIR) && sha256sum bzImage vmlinux initramfs.cpio | tee SHA256SUMS
+
+## build: the host binaries (VMM, harness, bench).
+build:
+	$(CARGO) build --workspace --bins
+
+## run: the main job. Sets everything up and boots a 2-vCPU microVM to its /init and back.
+run: guest build
+	target/debug/cocoon-emuhost --cpus 2 '$$COCOON_VMM --kernel $$GUEST_BZIMAGE --initrd $$GUEST_INITRD --vcpus 2 --memory-mib 128; echo "cocoon-vmm exit status: $$?"'
+
+## test: every test, end-to-end ones under real KVM included (they may not skip here).
+test: guest build
+	COCOON_REQUIRE_E2E=1 $(CARGO) test --workspace
+
+## bench: boot latency and VMM memory, cocoon vs qemu -M microvm, side by side in one run.
+bench: guest build
+	target/debug/cocoon-bench
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean-guest:
+	rm -rf $(GUEST_DIR)

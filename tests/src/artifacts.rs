@@ -1,0 +1,152 @@
+//! Where the things a scenario needs live: cocoon's binaries, the guest images, and the emulated
+//! host's ingredients from Debian packages.
+
+use std::path::{Path, PathBuf};
+
+/// The repository root (this crate lives in `<root>/tests`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The cargo profile directory the running executable was built into (`target/debug`, ...).
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current executable path");
+    let mut dir = exe
+        .parent()
+        .expect("executable has a directory")
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// A binary of this workspace, built by `make build` (or `cargo build --workspace`).
+pub fn workspace_binary(name: &str) -> Result<PathBuf, String> {
+    let path = std::env::var_os(format!("COCOON_{}", name.to_uppercase().replace('-', "_")))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| profile_dir().join(name));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is not built (run `make build`, or `cargo build --workspace`)",
+            path.display()
+        ))
+    }
+}
+
+/// The guest kernel (both formats) and initramfs built by `make guest`.
+#[derive(Clone, Debug)]
+pub struct GuestImages {
+    pub bzimage: PathBuf,
+    pub vmlinux: PathBuf,
+    pub initrd: PathBuf,
+}
+
+pub fn guest_dir() -> PathBuf {
+    std::env::var_os("COCOON_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/guest"))
+}
+
+pub fn guest_images() -> Result<GuestImages, String> {
+    let dir = guest_dir();
+    let images = GuestImages {
+        bzimage: dir.join("bzImage"),
+        vmlinux: dir.join("vmlinux"),
+        initrd: dir.join("initramfs.cpio"),
+    };
+    for p in [&images.bzimage, &images.vmlinux, &images.initrd] {
+        if !p.is_file() {
+            return Err(format!(
+                "guest image {} is missing (run `make guest`)",
+                p.display()
+            ));
+        }
+    }
+    Ok(images)
+}
+
+/// What the emulated KVM host is made of, all from Debian packages (`make deps` installs them).
+#[derive(Clone, Debug)]
+pub struct HostTools {
+    pub qemu: PathBuf,
+    pub kernel: PathBuf,
+    /// irqbypass.ko, kvm.ko, kvm-amd.ko, kvm-intel.ko of the same kernel.
+    pub modules: Vec<PathBuf>,
+    pub busybox: PathBuf,
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// Finds Debian's cloud kernel and its KVM modules, qemu and busybox-static.
+pub fn host_tools() -> Result<HostTools, String> {
+    let qemu = find_in_path("qemu-system-x86_64").ok_or(
+        "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86, or `make deps`)",
+    )?;
+    let busybox = PathBuf::from("/bin/busybox");
+    let static_busybox = std::fs::read(&busybox)
+        .map(|b| !cocoon_guest_image::needs_interpreter(&b))
+        .unwrap_or(false);
+    if !static_busybox {
+        return Err("/bin/busybox is missing or not static (apt-get install busybox-static, or `make deps`)".into());
+    }
+    let mut kernels: Vec<String> = std::fs::read_dir("/boot")
+        .map_err(|e| format!("/boot: {e}"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("vmlinuz-") && n.ends_with("-cloud-amd64"))
+        .collect();
+    kernels.sort();
+    let modules_of = |version: &str| -> Option<Vec<PathBuf>> {
+        let base = Path::new("/lib/modules").join(version).join("kernel");
+        let mods = vec![
+            base.join("virt/lib/irqbypass.ko"),
+            base.join("arch/x86/kvm/kvm.ko"),
+            base.join("arch/x86/kvm/kvm-amd.ko"),
+            base.join("arch/x86/kvm/kvm-intel.ko"),
+        ];
+        mods.iter().all(|m| m.is_file()).then_some(mods)
+    };
+    for name in kernels.iter().rev() {
+        let version = name.trim_start_matches("vmlinuz-");
+        if let Some(modules) = modules_of(version) {
+            return Ok(HostTools {
+                qemu,
+                kernel: Path::new("/boot").join(name),
+                modules,
+                busybox,
+            });
+        }
+    }
+    Err("no Debian cloud kernel with KVM modules in /boot (apt-get install linux-image-cloud-amd64, or `make deps`)".into())
+}
+
+/// True when this CPU advertises hardware virtualization.
+pub fn cpu_has_virtualization() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+        })
+        .unwrap_or(false)
+}
+
+/// True when /dev/kvm opens for reading and writing.
+pub fn dev_kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}

@@ -1,0 +1,90 @@
+//! `cocoon-emuhost`: runs a shell command next to cocoon's VMM and guest images under real KVM —
+//! directly where this CPU has hardware virtualization, else inside the emulated KVM host (qemu TCG,
+//! `-cpu max`, Debian's cloud kernel and KVM modules). Output streams live; the exit status is the
+//! command's. The command sees $COCOON_VMM, $GUEST_BZIMAGE, $GUEST_VMLINUX and $GUEST_INITRD.
+
+use std::io::Write;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use cocoon_tests::artifacts::{guest_images, workspace_binary};
+use cocoon_tests::emuhost::SCRIPT_EXIT;
+use cocoon_tests::process::run_with_deadline;
+use cocoon_tests::suite::{choose_mode, cocoon_host, KvmMode};
+
+fn usage() -> ExitCode {
+    eprintln!("usage: cocoon-emuhost [--cpus N] [--timeout SECS] COMMAND");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let mut cpus: u8 = 2;
+    let mut timeout = 300u64;
+    let mut command = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--cpus" => match args.next().and_then(|v| v.parse().ok()) {
+                Some(v) => cpus = v,
+                None => return usage(),
+            },
+            "--timeout" => match args.next().and_then(|v| v.parse().ok()) {
+                Some(v) => timeout = v,
+                None => return usage(),
+            },
+            _ if command.is_none() => command = Some(arg),
+            _ => return usage(),
+        }
+    }
+    let Some(command) = command else {
+        return usage();
+    };
+    match run(&command, cpus, Duration::from_secs(timeout)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("cocoon-emuhost: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(command: &str, cpus: u8, deadline: Duration) -> anyhow::Result<u8> {
+    let vmm = workspace_binary("cocoon-vmm").map_err(anyhow::Error::msg)?;
+    let guest = guest_images().map_err(anyhow::Error::msg)?;
+    let (mode, tools) = choose_mode()?;
+    let echo = |line: &str, _| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+    };
+    let finished = match mode {
+        KvmMode::Direct => {
+            eprintln!("cocoon-emuhost: this CPU has hardware virtualization: running directly");
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c")
+                .arg(command)
+                .env("COCOON_VMM", &vmm)
+                .env("GUEST_BZIMAGE", &guest.bzimage)
+                .env("GUEST_VMLINUX", &guest.vmlinux)
+                .env("GUEST_INITRD", &guest.initrd);
+            let finished = run_with_deadline(cmd, deadline, echo)?;
+            return Ok(finished.code.unwrap_or(1).clamp(0, 255) as u8);
+        }
+        KvmMode::EmulatedHost => {
+            eprintln!(
+                "cocoon-emuhost: no hardware virtualization here (no vmx/svm): running under the emulated KVM host (qemu TCG, -cpu max); expect it to be slower"
+            );
+            let mut host = cocoon_host(tools.expect("emulated tools"), &vmm, &guest, Vec::new())?;
+            host.cpus = cpus;
+            host.run(command, deadline, echo)?
+        }
+    };
+    if finished.timed_out {
+        anyhow::bail!("timed out after {}s", deadline.as_secs());
+    }
+    let status = finished
+        .output
+        .lines()
+        .find_map(|l| l.strip_prefix(SCRIPT_EXIT))
+        .and_then(|s| s.trim().parse::<u8>().ok());
+    status.ok_or_else(|| anyhow::anyhow!("the emulated host stopped before the command finished"))
+}

@@ -1,0 +1,246 @@
+//! The emulated KVM host: an initramfs of busybox, Debian's KVM modules, cocoon's binaries (with
+//! their shared libraries), the guest images and a script; booted by qemu TCG with `-cpu max`, which
+//! gives its guest AMD SVM, so the script finds a real /dev/kvm.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use cocoon_guest_image::Initramfs;
+
+use crate::artifacts::HostTools;
+use crate::process::{run_with_deadline, Finished};
+
+/// Printed by the host's init once /dev/kvm exists, before the script runs.
+pub const HOST_READY: &str = "@@COCOON-HOST-READY";
+/// Printed with the script's exit status, just before the host powers off.
+pub const SCRIPT_EXIT: &str = "@@COCOON-SCRIPT-EXIT";
+
+/// Paths inside the emulated host.
+pub const BIN_DIR: &str = "/cocoon/bin";
+pub const GUEST_DIR: &str = "/cocoon/guest";
+pub const FILES_DIR: &str = "/cocoon/files";
+pub const SCRIPT: &str = "/cocoon/script.sh";
+
+const HOST_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin
+mkdir -p /proc /sys /dev /tmp /run
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
+for m in irqbypass kvm; do insmod /modules/$m.ko || echo "@@COCOON-HOST-ERROR insmod $m failed"; done
+insmod /modules/kvm-amd.ko 2>/dev/null || insmod /modules/kvm-intel.ko 2>/dev/null
+if [ -c /dev/kvm ]; then
+  echo "@@COCOON-HOST-READY cpus=$(grep -c ^processor /proc/cpuinfo) uptime=$(cut -d' ' -f1 /proc/uptime)"
+  . /cocoon/env.sh
+  cd /tmp
+  sh /cocoon/script.sh 2>&1
+  echo "@@COCOON-SCRIPT-EXIT $?"
+else
+  echo "@@COCOON-HOST-ERROR no /dev/kvm after loading the KVM modules"
+fi
+sync
+poweroff -f
+"#;
+
+/// One file to put in the emulated host, with its permission bits.
+pub struct HostFile {
+    pub path: String,
+    pub contents: Vec<u8>,
+    pub perm: u32,
+}
+
+/// The emulated host being put together.
+pub struct EmulatedHost {
+    tools: HostTools,
+    image: Initramfs,
+    env: Vec<(String, String)>,
+    /// Emulated CPUs: at least as many as the largest guest has vCPUs (fewer hung the host).
+    pub cpus: u8,
+    pub memory_mib: u32,
+}
+
+/// Shared libraries `ldd` says a dynamically linked binary needs, as absolute paths.
+fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("running ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("not a dynamic executable") || text.contains("statically linked") {
+        return Ok(Vec::new());
+    }
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    Ok(libs)
+}
+
+/// A copy of `binary` without symbols (smaller initramfs, faster boot), or the original bytes if
+/// `strip` is not available.
+fn stripped(binary: &Path) -> Result<Vec<u8>> {
+    let tmp = std::env::temp_dir().join(format!(
+        "cocoon-strip-{}-{}",
+        std::process::id(),
+        binary.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let ok = Command::new("strip")
+        .arg("-o")
+        .arg(&tmp)
+        .arg(binary)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    let bytes = if ok {
+        std::fs::read(&tmp)?
+    } else {
+        std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?
+    };
+    let _ = std::fs::remove_file(&tmp);
+    Ok(bytes)
+}
+
+impl EmulatedHost {
+    pub fn new(tools: HostTools) -> Result<Self> {
+        let mut image = Initramfs::new();
+        image
+            .dir("/proc")
+            .dir("/sys")
+            .dir("/tmp")
+            .dir("/run")
+            .base_devices()
+            .file_from("/bin/busybox", &tools.busybox, 0o755)?
+            .symlink("/bin/sh", "busybox");
+        image.file_bytes("/init", HOST_INIT.as_bytes().to_vec(), 0o755);
+        for module in &tools.modules {
+            let name = module.file_name().unwrap().to_string_lossy();
+            image.file_from(&format!("/modules/{name}"), module, 0o644)?;
+        }
+        Ok(Self {
+            tools,
+            image,
+            env: Vec::new(),
+            cpus: 2,
+            memory_mib: 1536,
+        })
+    }
+
+    /// Adds a host binary at `/cocoon/bin/<name>`, stripped, with the libraries it links against.
+    pub fn add_binary(&mut self, binary: &Path) -> Result<String> {
+        let name = binary
+            .file_name()
+            .context("binary has no file name")?
+            .to_string_lossy()
+            .to_string();
+        for lib in shared_libraries(binary)? {
+            let dest = lib.to_string_lossy().to_string();
+            let real = std::fs::canonicalize(&lib)
+                .with_context(|| format!("resolving {}", lib.display()))?;
+            self.image.file_from(&dest, &real, 0o755)?;
+        }
+        let dest = format!("{BIN_DIR}/{name}");
+        self.image.file_bytes(&dest, stripped(binary)?, 0o755);
+        Ok(dest)
+    }
+
+    /// Adds a file at an absolute path inside the host.
+    pub fn add_file(&mut self, path: &str, source: &Path) -> Result<()> {
+        self.image.file_from(path, source, 0o644)?;
+        Ok(())
+    }
+
+    pub fn add_bytes(&mut self, file: HostFile) {
+        self.image.file_bytes(&file.path, file.contents, file.perm);
+    }
+
+    /// Exports a variable to the script.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Boots the host, runs `script` in it, and powers it off. Each output line goes to `on_line`.
+    pub fn run(
+        mut self,
+        script: &str,
+        deadline: Duration,
+        on_line: impl FnMut(&str, Duration) + Send + 'static,
+    ) -> Result<Finished> {
+        let mut env = String::new();
+        for (k, v) in &self.env {
+            if v.contains('\'') {
+                bail!("environment value for {k} contains a quote");
+            }
+            env.push_str(&format!("export {k}='{v}'\n"));
+        }
+        self.image
+            .file_bytes("/cocoon/env.sh", env.into_bytes(), 0o644)
+            .file_bytes(SCRIPT, script.as_bytes().to_vec(), 0o755);
+        let dir = TempDir::new("cocoon-emuhost")?;
+        let initrd = dir.path().join("host.cpio");
+        self.image.write_file(&initrd)?;
+        let mut cmd = Command::new(&self.tools.qemu);
+        cmd.args([
+            "-machine",
+            "pc",
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+        ])
+        .args(["-smp", &self.cpus.to_string()])
+        .args(["-m", &self.memory_mib.to_string()])
+        .args(["-nodefaults", "-no-user-config", "-no-reboot"])
+        .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&self.tools.kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args([
+            "-append",
+            "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init",
+        ]);
+        let finished = run_with_deadline(cmd, deadline, on_line)
+            .with_context(|| format!("starting {}", self.tools.qemu.display()))?;
+        drop(dir);
+        Ok(finished)
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Result<Self> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

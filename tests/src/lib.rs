@@ -1,0 +1,15 @@
+//! cocoon's end-to-end harness. Scenarios are small shell scripts that drive the real VMM against
+//! the real guest kernel under real KVM, and print what they saw. They run
+//! - directly, where this CPU has hardware virtualization (vmx/svm) and /dev/kvm opens; or
+//! - inside an *emulated KVM host*: qemu TCG with `-cpu max` (which exposes AMD SVM) boots Debian's
+//!   cloud kernel, loads its kvm modules, and runs the scenarios against the /dev/kvm inside.
+//!
+//! One run (one emulated-host boot) serves a whole list of scenarios; tests then assert on each
+//! scenario's output and exit status.
+
+pub mod artifacts;
+pub mod emuhost;
+pub mod process;
+pub mod suite;
+
+pub use suite::{run_suite, Scenario, ScenarioResult, SuiteError, SuiteRun};

@@ -1,0 +1,340 @@
+//! Scenario suites: many scenarios in one run (one emulated-host boot), each scenario's output and
+//! exit status picked out of the stream by markers.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::artifacts::{
+    cpu_has_virtualization, dev_kvm_usable, guest_images, host_tools, workspace_binary,
+    GuestImages, HostTools,
+};
+use crate::emuhost::{
+    EmulatedHost, HostFile, TempDir, FILES_DIR, GUEST_DIR, HOST_READY, SCRIPT_EXIT,
+};
+use crate::process::{run_with_deadline, Finished};
+
+const BEGIN: &str = "@@COCOON-BEGIN ";
+const END: &str = "@@COCOON-END ";
+
+/// A named shell script. It can use `$COCOON_VMM`, `$GUEST_BZIMAGE`, `$GUEST_VMLINUX`,
+/// `$GUEST_INITRD` and `$COCOON_FILES` (where the suite's extra files are), and runs in a scratch
+/// directory of its own.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: String,
+    pub script: String,
+}
+
+impl Scenario {
+    pub fn new(name: &str, script: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            script: script.to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ScenarioResult {
+    pub name: String,
+    /// Everything the scenario printed (stdout and stderr).
+    pub output: String,
+    /// The script's exit status.
+    pub status: i32,
+}
+
+/// How the scenarios reached KVM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvmMode {
+    /// This machine's own /dev/kvm (hardware virtualization).
+    Direct,
+    /// /dev/kvm inside qemu TCG with `-cpu max` (nested SVM, emulated).
+    EmulatedHost,
+}
+
+#[derive(Debug)]
+pub struct SuiteRun {
+    pub mode: KvmMode,
+    pub results: BTreeMap<String, ScenarioResult>,
+    /// The whole output stream, for failure reports.
+    pub log: String,
+    /// Seconds from starting qemu until the emulated host had /dev/kvm (None in direct mode).
+    pub host_ready_secs: Option<f64>,
+    pub wall_secs: f64,
+}
+
+/// Why a suite produced no results.
+#[derive(Debug, thiserror::Error)]
+pub enum SuiteError {
+    /// Something the suite needs is absent here (a skip, unless the run requires end-to-end tests).
+    #[error("end-to-end scenarios cannot run here: {0}")]
+    Unavailable(String),
+    /// The suite ran and broke.
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl SuiteRun {
+    /// The result of one scenario, or an error that carries the end of the log.
+    pub fn get(&self, name: &str) -> Result<&ScenarioResult, String> {
+        self.results.get(name).ok_or_else(|| {
+            format!(
+                "scenario {name} did not complete ({:?}); end of the log:\n{}",
+                self.mode,
+                tail(&self.log, 60)
+            )
+        })
+    }
+}
+
+/// Splits a suite's output into per-scenario results.
+pub fn parse_results(log: &str) -> BTreeMap<String, ScenarioResult> {
+    let mut results = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in log.lines() {
+        if let Some(name) = line.strip_prefix(BEGIN) {
+            current = Some((name.trim().to_string(), String::new()));
+        } else if let Some(rest) = line.strip_prefix(END) {
+            let mut parts = rest.split_whitespace();
+            let name = parts.next().unwrap_or_default().to_string();
+            let status = parts
+                .next()
+                .and_then(|p| p.strip_prefix("status="))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(-1);
+            if let Some((open, output)) = current.take() {
+                if open == name {
+                    results.insert(
+                        name.clone(),
+                        ScenarioResult {
+                            name,
+                            output,
+                            status,
+                        },
+                    );
+                }
+            }
+        } else if let Some((_, output)) = current.as_mut() {
+            output.push_str(line);
+            output.push('\n');
+        }
+    }
+    results
+}
+
+/// The shell script that runs every scenario in turn, each in its own scratch directory.
+pub fn suite_script(scenarios: &[Scenario]) -> String {
+    let mut script = String::from("#!/bin/sh\nscratch_root=$(mktemp -d)\n");
+    for s in scenarios {
+        assert!(
+            s.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "scenario names are identifiers: {}",
+            s.name
+        );
+        let _ = write!(
+            script,
+            "mkdir -p \"$scratch_root/{name}\"\necho '{BEGIN}{name}'\n(cd \"$scratch_root/{name}\" || exit 99\n{body}\n) </dev/null 2>&1\necho \"{END}{name} status=$?\"\n",
+            name = s.name,
+            body = s.script
+        );
+    }
+    script.push_str("rm -rf \"$scratch_root\"\n");
+    script
+}
+
+/// Picks how to reach KVM: `COCOON_KVM_MODE=direct|emulated` forces one; otherwise direct where the
+/// CPU has vmx/svm and /dev/kvm opens, else the emulated host.
+pub fn choose_mode() -> Result<(KvmMode, Option<HostTools>), SuiteError> {
+    let forced = std::env::var("COCOON_KVM_MODE").ok();
+    let direct_ok = cpu_has_virtualization() && dev_kvm_usable();
+    match forced.as_deref() {
+        Some("direct") if direct_ok => return Ok((KvmMode::Direct, None)),
+        Some("direct") => {
+            return Err(SuiteError::Unavailable(
+                "COCOON_KVM_MODE=direct, but this CPU has no vmx/svm or /dev/kvm does not open"
+                    .into(),
+            ))
+        }
+        Some("emulated") | None => {}
+        Some(other) => {
+            return Err(SuiteError::Failed(format!(
+                "COCOON_KVM_MODE={other}: use direct or emulated"
+            )))
+        }
+    }
+    if direct_ok && forced.is_none() {
+        return Ok((KvmMode::Direct, None));
+    }
+    let tools = host_tools().map_err(|why| {
+        SuiteError::Unavailable(format!(
+            "no hardware virtualization here and no emulated KVM host: {why}"
+        ))
+    })?;
+    Ok((KvmMode::EmulatedHost, Some(tools)))
+}
+
+/// Extra files a suite needs (written to `$COCOON_FILES`).
+pub struct SuiteFile {
+    pub name: String,
+    pub contents: Vec<u8>,
+}
+
+/// Runs `scenarios` under real KVM, directly or in one emulated-host boot.
+pub fn run_suite(
+    scenarios: &[Scenario],
+    files: Vec<SuiteFile>,
+    guest_vcpus_max: u8,
+    deadline: Duration,
+) -> Result<SuiteRun, SuiteError> {
+    let unavailable = SuiteError::Unavailable;
+    let vmm = workspace_binary("cocoon-vmm").map_err(unavailable)?;
+    let guest = guest_images().map_err(unavailable)?;
+    let (mode, tools) = choose_mode()?;
+    let script = suite_script(scenarios);
+    let failed = |e: anyhow::Error| SuiteError::Failed(format!("{e:#}"));
+
+    let ready_at = std::sync::Arc::new(std::sync::Mutex::new(None::<f64>));
+    let ready_slot = ready_at.clone();
+    let on_line = move |line: &str, at: Duration| {
+        if line.starts_with(HOST_READY) {
+            *ready_slot.lock().unwrap() = Some(at.as_secs_f64());
+        }
+    };
+
+    let finished: Finished = match mode {
+        KvmMode::Direct => {
+            let dir = TempDir::new("cocoon-suite").map_err(failed)?;
+            let files_dir = dir.path().join("files");
+            std::fs::create_dir_all(&files_dir).map_err(|e| failed(e.into()))?;
+            for f in &files {
+                std::fs::write(files_dir.join(&f.name), &f.contents)
+                    .map_err(|e| failed(e.into()))?;
+            }
+            let script_path = dir.path().join("suite.sh");
+            std::fs::write(&script_path, &script).map_err(|e| failed(e.into()))?;
+            let mut cmd = Command::new("sh");
+            cmd.arg(&script_path)
+                .current_dir(dir.path())
+                .env("COCOON_VMM", &vmm)
+                .env("GUEST_BZIMAGE", &guest.bzimage)
+                .env("GUEST_VMLINUX", &guest.vmlinux)
+                .env("GUEST_INITRD", &guest.initrd)
+                .env("COCOON_FILES", &files_dir);
+            let result = run_with_deadline(cmd, deadline, on_line).map_err(|e| failed(e.into()));
+            drop(dir);
+            result?
+        }
+        KvmMode::EmulatedHost => {
+            let tools = tools.expect("emulated mode comes with its tools");
+            let mut host = cocoon_host(tools, &vmm, &guest, files).map_err(failed)?;
+            host.cpus = host.cpus.max(guest_vcpus_max);
+            host.run(&script, deadline, on_line).map_err(failed)?
+        }
+    };
+
+    if finished.timed_out {
+        return Err(SuiteError::Failed(format!(
+            "the suite ran past its {}s deadline ({mode:?}); end of the log:\n{}",
+            deadline.as_secs(),
+            tail(&finished.output, 80)
+        )));
+    }
+    if mode == KvmMode::EmulatedHost && !finished.output.contains(SCRIPT_EXIT) {
+        return Err(SuiteError::Failed(format!(
+            "the emulated host did not finish the suite (qemu exit {:?}); end of the log:\n{}",
+            finished.code,
+            tail(&finished.output, 80)
+        )));
+    }
+    let host_ready_secs = *ready_at.lock().unwrap();
+    Ok(SuiteRun {
+        mode,
+        results: parse_results(&finished.output),
+        log: finished.output,
+        host_ready_secs,
+        wall_secs: finished.elapsed.as_secs_f64(),
+    })
+}
+
+/// An emulated host holding cocoon's VMM, the guest images and `files`, with the scenario
+/// environment variables pointing at them.
+pub fn cocoon_host(
+    tools: HostTools,
+    vmm: &Path,
+    guest: &GuestImages,
+    files: Vec<SuiteFile>,
+) -> anyhow::Result<EmulatedHost> {
+    let mut host = EmulatedHost::new(tools)?;
+    let vmm_in_host = host.add_binary(vmm)?;
+    for (name, path) in [
+        ("bzImage", &guest.bzimage),
+        ("vmlinux", &guest.vmlinux),
+        ("initramfs.cpio", &guest.initrd),
+    ] {
+        host.add_file(&format!("{GUEST_DIR}/{name}"), path)?;
+    }
+    for f in files {
+        host.add_bytes(HostFile {
+            path: format!("{FILES_DIR}/{}", f.name),
+            contents: f.contents,
+            perm: 0o755,
+        });
+    }
+    host.set_env("COCOON_VMM", &vmm_in_host);
+    host.set_env("GUEST_BZIMAGE", &format!("{GUEST_DIR}/bzImage"));
+    host.set_env("GUEST_VMLINUX", &format!("{GUEST_DIR}/vmlinux"));
+    host.set_env("GUEST_INITRD", &format!("{GUEST_DIR}/initramfs.cpio"));
+    host.set_env("COCOON_FILES", FILES_DIR);
+    Ok(host)
+}
+
+/// True when the run must not skip end-to-end scenarios (`make test` sets COCOON_REQUIRE_E2E=1).
+pub fn e2e_required() -> bool {
+    std::env::var("COCOON_REQUIRE_E2E").is_ok_and(|v| v == "1")
+}
+
+/// Prints a skip reason where `cargo test` shows it (not captured by the test harness).
+pub fn report_skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_split_by_markers() {
+        let log = "noise\n@@COCOON-BEGIN a\nhello\n@@COCOON-END a status=0\n@@COCOON-BEGIN b\nx\ny\n@@COCOON-END b status=3\n@@COCOON-BEGIN c\npartial\n";
+        let r = parse_results(log);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r["a"].output, "hello\n");
+        assert_eq!(r["a"].status, 0);
+        assert_eq!(r["b"].output, "x\ny\n");
+        assert_eq!(r["b"].status, 3);
+        assert!(!r.contains_key("c"));
+    }
+
+    #[test]
+    fn script_runs_each_scenario_with_markers() {
+        let script = suite_script(&[
+            Scenario::new("one", "echo 1"),
+            Scenario::new("two", "exit 4"),
+        ]);
+        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        let r = parse_results(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(r["one"].output, "1\n");
+        assert_eq!(r["one"].status, 0);
+        assert_eq!(r["two"].status, 4);
+    }
+}

@@ -1,0 +1,358 @@
+//! VM configuration: from command-line flags or a JSON file, validated before anything is created.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, MIN_MEMORY_MIB};
+
+/// Kernel command line used when none is given: serial console on COM1, reboot through the i8042
+/// (which the VMM reports as "VM stopped"), reboot one second after a panic.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+pub const DEFAULT_VCPUS: u8 = 1;
+pub const DEFAULT_MEMORY_MIB: u32 = 128;
+/// The MP table numbers CPUs with 8-bit APIC IDs and the IO-APIC takes the next one.
+pub const MAX_VCPUS: u8 = 254;
+
+/// Where the guest's serial console goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ConsoleConfig {
+    /// The VMM's standard output (and standard input, when it is a terminal or a pipe).
+    #[default]
+    Stdout,
+    /// Appended to a file.
+    File(PathBuf),
+    /// Streamed to a Unix stream socket someone else listens on.
+    Unix(PathBuf),
+    /// Discarded.
+    Off,
+}
+
+impl FromStr for ConsoleConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stdout" => Ok(Self::Stdout),
+            "off" => Ok(Self::Off),
+            _ => match s.split_once(':') {
+                Some(("file", path)) if !path.is_empty() => Ok(Self::File(path.into())),
+                Some(("unix", path)) if !path.is_empty() => Ok(Self::Unix(path.into())),
+                _ => Err(format!(
+                    "invalid console '{s}': use stdout, off, file:PATH or unix:PATH"
+                )),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for ConsoleConfig {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for ConsoleConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stdout => write!(f, "stdout"),
+            Self::Off => write!(f, "off"),
+            Self::File(p) => write!(f, "file:{}", p.display()),
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl From<ConsoleConfig> for String {
+    fn from(c: ConsoleConfig) -> String {
+        c.to_string()
+    }
+}
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_string()
+}
+fn default_vcpus() -> u8 {
+    DEFAULT_VCPUS
+}
+fn default_memory_mib() -> u32 {
+    DEFAULT_MEMORY_MIB
+}
+
+/// Everything needed to build and boot one VM. JSON field names match the long flags with `_`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Guest kernel: a bzImage or an ELF vmlinux.
+    pub kernel: PathBuf,
+    /// Optional initramfs (newc cpio, optionally compressed if the kernel supports it).
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u32,
+    #[serde(default)]
+    pub console: ConsoleConfig,
+    /// If set, the kernel image must have this sha256 (hex) or the VMM refuses to boot it.
+    #[serde(default)]
+    pub kernel_sha256: Option<String>,
+    /// If set, the initramfs must have this sha256 (hex).
+    #[serde(default)]
+    pub initrd_sha256: Option<String>,
+}
+
+/// A configuration that cannot work, with the fix in its message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("kernel image {path}: {reason} (pass --kernel with a bzImage or ELF vmlinux; `make guest` builds one)")]
+    Kernel { path: PathBuf, reason: String },
+    #[error("initrd {path}: {reason} (pass --initrd with a readable initramfs, or leave it out)")]
+    Initrd { path: PathBuf, reason: String },
+    #[error("memory must be at least {MIN_MEMORY_MIB} MiB, got {0} MiB (set --memory-mib)")]
+    MemoryTooSmall(u32),
+    #[error("--memory-mib {requested} is more than this host's {host} MiB of memory")]
+    MemoryTooLarge { requested: u32, host: u64 },
+    #[error("--vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
+    Vcpus(u8),
+    #[error("the kernel command line is {0} bytes; the limit is {max} (shorten --cmdline)", max = CMDLINE_MAX_SIZE - 1)]
+    CmdlineTooLong(usize),
+    #[error("the kernel command line contains a NUL byte")]
+    CmdlineNul,
+    #[error("{what} must be 64 hex digits, got '{value}'")]
+    BadSha256 { what: &'static str, value: String },
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+fn check_readable_file(path: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn check_sha256(what: &'static str, value: &Option<String>) -> Result<(), ConfigError> {
+    match value {
+        Some(v) if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Err(ConfigError::BadSha256 {
+                what,
+                value: v.clone(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Total memory of this host in MiB, from /proc/meminfo.
+pub fn host_memory_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+impl VmConfig {
+    /// A configuration with defaults for everything but the kernel.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: default_cmdline(),
+            vcpus: DEFAULT_VCPUS,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            console: ConsoleConfig::default(),
+            kernel_sha256: None,
+            initrd_sha256: None,
+        }
+    }
+
+    /// Reads a JSON configuration file.
+    pub fn from_json_file(path: &Path) -> Result<Self, ConfigError> {
+        let file_error = |reason: String| ConfigError::File {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| file_error(e.to_string()))
+    }
+
+    /// Checks everything that can be checked before touching KVM.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_readable_file(&self.kernel).map_err(|reason| ConfigError::Kernel {
+            path: self.kernel.clone(),
+            reason,
+        })?;
+        if let Some(initrd) = &self.initrd {
+            check_readable_file(initrd).map_err(|reason| ConfigError::Initrd {
+                path: initrd.clone(),
+                reason,
+            })?;
+        }
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(ConfigError::MemoryTooSmall(self.memory_mib));
+        }
+        if let Some(host) = host_memory_mib() {
+            if u64::from(self.memory_mib) > host {
+                return Err(ConfigError::MemoryTooLarge {
+                    requested: self.memory_mib,
+                    host,
+                });
+            }
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        if self.cmdline.len() >= CMDLINE_MAX_SIZE {
+            return Err(ConfigError::CmdlineTooLong(self.cmdline.len()));
+        }
+        if self.cmdline.contains('\0') {
+            return Err(ConfigError::CmdlineNul);
+        }
+        check_sha256("kernel_sha256", &self.kernel_sha256)?;
+        check_sha256("initrd_sha256", &self.initrd_sha256)?;
+        Ok(())
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.memory_mib) << 20
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn kernel_file() -> tempfile_lite::TempFile {
+        tempfile_lite::TempFile::with_contents(b"not really a kernel")
+    }
+
+    /// A tiny temp-file helper (the crate has no dev-dependencies).
+    mod tempfile_lite {
+        use std::path::{Path, PathBuf};
+
+        pub struct TempFile(PathBuf);
+        impl TempFile {
+            pub fn with_contents(bytes: &[u8]) -> Self {
+                use std::sync::atomic::{AtomicU32, Ordering};
+                static N: AtomicU32 = AtomicU32::new(0);
+                let path = std::env::temp_dir().join(format!(
+                    "cocoon-vmm-test-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::write(&path, bytes).unwrap();
+                Self(path)
+            }
+            pub fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn console_syntax() {
+        assert_eq!("stdout".parse(), Ok(ConsoleConfig::Stdout));
+        assert_eq!("off".parse(), Ok(ConsoleConfig::Off));
+        assert_eq!(
+            "file:/tmp/x".parse(),
+            Ok(ConsoleConfig::File("/tmp/x".into()))
+        );
+        assert_eq!(
+            "unix:/run/c.sock".parse(),
+            Ok(ConsoleConfig::Unix("/run/c.sock".into()))
+        );
+        let err = "tcp:1".parse::<ConsoleConfig>().unwrap_err();
+        assert!(err.contains("stdout, off, file:PATH or unix:PATH"), "{err}");
+        assert!("file:".parse::<ConsoleConfig>().is_err());
+    }
+
+    #[test]
+    fn json_round_trip_and_defaults() {
+        let k = kernel_file();
+        let json = format!(r#"{{"kernel": "{}", "vcpus": 2}}"#, k.path().display());
+        let cfg: VmConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(cfg.vcpus, 2);
+        assert_eq!(cfg.memory_mib, DEFAULT_MEMORY_MIB);
+        assert_eq!(cfg.cmdline, DEFAULT_CMDLINE);
+        assert_eq!(cfg.console, ConsoleConfig::Stdout);
+        let back: VmConfig = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_json_fields_are_rejected() {
+        let err = serde_json::from_str::<VmConfig>(r#"{"kernel": "k", "memory": 5}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `memory`"), "{err}");
+    }
+
+    #[test]
+    fn config_file_errors_name_the_file() {
+        let mut f = std::env::temp_dir();
+        f.push(format!("cocoon-vmm-bad-{}.json", std::process::id()));
+        std::fs::File::create(&f)
+            .unwrap()
+            .write_all(b"{ not json")
+            .unwrap();
+        let err = VmConfig::from_json_file(&f).unwrap_err();
+        std::fs::remove_file(&f).unwrap();
+        assert!(matches!(err, ConfigError::File { .. }));
+        assert!(err.to_string().contains(&f.display().to_string()));
+    }
+
+    #[test]
+    fn bad_inputs_have_clear_errors() {
+        let k = kernel_file();
+        let mut cfg = VmConfig::new("/nonexistent/bzImage");
+        let err = cfg.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::Kernel { .. }));
+        assert!(err.to_string().contains("--kernel"));
+
+        cfg.kernel = k.path().into();
+        cfg.memory_mib = 0;
+        assert_eq!(cfg.validate(), Err(ConfigError::MemoryTooSmall(0)));
+
+        cfg.memory_mib = u32::MAX;
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::MemoryTooLarge { .. })
+        ));
+
+        cfg.memory_mib = 128;
+        cfg.vcpus = 0;
+        assert_eq!(cfg.validate(), Err(ConfigError::Vcpus(0)));
+        cfg.vcpus = 255;
+        assert_eq!(cfg.validate(), Err(ConfigError::Vcpus(255)));
+
+        cfg.vcpus = 1;
+        cfg.initrd = Some("/nonexistent/initrd".into());
+        assert!(matches!(cfg.validate(), Err(ConfigError::Initrd { .. })));
+
+        cfg.initrd = None;
+        cfg.cmdline = "x".repeat(CMDLINE_MAX_SIZE);
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::CmdlineTooLong(_))
+        ));
+
+        cfg.cmdline = DEFAULT_CMDLINE.into();
+        cfg.kernel_sha256 = Some("abc".into());
+        assert!(matches!(cfg.validate(), Err(ConfigError::BadSha256 { .. })));
+    }
+}

@@ -1,0 +1,134 @@
+//! Emulated devices and the port-IO bus that routes vCPU exits to them.
+
+pub mod console;
+pub mod i8042;
+pub mod serial;
+
+use std::sync::{Arc, Mutex};
+
+/// What the VM must do after a device handled an access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceAction {
+    None,
+    /// The guest asked for a system reset: cocoon treats it as "VM stopped".
+    Reset,
+}
+
+/// A device on the x86 port-IO bus. `offset` is relative to the device's base port.
+pub trait PioDevice: Send {
+    fn read(&mut self, offset: u16, data: &mut [u8]);
+    fn write(&mut self, offset: u16, data: &[u8]) -> DeviceAction;
+}
+
+struct PioRange {
+    base: u16,
+    len: u16,
+    device: Arc<Mutex<dyn PioDevice>>,
+}
+
+/// Routes port reads and writes to the device that owns the port. Reads of unowned ports return
+/// all-ones, like an empty ISA bus; writes to them are dropped.
+#[derive(Default)]
+pub struct PioBus {
+    ranges: Vec<PioRange>,
+}
+
+/// Two devices claim the same port.
+#[derive(Debug, thiserror::Error)]
+#[error("port range {base:#x}+{len} overlaps a device already on the bus")]
+pub struct PioOverlap {
+    pub base: u16,
+    pub len: u16,
+}
+
+impl PioBus {
+    pub fn insert(
+        &mut self,
+        base: u16,
+        len: u16,
+        device: Arc<Mutex<dyn PioDevice>>,
+    ) -> Result<(), PioOverlap> {
+        let end = u32::from(base) + u32::from(len);
+        let overlaps = self.ranges.iter().any(|r| {
+            u32::from(base) < u32::from(r.base) + u32::from(r.len) && u32::from(r.base) < end
+        });
+        if overlaps || len == 0 {
+            return Err(PioOverlap { base, len });
+        }
+        self.ranges.push(PioRange { base, len, device });
+        Ok(())
+    }
+
+    fn find(&self, port: u16) -> Option<(&PioRange, u16)> {
+        self.ranges
+            .iter()
+            .find(|r| port >= r.base && u32::from(port) < u32::from(r.base) + u32::from(r.len))
+            .map(|r| (r, port - r.base))
+    }
+
+    pub fn read(&self, port: u16, data: &mut [u8]) {
+        match self.find(port) {
+            Some((range, offset)) => lock(&range.device).read(offset, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    pub fn write(&self, port: u16, data: &[u8]) -> DeviceAction {
+        match self.find(port) {
+            Some((range, offset)) => lock(&range.device).write(offset, data),
+            None => DeviceAction::None,
+        }
+    }
+}
+
+/// Locks a device, recovering from a panic in another thread that held it: device state is plain
+/// data, and a poisoned lock must not take the whole VM down.
+pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo(u8);
+    impl PioDevice for Echo {
+        fn read(&mut self, offset: u16, data: &mut [u8]) {
+            data.fill(self.0 + offset as u8);
+        }
+        fn write(&mut self, _offset: u16, data: &[u8]) -> DeviceAction {
+            self.0 = data[0];
+            DeviceAction::None
+        }
+    }
+
+    #[test]
+    fn routes_by_port_and_fills_unowned_reads() {
+        let mut bus = PioBus::default();
+        bus.insert(0x3f8, 8, Arc::new(Mutex::new(Echo(0x10))))
+            .unwrap();
+        let mut b = [0u8; 1];
+        bus.read(0x3fa, &mut b);
+        assert_eq!(b[0], 0x12);
+        bus.write(0x3f8, &[0x20]);
+        bus.read(0x3f8, &mut b);
+        assert_eq!(b[0], 0x20);
+        bus.read(0x400, &mut b);
+        assert_eq!(b[0], 0xff);
+        let mut w = [0u8; 4];
+        bus.read(0x2f8, &mut w);
+        assert_eq!(w, [0xff; 4]);
+    }
+
+    #[test]
+    fn rejects_overlaps() {
+        let mut bus = PioBus::default();
+        bus.insert(0x60, 5, Arc::new(Mutex::new(Echo(0)))).unwrap();
+        assert!(bus.insert(0x64, 1, Arc::new(Mutex::new(Echo(0)))).is_err());
+        assert!(bus
+            .insert(0x50, 0x11, Arc::new(Mutex::new(Echo(0))))
+            .is_err());
+        assert!(bus.insert(0x65, 1, Arc::new(Mutex::new(Echo(0)))).is_ok());
+        assert!(bus.insert(0xffff, 1, Arc::new(Mutex::new(Echo(0)))).is_ok());
+    }
+}

@@ -1,0 +1,111 @@
+//! `cocoon-vmm`: boots one microVM from command-line flags or a JSON configuration file.
+//!
+//! Exit status: 0 when the guest stopped (reboot or power-off) or SIGTERM/SIGINT stopped the VM;
+//! 1 when the VM could not be built (bad configuration, no KVM); 2 when the guest crashed (kernel
+//! panic, triple fault, KVM internal error).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use cocoon_vmm::timing::BootTimer;
+use cocoon_vmm::{ConsoleConfig, RunOptions, VmConfig, VmOutcome};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cocoon-vmm",
+    version,
+    about = "cocoon's minimal KVM virtual machine monitor"
+)]
+struct Cli {
+    /// JSON configuration file (fields: kernel, initrd, cmdline, vcpus, memory_mib, console,
+    /// kernel_sha256, initrd_sha256). Cannot be mixed with the VM flags below.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "console", "kernel_sha256", "initrd_sha256"])]
+    config: Option<PathBuf>,
+    /// Guest kernel: bzImage or ELF vmlinux.
+    #[arg(long, value_name = "PATH", required_unless_present = "config")]
+    kernel: Option<PathBuf>,
+    /// Initramfs to hand to the kernel.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line [default: "console=ttyS0 reboot=k panic=1"].
+    #[arg(long, value_name = "ARGS")]
+    cmdline: Option<String>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u8>,
+    /// Guest memory in MiB [default: 128].
+    #[arg(long, value_name = "MIB")]
+    memory_mib: Option<u32>,
+    /// Serial console: stdout, off, file:PATH or unix:PATH [default: stdout].
+    #[arg(long, value_name = "DEST")]
+    console: Option<ConsoleConfig>,
+    /// Refuse to boot unless the kernel image has this sha256.
+    #[arg(long, value_name = "HEX")]
+    kernel_sha256: Option<String>,
+    /// Refuse to boot unless the initramfs has this sha256.
+    #[arg(long, value_name = "HEX")]
+    initrd_sha256: Option<String>,
+    /// Print boot milestones (VMM start, first vCPU entry) with CLOCK_MONOTONIC times on stderr.
+    #[arg(long)]
+    boot_timer: bool,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, value_name = "LEVEL", default_value = "warn")]
+    log_level: tracing::Level,
+}
+
+impl Cli {
+    fn into_config(self) -> Result<VmConfig, cocoon_vmm::config::ConfigError> {
+        if let Some(path) = &self.config {
+            return VmConfig::from_json_file(path);
+        }
+        let mut config = VmConfig::new(self.kernel.expect("clap requires --kernel"));
+        config.initrd = self.initrd;
+        if let Some(c) = self.cmdline {
+            config.cmdline = c;
+        }
+        if let Some(v) = self.vcpus {
+            config.vcpus = v;
+        }
+        if let Some(m) = self.memory_mib {
+            config.memory_mib = m;
+        }
+        if let Some(c) = self.console {
+            config.console = c;
+        }
+        config.kernel_sha256 = self.kernel_sha256;
+        config.initrd_sha256 = self.initrd_sha256;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(cli.log_level)
+        .with_target(false)
+        .init();
+    let options = RunOptions {
+        boot_timer: cli.boot_timer.then_some(BootTimer),
+    };
+    let result = cli
+        .into_config()
+        .map_err(anyhow::Error::from)
+        .and_then(|config| cocoon_vmm::run(&config, options));
+    match result {
+        Ok(outcome) => {
+            match &outcome {
+                VmOutcome::GuestStopped => tracing::info!("guest stopped"),
+                VmOutcome::Signalled(sig) => tracing::info!("stopped by signal {sig}"),
+                VmOutcome::GuestPanicked => eprintln!("cocoon-vmm: the guest kernel panicked"),
+                VmOutcome::VcpuFailed(e) => eprintln!("cocoon-vmm: guest crashed: {e}"),
+            }
+            ExitCode::from(outcome.exit_code() as u8)
+        }
+        Err(e) => {
+            eprintln!("cocoon-vmm: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
