@@ -24,7 +24,7 @@ deps:
 ## kernel: build (or reuse from ~/.cache/cocoon) the guest kernel.
 kernel: deps
 	@mkdir -p $(GUEST_DIR)
-	@dir=$$(guest-image/build-kernel.sh) && cp -f "$$dir/bzImage" "$$dir/vmlinux" $(GUEST_DIR)/
+	@dir=$$(guest-image/build-kernel.sh) && cp -f "$$dir/bzImage" $(GUEST_DIR)/ && strip -o $(GUEST_DIR)/vmlinux "$$dir/vmlinux"
 
 ## agent: the guest agent, statically linked (the guest has no libraries).
 agent:

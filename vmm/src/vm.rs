@@ -124,6 +124,12 @@ struct GuestImages {
 
 fn read_images(config: &VmConfig) -> Result<GuestImages> {
     let kernel = loader::read_image("kernel", &config.kernel, config.kernel_sha256.as_deref())?;
+    if loader::kernel_format(&kernel).is_none() {
+        return Err(loader::LoadError::UnknownKernelFormat {
+            path: config.kernel.display().to_string(),
+        }
+        .into());
+    }
     let initrd = match &config.initrd {
         Some(path) => Some(loader::read_image(
             "initrd",

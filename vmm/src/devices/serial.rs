@@ -37,10 +37,9 @@ impl SerialDevice {
         if room == 0 {
             return 0;
         }
-        match self.uart.enqueue_raw_bytes(&bytes[..room]) {
-            Ok(n) => n,
-            Err(_) => 0,
-        }
+        self.uart
+            .enqueue_raw_bytes(&bytes[..room])
+            .unwrap_or_default()
     }
 }
 

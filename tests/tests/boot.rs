@@ -1,0 +1,246 @@
+//! The VMM boots our guest kernel to userspace under real KVM (directly where the CPU has vmx/svm,
+//! else in the emulated KVM host), in both image formats, with 1 and 2 vCPUs, and ends the way the
+//! guest ended: 0 after a reboot or SIGTERM, 2 after a kernel panic or a triple fault.
+//!
+//! All scenarios share one run (one emulated-host boot); each test asserts on its own scenario.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use cocoon_tests::suite::{e2e_required, report_skip, SuiteFile};
+use cocoon_tests::{run_suite, Scenario, ScenarioResult, SuiteError, SuiteRun};
+
+const READY: &str = "cocoon-guest: ready";
+
+/// A 64-bit ELF "kernel" whose first instruction is `ud2`. With the boot IDT empty, the #UD cannot
+/// be delivered, nor the #GP and #DF that follow: the vCPU triple faults at its entry point.
+fn triple_fault_elf() -> Vec<u8> {
+    const ENTRY: u64 = 0x100_0000;
+    const CODE_OFFSET: u64 = 0x78;
+    let mut elf = Vec::new();
+    elf.extend_from_slice(b"\x7fELF\x02\x01\x01\x00");
+    elf.extend_from_slice(&[0u8; 8]);
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&ENTRY.to_le_bytes());
+    elf.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    for v in [64u16, 56, 1, 64, 0, 0] {
+        // e_ehsize, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
+        elf.extend_from_slice(&v.to_le_bytes());
+    }
+    elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    elf.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    for v in [CODE_OFFSET, ENTRY, ENTRY, 2, 2, 0x1000] {
+        // p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
+        elf.extend_from_slice(&v.to_le_bytes());
+    }
+    assert_eq!(elf.len() as u64, CODE_OFFSET);
+    elf.extend_from_slice(&[0x0f, 0x0b]);
+    elf
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let boot = |vcpus: u32, kernel: &str| {
+        format!(
+            "timeout 120 \"$COCOON_VMM\" --kernel \"{kernel}\" --initrd \"$GUEST_INITRD\" --vcpus {vcpus} --memory-mib 128 --log-level info\necho \"vmm-exit=$?\""
+        )
+    };
+    vec![
+        Scenario::new("bzimage_1_vcpu", &boot(1, "$GUEST_BZIMAGE")),
+        Scenario::new("bzimage_2_vcpus", &boot(2, "$GUEST_BZIMAGE")),
+        Scenario::new("vmlinux_2_vcpus", &boot(2, "$GUEST_VMLINUX")),
+        Scenario::new(
+            "json_config_and_file_console",
+            r#"cat > vm.json <<JSON
+{"kernel": "$GUEST_BZIMAGE", "initrd": "$GUEST_INITRD", "vcpus": 2, "memory_mib": 96,
+ "cmdline": "console=ttyS0 reboot=k panic=1 quiet", "console": "file:$PWD/console.log"}
+JSON
+timeout 120 "$COCOON_VMM" --config vm.json
+echo "vmm-exit=$?"
+echo "--- console.log"
+cat console.log"#,
+        ),
+        Scenario::new(
+            "pinned_image_digests",
+            r#"k=$(sha256sum "$GUEST_BZIMAGE" | cut -d' ' -f1)
+i=$(sha256sum "$GUEST_INITRD" | cut -d' ' -f1)
+timeout 120 "$COCOON_VMM" --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" --kernel-sha256 "$k" --initrd-sha256 "$i" --console off
+echo "matching-exit=$?"
+bad=$(echo "$i" | tr '0-9a-f' '1-9a-f0')
+timeout 120 "$COCOON_VMM" --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" --initrd-sha256 "$bad"
+echo "tampered-exit=$?""#,
+        ),
+        Scenario::new(
+            "sigterm_stops_a_running_guest",
+            r#""$COCOON_VMM" --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" --vcpus 2 --log-level info --cmdline "console=ttyS0 reboot=k panic=1 cocoon.hold" > console.log 2>&1 &
+pid=$!
+i=0
+while ! grep -q "cocoon-guest: ready" console.log && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
+grep -q "cocoon-guest: ready" console.log && echo "guest-held"
+kill -TERM $pid
+i=0
+while kill -0 $pid 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+kill -0 $pid 2>/dev/null && { echo "still-running-after-10s"; kill -KILL $pid; }
+wait $pid
+echo "vmm-exit=$?"
+cat console.log"#,
+        ),
+        Scenario::new(
+            "guest_panic_is_a_failure",
+            r#"timeout 120 "$COCOON_VMM" --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" --cmdline "console=ttyS0 reboot=k panic=1 rdinit=/does-not-exist"
+echo "vmm-exit=$?""#,
+        ),
+        Scenario::new(
+            "triple_fault_is_a_failure",
+            r#"timeout 60 "$COCOON_VMM" --kernel "$COCOON_FILES/triple-fault.elf"
+echo "vmm-exit=$?""#,
+        ),
+    ]
+}
+
+static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
+    let files = vec![SuiteFile {
+        name: "triple-fault.elf".into(),
+        contents: triple_fault_elf(),
+    }];
+    run_suite(&scenarios(), files, 2, Duration::from_secs(900))
+});
+
+/// The named scenario's result; None (after saying why) when end-to-end tests cannot run here.
+fn scenario(test: &str, name: &str) -> Option<&'static ScenarioResult> {
+    match &*SUITE {
+        Ok(run) => Some(run.get(name).unwrap_or_else(|e| panic!("{e}"))),
+        Err(SuiteError::Unavailable(why)) if !e2e_required() => {
+            report_skip(test, why);
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn value_after<'a>(output: &'a str, key: &str) -> Option<&'a str> {
+    output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .map(str::trim)
+}
+
+/// Asserts the guest reached userspace with `cpus` CPUs online and the VMM exited 0.
+fn assert_booted(result: &ScenarioResult, cpus: u32) {
+    let out = &result.output;
+    let ready = out
+        .lines()
+        .find(|l| l.contains(READY))
+        .unwrap_or_else(|| panic!("no '{READY}' marker in:\n{out}"));
+    assert!(
+        ready.contains(&format!("cpus={cpus} ")),
+        "guest saw the wrong CPU count: {ready}"
+    );
+    assert_eq!(value_after(out, "vmm-exit="), Some("0"), "{out}");
+}
+
+#[test]
+fn bzimage_boots_to_userspace_with_one_vcpu() {
+    if let Some(r) = scenario("bzimage_boots_to_userspace_with_one_vcpu", "bzimage_1_vcpu") {
+        assert_booted(r, 1);
+        assert!(r.output.contains("guest stopped"), "{}", r.output);
+    }
+}
+
+#[test]
+fn bzimage_boots_with_two_vcpus() {
+    if let Some(r) = scenario("bzimage_boots_with_two_vcpus", "bzimage_2_vcpus") {
+        assert_booted(r, 2);
+    }
+}
+
+#[test]
+fn elf_vmlinux_boots_with_two_vcpus() {
+    if let Some(r) = scenario("elf_vmlinux_boots_with_two_vcpus", "vmlinux_2_vcpus") {
+        assert_booted(r, 2);
+        assert!(r.output.contains("Elf kernel"), "{}", r.output);
+    }
+}
+
+#[test]
+fn json_config_boots_with_console_to_a_file() {
+    let Some(r) = scenario(
+        "json_config_boots_with_console_to_a_file",
+        "json_config_and_file_console",
+    ) else {
+        return;
+    };
+    let (before, console) = r.output.split_once("--- console.log").expect("marker");
+    assert_eq!(value_after(before, "vmm-exit="), Some("0"), "{}", r.output);
+    assert!(
+        !before.contains(READY),
+        "console went to stdout instead of the file: {before}"
+    );
+    assert!(console.contains(&format!("{READY} cpus=2 ")), "{console}");
+}
+
+#[test]
+fn pinned_digests_boot_and_tampered_images_are_refused() {
+    let Some(r) = scenario(
+        "pinned_digests_boot_and_tampered_images_are_refused",
+        "pinned_image_digests",
+    ) else {
+        return;
+    };
+    let out = &r.output;
+    assert_eq!(value_after(out, "matching-exit="), Some("0"), "{out}");
+    assert_eq!(value_after(out, "tampered-exit="), Some("1"), "{out}");
+    assert!(out.contains("refusing to boot it"), "{out}");
+}
+
+#[test]
+fn sigterm_stops_a_running_guest_cleanly() {
+    let Some(r) = scenario(
+        "sigterm_stops_a_running_guest_cleanly",
+        "sigterm_stops_a_running_guest",
+    ) else {
+        return;
+    };
+    let out = &r.output;
+    assert!(out.contains("guest-held"), "guest never came up: {out}");
+    assert!(!out.contains("still-running-after-10s"), "{out}");
+    assert_eq!(value_after(out, "vmm-exit="), Some("0"), "{out}");
+    assert!(out.contains("stopped by signal 15"), "{out}");
+}
+
+#[test]
+fn guest_kernel_panic_exits_non_zero() {
+    if let Some(r) = scenario(
+        "guest_kernel_panic_exits_non_zero",
+        "guest_panic_is_a_failure",
+    ) {
+        let out = &r.output;
+        assert!(out.contains("Kernel panic - not syncing"), "{out}");
+        assert!(
+            out.contains("cocoon-vmm: the guest kernel panicked"),
+            "{out}"
+        );
+        assert_eq!(value_after(out, "vmm-exit="), Some("2"), "{out}");
+    }
+}
+
+#[test]
+fn triple_fault_exits_non_zero_with_registers() {
+    if let Some(r) = scenario(
+        "triple_fault_exits_non_zero_with_registers",
+        "triple_fault_is_a_failure",
+    ) {
+        let out = &r.output;
+        assert!(out.contains("triple fault"), "{out}");
+        // Intel keeps the faulting state; AMD (the emulated host) resets the vCPU before KVM
+        // returns, so only the presence of the dump is portable.
+        assert!(
+            out.contains("rip=0x") && out.contains("cr0=0x"),
+            "registers missing: {out}"
+        );
+        assert_eq!(value_after(out, "vmm-exit="), Some("2"), "{out}");
+    }
+}
