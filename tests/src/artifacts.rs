@@ -131,16 +131,7 @@ pub fn host_tools() -> Result<HostTools, String> {
     Err("no Debian cloud kernel with KVM modules in /boot (apt-get install linux-image-cloud-amd64, or `make deps`)".into())
 }
 
-/// True when this CPU advertises hardware virtualization.
-pub fn cpu_has_virtualization() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .map(|s| {
-            s.lines()
-                .filter(|l| l.starts_with("flags"))
-                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
-        })
-        .unwrap_or(false)
-}
+pub use cocoon_vmm::vm::cpu_has_virtualization;
 
 /// True when /dev/kvm opens for reading and writing.
 pub fn dev_kvm_usable() -> bool {

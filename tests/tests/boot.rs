@@ -7,7 +7,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use cocoon_tests::suite::{e2e_required, report_skip, SuiteFile};
+use cocoon_tests::suite::{e2e_required, report_retry, report_skip, SuiteFile, RETRY};
 use cocoon_tests::{run_suite, Scenario, ScenarioResult, SuiteError, SuiteRun};
 
 const READY: &str = "cocoon-guest: ready";
@@ -45,7 +45,7 @@ fn triple_fault_elf() -> Vec<u8> {
 fn scenarios() -> Vec<Scenario> {
     let boot = |vcpus: u32, kernel: &str| {
         format!(
-            "timeout 120 \"$COCOON_VMM\" --kernel \"{kernel}\" --initrd \"$GUEST_INITRD\" --vcpus {vcpus} --memory-mib 128 --log-level info\necho \"vmm-exit=$?\""
+            "cocoon_boot --kernel \"{kernel}\" --initrd \"$GUEST_INITRD\" --vcpus {vcpus} --memory-mib 128 --log-level info\necho \"vmm-exit=$?\""
         )
     };
     vec![
@@ -58,7 +58,7 @@ fn scenarios() -> Vec<Scenario> {
 {"kernel": "$GUEST_BZIMAGE", "initrd": "$GUEST_INITRD", "vcpus": 2, "memory_mib": 96,
  "cmdline": "console=ttyS0 reboot=k panic=1 quiet", "console": "file:$PWD/console.log"}
 JSON
-timeout 120 "$COCOON_VMM" --config vm.json
+cocoon_boot --config vm.json
 echo "vmm-exit=$?"
 echo "--- console.log"
 cat console.log"#,
@@ -67,18 +67,26 @@ cat console.log"#,
             "pinned_image_digests",
             r#"k=$(sha256sum "$GUEST_BZIMAGE" | cut -d' ' -f1)
 i=$(sha256sum "$GUEST_INITRD" | cut -d' ' -f1)
-timeout 120 "$COCOON_VMM" --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" --kernel-sha256 "$k" --initrd-sha256 "$i" --console off
+cocoon_boot --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" --kernel-sha256 "$k" --initrd-sha256 "$i" --console off
 echo "matching-exit=$?"
 bad=$(echo "$i" | tr '0-9a-f' '1-9a-f0')
-timeout 120 "$COCOON_VMM" --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" --initrd-sha256 "$bad"
+cocoon_boot --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" --initrd-sha256 "$bad"
 echo "tampered-exit=$?""#,
         ),
         Scenario::new(
             "sigterm_stops_a_running_guest",
-            r#""$COCOON_VMM" --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" --vcpus 2 --log-level info --cmdline "console=ttyS0 reboot=k panic=1 cocoon.hold" > console.log 2>&1 &
-pid=$!
-i=0
-while ! grep -q "cocoon-guest: ready" console.log && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
+            r#"start_held() {
+  "$COCOON_VMM" --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" --vcpus 2 --log-level info --cmdline "console=ttyS0 reboot=k panic=1 cocoon.hold" > console.log 2>&1 &
+  pid=$!
+  i=0
+  while ! grep -q "cocoon-guest: ready" console.log && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+  grep -q "cocoon-guest: ready" console.log
+}
+if ! start_held && [ "${COCOON_EMULATED_HOST:-0}" = 1 ]; then
+  echo "@@COCOON-RETRY the guest did not come up in 60s under the emulated host; retrying once"
+  kill -KILL $pid; wait $pid
+  start_held
+fi
 grep -q "cocoon-guest: ready" console.log && echo "guest-held"
 kill -TERM $pid
 i=0
@@ -90,12 +98,12 @@ cat console.log"#,
         ),
         Scenario::new(
             "guest_panic_is_a_failure",
-            r#"timeout 120 "$COCOON_VMM" --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" --cmdline "console=ttyS0 reboot=k panic=1 rdinit=/does-not-exist"
+            r#"cocoon_boot --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" --cmdline "console=ttyS0 reboot=k panic=1 rdinit=/does-not-exist"
 echo "vmm-exit=$?""#,
         ),
         Scenario::new(
             "triple_fault_is_a_failure",
-            r#"timeout 60 "$COCOON_VMM" --kernel "$COCOON_FILES/triple-fault.elf"
+            r#"cocoon_boot --kernel "$COCOON_FILES/triple-fault.elf"
 echo "vmm-exit=$?""#,
         ),
     ]
@@ -112,7 +120,14 @@ static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
 /// The named scenario's result; None (after saying why) when end-to-end tests cannot run here.
 fn scenario(test: &str, name: &str) -> Option<&'static ScenarioResult> {
     match &*SUITE {
-        Ok(run) => Some(run.get(name).unwrap_or_else(|e| panic!("{e}"))),
+        Ok(run) => {
+            let result = run.get(name).unwrap_or_else(|e| panic!("{e}"));
+            if result.output.contains(RETRY) {
+                // Say so where `cargo test` shows it: a retried boot is a fact worth seeing.
+                report_retry(test, &result.output);
+            }
+            Some(result)
+        }
         Err(SuiteError::Unavailable(why)) if !e2e_required() => {
             report_skip(test, why);
             None

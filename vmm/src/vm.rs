@@ -73,6 +73,17 @@ pub fn open_kvm() -> Result<Kvm> {
     })
 }
 
+/// True when /proc/cpuinfo advertises Intel VT-x or AMD-V.
+pub fn cpu_has_virtualization() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+        })
+        .unwrap_or(false)
+}
+
 fn check_capabilities(kvm: &Kvm) -> Result<()> {
     for (cap, name) in [
         (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
@@ -168,6 +179,15 @@ fn load_guest(config: &VmConfig, images: GuestImages, mem: &GuestMemoryMmap) -> 
     Ok(kernel.entry)
 }
 
+/// Wakes the event loop when a vCPU thread ends, however it ends (a panic included).
+struct NotifyOnExit(EventFd);
+
+impl Drop for NotifyOnExit {
+    fn drop(&mut self) {
+        let _ = self.0.write(1);
+    }
+}
+
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 /// Builds the VM described by `config` and runs it until the guest stops, a vCPU fails, or a stop
@@ -180,6 +200,11 @@ pub fn run(config: &VmConfig, options: RunOptions) -> Result<VmOutcome> {
     let images = read_images(config)?;
     let kvm = open_kvm()?;
     check_capabilities(&kvm)?;
+    if !cpu_has_virtualization() {
+        tracing::warn!(
+            "this CPU has no vmx/svm: /dev/kvm here is not hardware-backed (nested or paravirtual, e.g. PVM) and may run a Linux guest very slowly or not at all"
+        );
+    }
     let max_vcpus = kvm.get_max_vcpus();
     if usize::from(config.vcpus) > max_vcpus {
         return Err(anyhow!(
@@ -259,9 +284,9 @@ pub fn run(config: &VmConfig, options: RunOptions) -> Result<VmOutcome> {
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{}", vcpu.id()))
             .spawn(move || {
+                let _notify = NotifyOnExit(exit);
                 let result = vcpu.run(timer.as_ref().as_ref());
                 let _ = tx.send(result);
-                let _ = exit.write(1);
             })
             .context("spawning a vCPU thread")?;
         threads.push(handle);

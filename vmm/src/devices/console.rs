@@ -135,6 +135,37 @@ mod tests {
     }
 
     #[test]
+    fn streams_to_a_unix_socket_and_a_file() {
+        use std::io::Read;
+        let dir = std::env::temp_dir().join(format!("cocoon-console-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("console.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let mut sink = ConsoleSink::open(&ConsoleConfig::Unix(sock.clone())).unwrap();
+        sink.write_all(b"to the socket\n").unwrap();
+        drop(sink);
+        let mut got = String::new();
+        listener
+            .accept()
+            .unwrap()
+            .0
+            .read_to_string(&mut got)
+            .unwrap();
+        assert_eq!(got, "to the socket\n");
+
+        let file = dir.join("console.log");
+        std::fs::write(&file, b"earlier\n").unwrap();
+        let mut sink = ConsoleSink::open(&ConsoleConfig::File(file.clone())).unwrap();
+        sink.write_all(b"appended\n").unwrap();
+        drop(sink);
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "earlier\nappended\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn unreachable_socket_names_the_path() {
         let err = ConsoleSink::open(&ConsoleConfig::Unix("/nonexistent/console.sock".into()))
             .err()
