@@ -196,8 +196,14 @@ pub fn run(config: &VmConfig, options: RunOptions) -> Result<VmOutcome> {
     if let Some(timer) = &options.boot_timer {
         timer.mark("vmm-start");
     }
+    let mark = |milestone: &str| {
+        if let Some(timer) = &options.boot_timer {
+            timer.mark(milestone);
+        }
+    };
     config.validate()?;
     let images = read_images(config)?;
+    mark("images-read");
     let kvm = open_kvm()?;
     check_capabilities(&kvm)?;
     if !cpu_has_virtualization() {
@@ -223,9 +229,12 @@ pub fn run(config: &VmConfig, options: RunOptions) -> Result<VmOutcome> {
         ..Default::default()
     })
     .context("creating the in-kernel PIT")?;
+    mark("vm-created");
 
     let mem = create_memory(&vm, config.memory_bytes())?;
+    mark("memory-ready");
     let entry = load_guest(config, images, &mem)?;
+    mark("guest-loaded");
 
     // Devices.
     let sink = ConsoleSink::open(&config.console).context("opening the console output")?;
@@ -257,6 +266,7 @@ pub fn run(config: &VmConfig, options: RunOptions) -> Result<VmOutcome> {
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
+    mark("vcpus-configured");
 
     // Stop sources; the signal mask is inherited by the vCPU threads spawned below.
     let signals = stop_signal_fd().context("setting up SIGTERM/SIGINT handling")?;
