@@ -3,6 +3,7 @@
 pub mod console;
 pub mod i8042;
 pub mod serial;
+pub mod virtio;
 
 use std::sync::{Arc, Mutex};
 
