@@ -54,14 +54,69 @@ fn uptime() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// True when the kernel command line carries `cocoon.hold` (or `cocoon.hold=1`).
-fn hold_requested() -> bool {
+/// True when the kernel command line carries the flag `name` (or `name=1`).
+fn cmdline_flag(name: &str) -> bool {
+    let with_one = format!("{name}=1");
     fs::read_to_string("/proc/cmdline")
-        .map(|c| {
-            c.split_whitespace()
-                .any(|w| w == "cocoon.hold" || w == "cocoon.hold=1")
-        })
+        .map(|c| c.split_whitespace().any(|w| w == name || w == with_one))
         .unwrap_or(false)
+}
+
+/// `cocoon.probe_disks`: one line per virtio disk with its size, read-only flag, first line, and
+/// whether a write (with fsync) at byte 512 succeeded. Proves reads, writes and flushes end to end.
+fn probe_disks() -> Vec<String> {
+    let _ = fs::create_dir_all("/dev");
+    let _ = mount(
+        Some("devtmpfs"),
+        "/dev",
+        Some("devtmpfs"),
+        MsFlags::MS_NOSUID,
+        None::<&str>,
+    );
+    let mut names: Vec<String> = fs::read_dir("/sys/block")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with("vd"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names.iter().map(|name| probe_disk(name)).collect()
+}
+
+fn probe_disk(name: &str) -> String {
+    use std::os::unix::fs::FileExt;
+    let sys = |f: &str| {
+        fs::read_to_string(format!("/sys/block/{name}/{f}"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|e| format!("?{e}"))
+    };
+    let dev = format!("/dev/{name}");
+    let head = fs::File::open(&dev)
+        .and_then(|f| {
+            let mut buf = [0u8; 64];
+            f.read_at(&mut buf, 0).map(|n| buf[..n].to_vec())
+        })
+        .map(|b| {
+            let text = String::from_utf8_lossy(&b).to_string();
+            text.split(['\n', '\0']).next().unwrap_or("").to_string()
+        })
+        .unwrap_or_else(|e| format!("error:{e}"));
+    let write = fs::OpenOptions::new()
+        .write(true)
+        .open(&dev)
+        .and_then(|f| {
+            let line = format!("written-by-guest {name}\n");
+            f.write_all_at(line.as_bytes(), 512)?;
+            f.sync_all()
+        })
+        .map(|()| "ok".to_string())
+        .unwrap_or_else(|e| format!("error:{}", e.raw_os_error().unwrap_or(0)));
+    format!(
+        "cocoon-guest: disk {name} sectors={} ro={} head={head} write={write}",
+        sys("size"),
+        sys("ro")
+    )
 }
 
 fn report() -> Result<String, String> {
@@ -72,14 +127,20 @@ fn report() -> Result<String, String> {
 }
 
 fn main() {
-    let line = match report() {
+    let mut lines = Vec::new();
+    let report = report();
+    if report.is_ok() && cmdline_flag("cocoon.probe_disks") {
+        lines.extend(probe_disks());
+    }
+    lines.push(match report {
         Ok(line) => line,
         Err(e) => format!("cocoon-guest: error: {e}"),
-    };
+    });
+    let line = lines.join("\n");
     let mut out = std::io::stdout();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-    if hold_requested() {
+    if cmdline_flag("cocoon.hold") {
         // `cocoon.hold` on the kernel command line: stay up until the VMM is stopped from outside.
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));

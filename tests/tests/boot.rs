@@ -97,6 +97,17 @@ echo "vmm-exit=$?"
 cat console.log"#,
         ),
         Scenario::new(
+            "virtio_blk_disks",
+            r#"dd if=/dev/zero of=ro.img bs=1024 count=1024 2>/dev/null
+printf 'read-only disk from the host\n' | dd of=ro.img conv=notrunc 2>/dev/null
+dd if=/dev/zero of=rw.img bs=1024 count=2048 2>/dev/null
+printf 'writable disk from the host\n' | dd of=rw.img conv=notrunc 2>/dev/null
+cocoon_boot --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" --vcpus 2 --disk "path=$PWD/ro.img,ro" --disk "path=$PWD/rw.img" --cmdline "console=ttyS0 reboot=k panic=1 quiet cocoon.probe_disks"
+echo "vmm-exit=$?"
+echo "rw-after=$(dd if=rw.img bs=512 skip=1 count=1 2>/dev/null | head -n 1)"
+echo "ro-after-bytes=$(dd if=ro.img bs=512 skip=1 count=1 2>/dev/null | tr -d '\000' | wc -c)""#,
+        ),
+        Scenario::new(
             "guest_panic_is_a_failure",
             r#"cocoon_boot --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" --cmdline "console=ttyS0 reboot=k panic=1 rdinit=/does-not-exist"
 echo "vmm-exit=$?""#,
@@ -114,7 +125,7 @@ static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
         name: "triple-fault.elf".into(),
         contents: triple_fault_elf(),
     }];
-    run_suite(&scenarios(), files, 2, Duration::from_secs(900))
+    run_suite(&scenarios(), files, 2, Duration::from_secs(600))
 });
 
 /// The named scenario's result; None (after saying why) when end-to-end tests cannot run here.
@@ -224,6 +235,39 @@ fn sigterm_stops_a_running_guest_cleanly() {
     assert!(!out.contains("still-running-after-10s"), "{out}");
     assert_eq!(value_after(out, "vmm-exit="), Some("0"), "{out}");
     assert!(out.contains("stopped by signal 15"), "{out}");
+}
+
+#[test]
+fn virtio_blk_disks_read_write_flush_and_read_only() {
+    let Some(r) = scenario(
+        "virtio_blk_disks_read_write_flush_and_read_only",
+        "virtio_blk_disks",
+    ) else {
+        return;
+    };
+    let out = &r.output;
+    assert_booted(r, 2);
+    let disk = |name: &str| {
+        out.lines()
+            .find(|l| l.contains(&format!("cocoon-guest: disk {name} ")))
+            .unwrap_or_else(|| panic!("guest did not see {name}: {out}"))
+    };
+    let vda = disk("vda");
+    assert!(
+        vda.contains("sectors=2048 ro=1 head=read-only disk from the host write=error:"),
+        "{vda}"
+    );
+    let vdb = disk("vdb");
+    assert!(
+        vdb.contains("sectors=4096 ro=0 head=writable disk from the host write=ok"),
+        "{vdb}"
+    );
+    assert_eq!(
+        value_after(out, "rw-after="),
+        Some("written-by-guest vdb"),
+        "{out}"
+    );
+    assert_eq!(value_after(out, "ro-after-bytes="), Some("0"), "{out}");
 }
 
 #[test]

@@ -73,6 +73,45 @@ impl From<ConsoleConfig> for String {
     }
 }
 
+/// A disk: a raw image file given to the guest as a virtio-blk device (`/dev/vda`, `/dev/vdb`, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl FromStr for DiskConfig {
+    type Err = String;
+
+    /// `path=FILE[,ro|,rw]`
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = || format!("invalid disk '{s}': use path=FILE[,ro]");
+        let mut parts = s.split(',');
+        let path = parts
+            .next()
+            .and_then(|p| p.strip_prefix("path="))
+            .filter(|p| !p.is_empty())
+            .ok_or_else(usage)?;
+        let mut read_only = false;
+        for option in parts {
+            match option {
+                "ro" => read_only = true,
+                "rw" => read_only = false,
+                _ => return Err(usage()),
+            }
+        }
+        Ok(Self {
+            path: path.into(),
+            read_only,
+        })
+    }
+}
+
+/// Virtio devices have IRQs 5 to 23 on the IO-APIC: at most this many.
+pub const MAX_DISKS: usize = 19;
+
 fn default_cmdline() -> String {
     DEFAULT_CMDLINE.to_string()
 }
@@ -100,6 +139,9 @@ pub struct VmConfig {
     pub memory_mib: u32,
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// Disks, in the order the guest sees them (vda, vdb, ...).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
     /// If set, the kernel image must have this sha256 (hex) or the VMM refuses to boot it.
     #[serde(default)]
     pub kernel_sha256: Option<String>,
@@ -127,6 +169,10 @@ pub enum ConfigError {
     CmdlineNul,
     #[error("{what} must be 64 hex digits, got '{value}'")]
     BadSha256 { what: &'static str, value: String },
+    #[error("disk {path}: {reason} (pass --disk path=FILE[,ro] with a raw image file)")]
+    Disk { path: PathBuf, reason: String },
+    #[error("at most {MAX_DISKS} disks, got {0}")]
+    TooManyDisks(usize),
     #[error("config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
 }
@@ -171,6 +217,7 @@ impl VmConfig {
             vcpus: DEFAULT_VCPUS,
             memory_mib: DEFAULT_MEMORY_MIB,
             console: ConsoleConfig::default(),
+            disks: Vec::new(),
             kernel_sha256: None,
             initrd_sha256: None,
         }
@@ -217,6 +264,15 @@ impl VmConfig {
         }
         if self.cmdline.contains('\0') {
             return Err(ConfigError::CmdlineNul);
+        }
+        if self.disks.len() > MAX_DISKS {
+            return Err(ConfigError::TooManyDisks(self.disks.len()));
+        }
+        for disk in &self.disks {
+            check_readable_file(&disk.path).map_err(|reason| ConfigError::Disk {
+                path: disk.path.clone(),
+                reason,
+            })?;
         }
         check_sha256("kernel_sha256", &self.kernel_sha256)?;
         check_sha256("initrd_sha256", &self.initrd_sha256)?;
@@ -280,6 +336,28 @@ mod tests {
         let err = "tcp:1".parse::<ConsoleConfig>().unwrap_err();
         assert!(err.contains("stdout, off, file:PATH or unix:PATH"), "{err}");
         assert!("file:".parse::<ConsoleConfig>().is_err());
+    }
+
+    #[test]
+    fn disk_syntax() {
+        assert_eq!(
+            "path=/img,ro".parse(),
+            Ok(DiskConfig {
+                path: "/img".into(),
+                read_only: true
+            })
+        );
+        assert_eq!(
+            "path=/img".parse(),
+            Ok(DiskConfig {
+                path: "/img".into(),
+                read_only: false
+            })
+        );
+        for bad in ["/img", "path=", "path=/img,fast", "file=/img"] {
+            let err = bad.parse::<DiskConfig>().unwrap_err();
+            assert!(err.contains("path=FILE[,ro]"), "{err}");
+        }
     }
 
     #[test]
@@ -352,6 +430,9 @@ mod tests {
         ));
 
         cfg.cmdline = DEFAULT_CMDLINE.into();
+        cfg.disks = vec!["path=/nonexistent/disk.img".parse().unwrap()];
+        assert!(matches!(cfg.validate(), Err(ConfigError::Disk { .. })));
+        cfg.disks = vec![];
         cfg.kernel_sha256 = Some("abc".into());
         assert!(matches!(cfg.validate(), Err(ConfigError::BadSha256 { .. })));
     }

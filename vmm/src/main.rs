@@ -19,8 +19,8 @@ use cocoon_vmm::{ConsoleConfig, RunOptions, VmConfig, VmOutcome};
 )]
 struct Cli {
     /// JSON configuration file (fields: kernel, initrd, cmdline, vcpus, memory_mib, console,
-    /// kernel_sha256, initrd_sha256). Cannot be mixed with the VM flags below.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "console", "kernel_sha256", "initrd_sha256"])]
+    /// disks [{path, read_only}], kernel_sha256, initrd_sha256). Cannot be mixed with the VM flags below.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "console", "disks", "kernel_sha256", "initrd_sha256"])]
     config: Option<PathBuf>,
     /// Guest kernel: bzImage or ELF vmlinux.
     #[arg(long, value_name = "PATH", required_unless_present = "config")]
@@ -40,6 +40,9 @@ struct Cli {
     /// Serial console: stdout, off, file:PATH or unix:PATH [default: stdout].
     #[arg(long, value_name = "DEST")]
     console: Option<ConsoleConfig>,
+    /// A raw disk image for the guest (virtio-blk): path=FILE[,ro]. Repeat for more disks.
+    #[arg(long = "disk", value_name = "path=FILE[,ro]")]
+    disks: Vec<cocoon_vmm::config::DiskConfig>,
     /// Refuse to boot unless the kernel image has this sha256.
     #[arg(long, value_name = "HEX")]
     kernel_sha256: Option<String>,
@@ -73,6 +76,7 @@ impl Cli {
         if let Some(c) = self.console {
             config.console = c;
         }
+        config.disks = self.disks;
         config.kernel_sha256 = self.kernel_sha256;
         config.initrd_sha256 = self.initrd_sha256;
         Ok(config)

@@ -9,7 +9,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::arch::x86_64::{cpuid, regs};
-use crate::devices::{DeviceAction, PioBus};
+use crate::devices::{DeviceAction, MmioBus, PioBus};
 use crate::timing::BootTimer;
 
 /// Why a vCPU stopped running without an error.
@@ -59,6 +59,7 @@ pub struct Vcpu {
     id: u8,
     fd: VcpuFd,
     pio: Arc<PioBus>,
+    mmio: Arc<MmioBus>,
     stop: Arc<AtomicBool>,
 }
 
@@ -72,6 +73,7 @@ impl Vcpu {
         supported_cpuid: &CpuId,
         entry: u64,
         pio: Arc<PioBus>,
+        mmio: Arc<MmioBus>,
         stop: Arc<AtomicBool>,
     ) -> Result<Self, VcpuSetupError> {
         let fd = vm
@@ -86,7 +88,13 @@ impl Vcpu {
             regs::setup_boot_cpu(&fd, entry)
                 .map_err(|source| VcpuSetupError::Regs { id, source })?;
         }
-        Ok(Self { id, fd, pio, stop })
+        Ok(Self {
+            id,
+            fd,
+            pio,
+            mmio,
+            stop,
+        })
     }
 
     pub fn id(&self) -> u8 {
@@ -124,9 +132,8 @@ impl Vcpu {
                         return Ok(VcpuStop::Reset);
                     }
                 }
-                // No MMIO devices on this bus yet: reads see an empty bus, writes are dropped.
-                VcpuExit::MmioRead(_, data) => data.fill(0xff),
-                VcpuExit::MmioWrite(..) => {}
+                VcpuExit::MmioRead(addr, data) => self.mmio.read(addr, data),
+                VcpuExit::MmioWrite(addr, data) => self.mmio.write(addr, data),
                 VcpuExit::Hlt => return Ok(VcpuStop::PowerOff),
                 VcpuExit::Intr => {}
                 VcpuExit::Shutdown => {

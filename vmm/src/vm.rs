@@ -12,20 +12,25 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
 };
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::arch::x86_64::layout::{ram_regions, EBDA_START, HIMEM_START, KVM_TSS_ADDRESS};
+use crate::arch::x86_64::layout::{
+    ram_regions, CMDLINE_MAX_SIZE, EBDA_START, HIMEM_START, KVM_TSS_ADDRESS, MMIO_DEVICES_START,
+};
 use crate::arch::x86_64::{bootparams, mptable, regs};
-use crate::config::{ConsoleConfig, VmConfig};
+use crate::config::{ConsoleConfig, DiskConfig, VmConfig};
 use crate::devices::console::ConsoleSink;
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::serial::{SerialDevice, COM1_BASE, COM1_IRQ, COM1_LEN};
-use crate::devices::{lock, PioBus};
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::Interrupt;
+use crate::devices::{lock, MmioBus, PioBus};
 use crate::event_loop::{stop_signal_fd, ConsoleInput, StopTrigger, StopWatcher};
 use crate::loader;
 use crate::timing::BootTimer;
@@ -152,9 +157,40 @@ fn read_images(config: &VmConfig) -> Result<GuestImages> {
     Ok(GuestImages { kernel, initrd })
 }
 
+vmm_sys_util::ioctl_io_nr!(KVM_REINJECT_CONTROL, kvm_bindings::KVMIO, 0x71);
+
+/// Turns off the PIT's catch-up of missed ticks. A guest that was descheduled for a while would
+/// otherwise get a burst of stale timer interrupts on its return; with a stalled or slow host (seen
+/// under nested virtualization) KVM's PIT worker and the vCPU then livelock the host kernel. Guest
+/// time comes from kvm-clock, not from counting PIT ticks, so nothing is lost.
+fn disable_pit_reinjection(kvm: &Kvm, vm: &VmFd) -> Result<()> {
+    if !kvm.check_extension(Cap::ReinjectControl) {
+        return Ok(());
+    }
+    let control = kvm_bindings::kvm_reinject_control {
+        pit_reinject: 0,
+        ..Default::default()
+    };
+    // SAFETY: KVM_REINJECT_CONTROL reads a kvm_reinject_control, which `control` is and which
+    // outlives the call; the VM fd is valid for the duration.
+    let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(vm, KVM_REINJECT_CONTROL(), &control) };
+    if ret < 0 {
+        return Err(anyhow!(
+            "KVM_REINJECT_CONTROL: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
 /// Loads kernel, initramfs and command line, and writes the zero page, MP table and boot tables.
 /// Returns the kernel's 64-bit entry point.
-fn load_guest(config: &VmConfig, images: GuestImages, mem: &GuestMemoryMmap) -> Result<u64> {
+fn load_guest(
+    config: &VmConfig,
+    cmdline: &str,
+    images: GuestImages,
+    mem: &GuestMemoryMmap,
+) -> Result<u64> {
     let kernel = loader::load_kernel(mem, &images.kernel, &config.kernel)?;
     tracing::info!(
         "loaded {:?} kernel {}, entry {:#x}",
@@ -166,7 +202,7 @@ fn load_guest(config: &VmConfig, images: GuestImages, mem: &GuestMemoryMmap) -> 
         Some(bytes) => Some(loader::load_initrd(mem, bytes, &kernel)?),
         None => None,
     };
-    let cmdline_size = loader::load_command_line(mem, &config.cmdline)?;
+    let cmdline_size = loader::load_command_line(mem, cmdline)?;
     bootparams::write_zero_page(
         mem,
         kernel.setup_header,
@@ -177,6 +213,60 @@ fn load_guest(config: &VmConfig, images: GuestImages, mem: &GuestMemoryMmap) -> 
     mptable::setup(mem, EBDA_START, HIMEM_START, config.vcpus)?;
     regs::write_boot_tables(mem)?;
     Ok(kernel.entry)
+}
+
+/// The virtio devices of a VM: their MMIO bus, their queue handlers for the event loop, and the
+/// `virtio_mmio.device=` entries that announce them on the kernel command line.
+struct VirtioDevices {
+    bus: MmioBus,
+    handlers: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    cmdline: String,
+}
+
+/// First IO-APIC pin for virtio devices (0-4 are the PIT, keyboard, cascade, COM2, COM1).
+const FIRST_DEVICE_IRQ: u32 = 5;
+
+/// Attaches each disk as a virtio-blk device behind its own virtio-mmio window, with an irqfd for
+/// its interrupt and an ioeventfd per queue, so neither costs a trip through the VMM's vCPU loop.
+fn attach_disks(vm: &VmFd, mem: &GuestMemoryMmap, disks: &[DiskConfig]) -> Result<VirtioDevices> {
+    let mut devices = VirtioDevices {
+        bus: MmioBus::default(),
+        handlers: Vec::new(),
+        cmdline: String::new(),
+    };
+    for (index, disk) in disks.iter().enumerate() {
+        let base = MMIO_DEVICES_START + index as u64 * MMIO_WINDOW_SIZE;
+        let irq = FIRST_DEVICE_IRQ + index as u32;
+        let block = Block::open(&disk.path, disk.read_only, &format!("cocoon-disk{index}"))?;
+        let handle = block.handle();
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).context("creating a device irqfd")?;
+        vm.register_irqfd(&irqfd, irq)
+            .with_context(|| format!("registering the irqfd of disk {index}"))?;
+        let interrupt = Arc::new(Interrupt::new(irqfd));
+        let transport = MmioTransport::new(Box::new(block), mem.clone(), interrupt)?;
+        for (queue, event) in transport.queue_events().iter().enumerate() {
+            vm.register_ioevent(
+                event,
+                &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+                queue as u32,
+            )
+            .with_context(|| format!("registering the queue ioeventfd of disk {index}"))?;
+        }
+        let event = transport.queue_events()[0]
+            .try_clone()
+            .context("cloning a queue eventfd")?;
+        devices
+            .handlers
+            .push(Arc::new(Mutex::new(handle.queue_handler(event))));
+        devices
+            .bus
+            .insert(base, MMIO_WINDOW_SIZE, Arc::new(Mutex::new(transport)))?;
+        devices.cmdline.push_str(&format!(
+            " virtio_mmio.device={}K@{base:#x}:{irq}",
+            MMIO_WINDOW_SIZE >> 10
+        ));
+    }
+    Ok(devices)
 }
 
 /// Wakes the event loop when a vCPU thread ends, however it ends (a panic included).
@@ -229,11 +319,21 @@ pub fn run(config: &VmConfig, options: RunOptions) -> Result<VmOutcome> {
         ..Default::default()
     })
     .context("creating the in-kernel PIT")?;
+    disable_pit_reinjection(&kvm, &vm)?;
     mark("vm-created");
 
     let mem = create_memory(&vm, config.memory_bytes())?;
     mark("memory-ready");
-    let entry = load_guest(config, images, &mem)?;
+    let virtio = attach_disks(&vm, &mem, &config.disks)?;
+    let cmdline = format!("{}{}", config.cmdline, virtio.cmdline);
+    if cmdline.len() >= CMDLINE_MAX_SIZE {
+        return Err(anyhow!(
+            "the kernel command line with the virtio devices is {} bytes; the limit is {} (shorten --cmdline or attach fewer disks)",
+            cmdline.len(),
+            CMDLINE_MAX_SIZE - 1
+        ));
+    }
+    let entry = load_guest(config, &cmdline, images, &mem)?;
     mark("guest-loaded");
 
     // Devices.
@@ -247,6 +347,7 @@ pub fn run(config: &VmConfig, options: RunOptions) -> Result<VmOutcome> {
     pio.insert(COM1_BASE, COM1_LEN, serial.clone())?;
     pio.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042)))?;
     let pio = Arc::new(pio);
+    let mmio = Arc::new(virtio.bus);
 
     // vCPUs.
     let supported_cpuid = kvm
@@ -262,6 +363,7 @@ pub fn run(config: &VmConfig, options: RunOptions) -> Result<VmOutcome> {
                 &supported_cpuid,
                 entry,
                 pio.clone(),
+                mmio.clone(),
                 stop.clone(),
             )
         })
@@ -280,6 +382,9 @@ pub fn run(config: &VmConfig, options: RunOptions) -> Result<VmOutcome> {
     let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
         EventManager::new().map_err(|e| anyhow!("creating the event loop: {e:?}"))?;
     events.add_subscriber(watcher.clone());
+    for handler in virtio.handlers {
+        events.add_subscriber(handler);
+    }
     if config.console == ConsoleConfig::Stdout && ConsoleInput::stdin_is_pollable() {
         events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(serial.clone()))));
     }

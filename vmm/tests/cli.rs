@@ -152,6 +152,24 @@ fn bad_console_and_config_file() {
 }
 
 #[test]
+fn bad_disks() {
+    let s = Scratch::new("disk");
+    let k = s.file("bzImage", &fake_bzimage());
+    let out = vmm(&["--kernel", path_str(&k), "--disk", "/img"]);
+    assert_one_error_line(&out, &["path=FILE[,ro]"]);
+    let out = vmm(&[
+        "--kernel",
+        path_str(&k),
+        "--disk",
+        "path=/nonexistent/disk.img",
+    ]);
+    assert_one_error_line(
+        &out,
+        &["disk /nonexistent/disk.img", "No such file", "--disk"],
+    );
+}
+
+#[test]
 fn no_access_to_dev_kvm() {
     // Needs: root (to drop to an unprivileged user) and a /dev/kvm that user cannot open.
     let is_root = nix_uid() == 0;

@@ -82,6 +82,72 @@ impl PioBus {
     }
 }
 
+/// A device on the MMIO bus. `offset` is relative to the device's base address.
+pub trait MmioDevice: Send {
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+struct MmioRange {
+    base: u64,
+    len: u64,
+    device: Arc<Mutex<dyn MmioDevice>>,
+}
+
+/// Routes guest MMIO exits to devices. Unowned addresses read as all-ones; writes are dropped.
+#[derive(Default)]
+pub struct MmioBus {
+    ranges: Vec<MmioRange>,
+}
+
+/// Two devices claim overlapping MMIO windows.
+#[derive(Debug, thiserror::Error)]
+#[error("MMIO range {base:#x}+{len:#x} overlaps a device already on the bus")]
+pub struct MmioOverlap {
+    pub base: u64,
+    pub len: u64,
+}
+
+impl MmioBus {
+    pub fn insert(
+        &mut self,
+        base: u64,
+        len: u64,
+        device: Arc<Mutex<dyn MmioDevice>>,
+    ) -> Result<(), MmioOverlap> {
+        let end = base.checked_add(len).ok_or(MmioOverlap { base, len })?;
+        let overlaps = self
+            .ranges
+            .iter()
+            .any(|r| base < r.base + r.len && r.base < end);
+        if overlaps || len == 0 {
+            return Err(MmioOverlap { base, len });
+        }
+        self.ranges.push(MmioRange { base, len, device });
+        Ok(())
+    }
+
+    fn find(&self, addr: u64, size: usize) -> Option<(&MmioRange, u64)> {
+        self.ranges
+            .iter()
+            .find(|r| addr >= r.base && addr - r.base + size as u64 <= r.len)
+            .map(|r| (r, addr - r.base))
+    }
+
+    pub fn read(&self, addr: u64, data: &mut [u8]) {
+        match self.find(addr, data.len()) {
+            Some((range, offset)) => lock(&range.device).read(offset, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    pub fn write(&self, addr: u64, data: &[u8]) {
+        if let Some((range, offset)) = self.find(addr, data.len()) {
+            lock(&range.device).write(offset, data);
+        }
+    }
+}
+
 /// Locks a device, recovering from a panic in another thread that held it: device state is plain
 /// data, and a poisoned lock must not take the whole VM down.
 pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -119,6 +185,40 @@ mod tests {
         let mut w = [0u8; 4];
         bus.read(0x2f8, &mut w);
         assert_eq!(w, [0xff; 4]);
+    }
+
+    struct Cell(u8);
+    impl MmioDevice for Cell {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            data.fill(self.0 + offset as u8);
+        }
+        fn write(&mut self, _offset: u64, data: &[u8]) {
+            self.0 = data[0];
+        }
+    }
+
+    #[test]
+    fn mmio_routes_whole_accesses_inside_a_window() {
+        let mut bus = MmioBus::default();
+        bus.insert(0xd000_0000, 0x1000, Arc::new(Mutex::new(Cell(1))))
+            .unwrap();
+        assert!(bus
+            .insert(0xd000_0800, 0x1000, Arc::new(Mutex::new(Cell(0))))
+            .is_err());
+        assert!(bus
+            .insert(u64::MAX, 2, Arc::new(Mutex::new(Cell(0))))
+            .is_err());
+        let mut b = [0u8; 4];
+        bus.read(0xd000_0002, &mut b);
+        assert_eq!(b, [3; 4]);
+        bus.write(0xd000_0000, &[9]);
+        bus.read(0xd000_0000, &mut b);
+        assert_eq!(b, [9; 4]);
+        // Straddling the end of the window, or outside any: all-ones.
+        bus.read(0xd000_0ffe, &mut b);
+        assert_eq!(b, [0xff; 4]);
+        bus.read(0xe000_0000, &mut b);
+        assert_eq!(b, [0xff; 4]);
     }
 
     #[test]

@@ -340,6 +340,15 @@ impl MmioTransport {
     }
 }
 
+impl crate::devices::MmioDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        MmioTransport::read(self, offset, data)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        MmioTransport::write(self, offset, data)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 //! Virtio devices over the virtio-mmio transport (virtio 1.x, "modern" only).
 
+pub mod block;
 pub mod mmio;
 
 use std::sync::atomic::{AtomicU32, Ordering};
