@@ -55,11 +55,17 @@ pub enum VcpuSetupError {
     Regs { id: u8, source: regs::RegsError },
 }
 
+/// The buses a vCPU's IO and MMIO exits go to, shared by all vCPUs.
+#[derive(Clone)]
+pub struct Buses {
+    pub pio: Arc<PioBus>,
+    pub mmio: Arc<MmioBus>,
+}
+
 pub struct Vcpu {
     id: u8,
     fd: VcpuFd,
-    pio: Arc<PioBus>,
-    mmio: Arc<MmioBus>,
+    buses: Buses,
     stop: Arc<AtomicBool>,
 }
 
@@ -72,8 +78,7 @@ impl Vcpu {
         count: u8,
         supported_cpuid: &CpuId,
         entry: u64,
-        pio: Arc<PioBus>,
-        mmio: Arc<MmioBus>,
+        buses: Buses,
         stop: Arc<AtomicBool>,
     ) -> Result<Self, VcpuSetupError> {
         let fd = vm
@@ -91,8 +96,7 @@ impl Vcpu {
         Ok(Self {
             id,
             fd,
-            pio,
-            mmio,
+            buses,
             stop,
         })
     }
@@ -126,14 +130,14 @@ impl Vcpu {
                 Err(source) => return Err(VcpuError::Run { id, source }),
             };
             match exit {
-                VcpuExit::IoIn(port, data) => self.pio.read(port, data),
+                VcpuExit::IoIn(port, data) => self.buses.pio.read(port, data),
                 VcpuExit::IoOut(port, data) => {
-                    if self.pio.write(port, data) == DeviceAction::Reset {
+                    if self.buses.pio.write(port, data) == DeviceAction::Reset {
                         return Ok(VcpuStop::Reset);
                     }
                 }
-                VcpuExit::MmioRead(addr, data) => self.mmio.read(addr, data),
-                VcpuExit::MmioWrite(addr, data) => self.mmio.write(addr, data),
+                VcpuExit::MmioRead(addr, data) => self.buses.mmio.read(addr, data),
+                VcpuExit::MmioWrite(addr, data) => self.buses.mmio.write(addr, data),
                 VcpuExit::Hlt => return Ok(VcpuStop::PowerOff),
                 VcpuExit::Intr => {}
                 VcpuExit::Shutdown => {

@@ -34,7 +34,7 @@ use crate::devices::{lock, MmioBus, PioBus};
 use crate::event_loop::{stop_signal_fd, ConsoleInput, StopTrigger, StopWatcher};
 use crate::loader;
 use crate::timing::BootTimer;
-use crate::vcpu::{Vcpu, VcpuError, VcpuStop};
+use crate::vcpu::{Buses, Vcpu, VcpuError, VcpuStop};
 
 /// How a VM run ended.
 #[derive(Debug)]
@@ -346,8 +346,10 @@ pub fn run(config: &VmConfig, options: RunOptions) -> Result<VmOutcome> {
     let mut pio = PioBus::default();
     pio.insert(COM1_BASE, COM1_LEN, serial.clone())?;
     pio.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042)))?;
-    let pio = Arc::new(pio);
-    let mmio = Arc::new(virtio.bus);
+    let buses = Buses {
+        pio: Arc::new(pio),
+        mmio: Arc::new(virtio.bus),
+    };
 
     // vCPUs.
     let supported_cpuid = kvm
@@ -362,8 +364,7 @@ pub fn run(config: &VmConfig, options: RunOptions) -> Result<VmOutcome> {
                 config.vcpus,
                 &supported_cpuid,
                 entry,
-                pio.clone(),
-                mmio.clone(),
+                buses.clone(),
                 stop.clone(),
             )
         })
