@@ -1,0 +1,205 @@
+//! Message types. Field names are the wire names (JSON).
+
+use serde::{Deserialize, Serialize};
+
+/// Everything that crosses the control channel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "message", rename_all = "snake_case")]
+pub enum Message {
+    Request(Request),
+    Response(Response),
+    Event(Event),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the host, unique among its requests in flight; echoed by the response.
+    pub id: u64,
+    pub op: Operation,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub id: u64,
+    pub result: Result<Reply, AgentError>,
+}
+
+/// The vsock ports on which the agent connects a process's stdio back to the host (each stream its
+/// own connection); `None` means the stream is not wanted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StdioPorts {
+    pub stdin: Option<u32>,
+    pub stdout: Option<u32>,
+    pub stderr: Option<u32>,
+}
+
+/// A filesystem the sandbox shares with its containers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxMount {
+    /// Block device in the guest (e.g. "/dev/vdb") or a filesystem name ("tmpfs").
+    pub source: String,
+    pub target: String,
+    pub fstype: String,
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+/// Where a container's root filesystem comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rootfs {
+    /// A block device holding the filesystem, mounted as the container's root.
+    BlockDevice {
+        device: String,
+        fstype: String,
+        read_only: bool,
+    },
+}
+
+/// What the host asks of the agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Operation {
+    /// Which protocol the agent speaks.
+    Version,
+    CreateSandbox {
+        hostname: String,
+        #[serde(default)]
+        dns: Vec<String>,
+        #[serde(default)]
+        mounts: Vec<SandboxMount>,
+    },
+    CreateContainer {
+        container_id: String,
+        spec: Box<oci_spec::runtime::Spec>,
+        rootfs: Rootfs,
+        stdio: StdioPorts,
+    },
+    Start {
+        container_id: String,
+    },
+    Exec {
+        container_id: String,
+        exec_id: String,
+        process: Box<oci_spec::runtime::Process>,
+        stdio: StdioPorts,
+    },
+    Signal {
+        container_id: String,
+        exec_id: Option<String>,
+        signal: i32,
+        /// Every process of the container.
+        #[serde(default)]
+        all: bool,
+    },
+    /// Answers when the process has exited.
+    Wait {
+        container_id: String,
+        exec_id: Option<String>,
+    },
+    CloseStdin {
+        container_id: String,
+        exec_id: Option<String>,
+    },
+    ResizeTty {
+        container_id: String,
+        exec_id: Option<String>,
+        rows: u16,
+        cols: u16,
+    },
+    ListPids {
+        container_id: String,
+    },
+    Stats {
+        container_id: String,
+    },
+    UpdateResources {
+        container_id: String,
+        resources: Box<oci_spec::runtime::LinuxResources>,
+    },
+    Pause {
+        container_id: String,
+    },
+    Resume {
+        container_id: String,
+    },
+    Delete {
+        container_id: String,
+    },
+    DestroySandbox,
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// cgroup v2 figures of a container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    pub cpu_usage_usec: u64,
+    pub memory_current_bytes: u64,
+    pub memory_limit_bytes: Option<u64>,
+    pub pids_current: u64,
+    pub io_read_bytes: u64,
+    pub io_write_bytes: u64,
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Version { protocol: u16, agent: String },
+    Done,
+    Started { pid: u32 },
+    Exited { status: ExitStatus },
+    Pids { pids: Vec<u32> },
+    Stats { stats: ContainerStats },
+}
+
+/// Something the agent tells the host unasked.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The container's cgroup hit its memory limit and the kernel killed a process.
+    Oom { container_id: String },
+    /// A process exited (also answered to any Wait).
+    Exit {
+        container_id: String,
+        exec_id: Option<String>,
+        status: ExitStatus,
+    },
+}
+
+/// What went wrong, in categories a host can map to its own (ttrpc/gRPC codes, exit statuses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    NotFound,
+    AlreadyExists,
+    InvalidArgument,
+    /// The object is not in a state that allows this (second start, exec into a stopped container).
+    FailedPrecondition,
+    Unimplemented,
+    Internal,
+}
+
+/// An error answer: a kind, and a message for a person that says what to fix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct AgentError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl AgentError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
