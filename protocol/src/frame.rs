@@ -210,7 +210,7 @@ mod tests {
             state ^= state << 17;
             let len = (state % 64) as usize;
             let mut bytes: Vec<u8> = (0..len).map(|i| (state >> (i % 8 * 8)) as u8).collect();
-            if state % 3 == 0 && bytes.len() >= 12 {
+            if state.is_multiple_of(3) && bytes.len() >= 12 {
                 bytes[..4].copy_from_slice(&MAGIC);
                 bytes[4..6].copy_from_slice(&1u16.to_be_bytes());
             }
