@@ -1,30 +1,19 @@
 //! cocoon-agent: PID 1 of the guest.
 //!
-//! This first version proves the boot path end to end: it mounts the kernel filesystems, reports
-//! on the console that userspace was reached (with the number of online CPUs and the guest's
-//! uptime), and reboots the VM, which the VMM reports as a clean stop. The vsock agent that runs
-//! containers grows from here.
+//! This version proves the boot path end to end: it sets the guest up as PID 1 (kernel filesystems,
+//! cgroup v2, loopback), reports on the console that userspace was reached (online CPUs, uptime,
+//! cgroup controllers, loopback state), and reboots the VM, which the VMM reports as a clean stop.
+//! The vsock agent that runs containers grows from here.
 
 use std::fs;
 use std::io::Write;
 
-use nix::mount::{mount, MsFlags};
+mod init;
+
 use nix::sys::reboot::{reboot, RebootMode};
 
 /// The line the host looks for to know the guest reached userspace.
 const READY_MARKER: &str = "cocoon-guest: ready";
-
-fn mount_kernel_fs(source: &str, target: &str, fstype: &str) -> Result<(), String> {
-    let _ = fs::create_dir_all(target);
-    mount(
-        Some(source),
-        target,
-        Some(fstype),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
-        None::<&str>,
-    )
-    .map_err(|e| format!("mounting {fstype} on {target}: {e}"))
-}
 
 /// Counts CPUs in a list like "0-3,5" (the format of /sys/devices/system/cpu/online).
 fn count_cpu_list(list: &str) -> Option<usize> {
@@ -62,17 +51,9 @@ fn cmdline_flag(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// `cocoon.probe_disks`: one line per virtio disk with its size, read-only flag, first line, and
+/// `cocoon.probe_disks` (after PID 1 set-up mounted /dev): one line per virtio disk with its size, read-only flag, first line, and
 /// whether a write (with fsync) at byte 512 succeeded. Proves reads, writes and flushes end to end.
 fn probe_disks() -> Vec<String> {
-    let _ = fs::create_dir_all("/dev");
-    let _ = mount(
-        Some("devtmpfs"),
-        "/dev",
-        Some("devtmpfs"),
-        MsFlags::MS_NOSUID,
-        None::<&str>,
-    );
     let mut names: Vec<String> = fs::read_dir("/sys/block")
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -120,10 +101,14 @@ fn probe_disk(name: &str) -> String {
 }
 
 fn report() -> Result<String, String> {
-    mount_kernel_fs("proc", "/proc", "proc")?;
-    mount_kernel_fs("sysfs", "/sys", "sysfs")?;
+    init::setup_pid1()?;
     let cpus = online_cpus()?;
-    Ok(format!("{READY_MARKER} cpus={cpus} uptime={}", uptime()))
+    Ok(format!(
+        "{READY_MARKER} cpus={cpus} uptime={} cgroup={} lo={}",
+        uptime(),
+        init::cgroup_controllers().join(","),
+        if init::loopback_is_up() { "up" } else { "down" }
+    ))
 }
 
 fn main() {
@@ -141,10 +126,9 @@ fn main() {
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
     if cmdline_flag("cocoon.hold") {
-        // `cocoon.hold` on the kernel command line: stay up until the VMM is stopped from outside.
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
-        }
+        // `cocoon.hold` on the kernel command line: stay up, reaping orphans, until the VMM is
+        // stopped from outside.
+        init::reap_forever();
     }
     if std::process::id() == 1 {
         nix::unistd::sync();

@@ -184,6 +184,31 @@ fn bzimage_boots_with_two_vcpus() {
 }
 
 #[test]
+fn agent_sets_up_cgroup2_and_loopback_as_pid1() {
+    let Some(r) = scenario(
+        "agent_sets_up_cgroup2_and_loopback_as_pid1",
+        "bzimage_2_vcpus",
+    ) else {
+        return;
+    };
+    let ready = r
+        .output
+        .lines()
+        .find(|l| l.contains(READY))
+        .unwrap_or_else(|| panic!("no marker: {}", r.output));
+    let controllers = value_after(ready.split(" cgroup=").nth(1).unwrap_or(""), "")
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no cgroup controllers reported: {ready}"));
+    for wanted in ["cpu", "memory", "pids", "io", "cpuset"] {
+        assert!(
+            controllers.split(',').any(|c| c == wanted),
+            "cgroup v2 controller {wanted} missing from the guest kernel: {ready}"
+        );
+    }
+    assert!(ready.ends_with("lo=up"), "{ready}");
+}
+
+#[test]
 fn elf_vmlinux_boots_with_two_vcpus() {
     if let Some(r) = scenario("elf_vmlinux_boots_with_two_vcpus", "vmlinux_2_vcpus") {
         assert_booted(r, 2);

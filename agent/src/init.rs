@@ -1,0 +1,184 @@
+//! What PID 1 of a cocoon guest sets up before anything else: the kernel filesystems (proc, sysfs,
+//! devtmpfs, devpts, cgroup2, tmpfs on /run, /tmp and /dev/shm), the loopback interface, and the
+//! reaping of orphaned processes.
+
+use std::fs;
+
+use nix::mount::{mount, MsFlags};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
+
+struct KernelMount {
+    source: &'static str,
+    target: &'static str,
+    fstype: &'static str,
+    flags: MsFlags,
+    data: Option<&'static str>,
+}
+
+const fn km(
+    source: &'static str,
+    target: &'static str,
+    fstype: &'static str,
+    flags: MsFlags,
+    data: Option<&'static str>,
+) -> KernelMount {
+    KernelMount {
+        source,
+        target,
+        fstype,
+        flags,
+        data,
+    }
+}
+
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// In order: later targets live inside earlier ones.
+const KERNEL_MOUNTS: [KernelMount; 8] = [
+    km("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, None),
+    km("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, None),
+    km(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    ),
+    km(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    ),
+    km(
+        "shm",
+        "/dev/shm",
+        "tmpfs",
+        NOSUID_NODEV_NOEXEC,
+        Some("mode=1777"),
+    ),
+    km(
+        "cgroup2",
+        "/sys/fs/cgroup",
+        "cgroup2",
+        NOSUID_NODEV_NOEXEC,
+        None,
+    ),
+    km(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        Some("mode=0755"),
+    ),
+    km(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        Some("mode=1777"),
+    ),
+];
+
+fn mount_all() -> Result<(), String> {
+    for m in &KERNEL_MOUNTS {
+        let _ = fs::create_dir_all(m.target);
+        match mount(Some(m.source), m.target, Some(m.fstype), m.flags, m.data) {
+            Ok(()) => {}
+            // Already there (a second call, or the kernel mounted devtmpfs itself).
+            Err(nix::errno::Errno::EBUSY) => {}
+            Err(e) => return Err(format!("mounting {} on {}: {e}", m.fstype, m.target)),
+        }
+    }
+    Ok(())
+}
+
+/// `ifreq` for SIOCGIFFLAGS/SIOCSIFFLAGS: the interface name and its flags (the rest of the union
+/// is padding for this use).
+#[repr(C)]
+struct IfReqFlags {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+fn lo_request() -> IfReqFlags {
+    let mut req = IfReqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    for (d, s) in req.name.iter_mut().zip(b"lo") {
+        *d = *s as libc::c_char;
+    }
+    req
+}
+
+fn with_inet_socket<T>(f: impl FnOnce(libc::c_int) -> T) -> Option<T> {
+    // SAFETY: socket(2) with constant arguments; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    let result = f(fd);
+    // SAFETY: fd is the socket opened above and not used after this.
+    unsafe { libc::close(fd) };
+    Some(result)
+}
+
+fn loopback_flags() -> Option<libc::c_short> {
+    with_inet_socket(|fd| {
+        let mut req = lo_request();
+        // SAFETY: SIOCGIFFLAGS fills the flags of the ifreq we own, which is large enough.
+        let ret = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) };
+        (ret == 0).then_some(req.flags)
+    })
+    .flatten()
+}
+
+fn bring_up_loopback() -> Result<(), String> {
+    let flags = loopback_flags().ok_or("reading the flags of lo")?;
+    let ok = with_inet_socket(|fd| {
+        let mut req = lo_request();
+        req.flags = flags | libc::IFF_UP as libc::c_short;
+        // SAFETY: SIOCSIFFLAGS reads the ifreq we own.
+        unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) == 0 }
+    });
+    if ok == Some(true) {
+        Ok(())
+    } else {
+        Err("bringing up lo".into())
+    }
+}
+
+pub fn loopback_is_up() -> bool {
+    loopback_flags().is_some_and(|f| f & libc::IFF_UP as libc::c_short != 0)
+}
+
+/// Controllers the root cgroup offers (cpu, memory, pids, io, ...).
+pub fn cgroup_controllers() -> Vec<String> {
+    fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Everything PID 1 sets up. Errors name the step.
+pub fn setup_pid1() -> Result<(), String> {
+    mount_all()?;
+    bring_up_loopback()
+}
+
+/// Reaps every child that exits, for ever (orphans are re-parented to PID 1).
+pub fn reap_forever() -> ! {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL)) {
+            Ok(_) => {}
+            // No children right now: wait for one to appear.
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+}
