@@ -94,10 +94,42 @@ fn probe_disk(name: &str) -> String {
         .map(|()| "ok".to_string())
         .unwrap_or_else(|e| format!("error:{}", e.raw_os_error().unwrap_or(0)));
     format!(
-        "cocoon-guest: disk {name} sectors={} ro={} head={head} write={write}",
+        "cocoon-guest: disk {name} sectors={} ro={} head={head} write={write}{}",
         sys("size"),
-        sys("ro")
+        sys("ro"),
+        ext4_summary(name, &dev)
     )
+}
+
+/// For a disk holding ext4 (magic 0xEF53 at byte 1080): mounts it read-only, counts the entries of
+/// its /bin, and unmounts it — proof that the guest kernel reads images the host made.
+fn ext4_summary(name: &str, dev: &str) -> String {
+    use std::os::unix::fs::FileExt;
+    let mut magic = [0u8; 2];
+    let is_ext4 = fs::File::open(dev)
+        .and_then(|f| f.read_exact_at(&mut magic, 1080))
+        .is_ok()
+        && magic == [0x53, 0xef];
+    if !is_ext4 {
+        return String::new();
+    }
+    let target = format!("/run/probe-{name}");
+    let _ = fs::create_dir_all(&target);
+    let flags = nix::mount::MsFlags::MS_RDONLY | nix::mount::MsFlags::MS_NOEXEC;
+    if let Err(e) = nix::mount::mount(
+        Some(dev),
+        target.as_str(),
+        Some("ext4"),
+        flags,
+        None::<&str>,
+    ) {
+        return format!(" ext4=mount-error:{e}");
+    }
+    let entries = fs::read_dir(format!("{target}/bin"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let _ = nix::mount::umount(target.as_str());
+    format!(" ext4-bin-entries={entries}")
 }
 
 fn report() -> Result<String, String> {

@@ -102,7 +102,7 @@ cat console.log"#,
 printf 'read-only disk from the host\n' | dd of=ro.img conv=notrunc 2>/dev/null
 dd if=/dev/zero of=rw.img bs=1024 count=2048 2>/dev/null
 printf 'writable disk from the host\n' | dd of=rw.img conv=notrunc 2>/dev/null
-cocoon_boot --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" --vcpus 2 --disk "path=$PWD/ro.img,ro" --disk "path=$PWD/rw.img" --cmdline "console=ttyS0 reboot=k panic=1 quiet cocoon.probe_disks"
+cocoon_boot --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" --vcpus 2 --disk "path=$PWD/ro.img,ro" --disk "path=$PWD/rw.img" --disk "path=$COCOON_FILES/rootfs.ext4,ro" --cmdline "console=ttyS0 reboot=k panic=1 quiet cocoon.probe_disks"
 echo "vmm-exit=$?"
 echo "rw-after=$(dd if=rw.img bs=512 skip=1 count=1 2>/dev/null | head -n 1)"
 echo "ro-after-bytes=$(dd if=ro.img bs=512 skip=1 count=1 2>/dev/null | tr -d '\000' | wc -c)""#,
@@ -120,11 +120,42 @@ echo "vmm-exit=$?""#,
     ]
 }
 
+/// The default container image (busybox-static), as an ext4 disk image made on this host.
+fn default_rootfs_image() -> Vec<u8> {
+    let dir = std::env::temp_dir().join(format!("cocoon-boot-rootfs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let tree = dir.join("tree");
+    let image = dir.join("rootfs.ext4");
+    cocoon_guest_image::rootfs::busybox_rootfs(&tree, std::path::Path::new("/bin/busybox"))
+        .and_then(|()| cocoon_guest_image::rootfs::ext4_image(&tree, &image, 0))
+        .expect("building the default rootfs image (make deps installs busybox-static, e2fsprogs)");
+    let bytes = std::fs::read(&image).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    bytes
+}
+
+fn busybox_applets() -> usize {
+    let out = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| *l != "busybox")
+        .count()
+}
+
 static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
-    let files = vec![SuiteFile {
-        name: "triple-fault.elf".into(),
-        contents: triple_fault_elf(),
-    }];
+    let files = vec![
+        SuiteFile {
+            name: "triple-fault.elf".into(),
+            contents: triple_fault_elf(),
+        },
+        SuiteFile {
+            name: "rootfs.ext4".into(),
+            contents: default_rootfs_image(),
+        },
+    ];
     run_suite(&scenarios(), files, 2, Duration::from_secs(600))
 });
 
@@ -291,6 +322,13 @@ fn virtio_blk_disks_read_write_flush_and_read_only() {
         value_after(out, "rw-after="),
         Some("written-by-guest vdb"),
         "{out}"
+    );
+    // The default container image, made on the host by mkfs.ext4 -d, mounts in the guest.
+    let vdc = disk("vdc");
+    let applets = busybox_applets();
+    assert!(
+        vdc.contains(&format!("ext4-bin-entries={}", applets + 1)),
+        "want busybox and its {applets} applets in /bin: {vdc}"
     );
     assert_eq!(value_after(out, "ro-after-bytes="), Some("0"), "{out}");
 }

@@ -1,0 +1,194 @@
+//! Container root filesystems for the guest: the built-in default image (busybox-static and the few
+//! files a shell expects) and ext4 disk images of a directory, made by `mkfs.ext4 -d` without
+//! mounting anything (so no root and no loop devices are needed).
+
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+const PASSWD: &str =
+    "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
+const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
+
+/// Lays out the default image in `dir` (which must be empty or absent): `/bin/busybox` from the
+/// static `busybox` given, a `/bin` symlink for each of its applets, `/etc/passwd` and `/etc/group`,
+/// and the usual mount points.
+pub fn busybox_rootfs(dir: &Path, busybox: &Path) -> Result<()> {
+    let binary =
+        std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
+    if crate::needs_interpreter(&binary) {
+        bail!(
+            "{} is dynamically linked; the default image needs busybox-static (apt-get install busybox-static)",
+            busybox.display()
+        );
+    }
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        bail!("{} is not empty", dir.display());
+    }
+    for sub in [
+        "bin", "dev", "etc", "proc", "sys", "root", "run", "var", "mnt",
+    ] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777))?;
+    let target = dir.join("bin/busybox");
+    std::fs::write(&target, &binary)?;
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
+
+    let list = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .with_context(|| format!("running {} --list", busybox.display()))?;
+    if !list.status.success() {
+        bail!("{} --list failed", busybox.display());
+    }
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let applet = applet.trim();
+        let valid = !applet.is_empty()
+            && applet != "busybox"
+            && applet
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.[".contains(c));
+        if valid {
+            symlink("busybox", dir.join("bin").join(applet))?;
+        }
+    }
+    std::fs::write(dir.join("etc/passwd"), PASSWD)?;
+    std::fs::write(dir.join("etc/group"), GROUP)?;
+    std::fs::write(dir.join("etc/hostname"), "cocoon\n")?;
+    Ok(())
+}
+
+/// Bytes used by the files under `dir` (symlinks not followed).
+fn tree_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let meta = entry.path().symlink_metadata()?;
+        total += if meta.is_dir() {
+            4096 + tree_size(&entry.path())?
+        } else {
+            meta.len().max(1).div_ceil(4096) * 4096
+        };
+    }
+    Ok(total)
+}
+
+/// Makes an ext4 image at `out` holding the tree under `dir`, owned by root, with `free_mib` MiB
+/// free beyond its contents (at least 16 MiB in all).
+pub fn ext4_image(dir: &Path, out: &Path, free_mib: u64) -> Result<()> {
+    let used = tree_size(dir)?;
+    let size = (used + used / 4 + (free_mib << 20) + (8 << 20)).max(16 << 20);
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    file.set_len(size)?;
+    drop(file);
+    let result = Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            "cocoon-rootfs",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
+        .arg(dir)
+        .arg(out)
+        .output();
+    let failure = match result {
+        Ok(o) if o.status.success() => return Ok(()),
+        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        Err(e) => format!("{e} (apt-get install e2fsprogs)"),
+    };
+    let _ = std::fs::remove_file(out);
+    bail!(
+        "mkfs.ext4 -d {} {}: {failure}",
+        dir.display(),
+        out.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Scratch(std::path::PathBuf);
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            let p =
+                std::env::temp_dir().join(format!("cocoon-rootfs-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+    }
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn debugfs(image: &Path, request: &str) -> String {
+        let out = Command::new("debugfs")
+            .args(["-R", request])
+            .arg(image)
+            .output()
+            .expect("debugfs (e2fsprogs) is installed by make deps");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    #[test]
+    fn default_image_as_ext4() {
+        let busybox = Path::new("/bin/busybox");
+        if !busybox.exists() {
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                b"SKIPPED default_image_as_ext4: /bin/busybox missing (make deps installs busybox-static)\n",
+            );
+            return;
+        }
+        let s = Scratch::new("default");
+        let tree = s.0.join("tree");
+        busybox_rootfs(&tree, busybox).unwrap();
+        assert_eq!(
+            std::fs::read_link(tree.join("bin/sh")).unwrap(),
+            Path::new("busybox")
+        );
+        let image = s.0.join("rootfs.ext4");
+        ext4_image(&tree, &image, 8).unwrap();
+        assert!(debugfs(&image, "cat /etc/passwd").contains("root:x:0:0:root:/root:/bin/sh"));
+        let sh = debugfs(&image, "stat /bin/sh");
+        assert!(
+            sh.contains("Type: symlink") && sh.contains("busybox"),
+            "{sh}"
+        );
+        let tmp = debugfs(&image, "stat /tmp");
+        assert!(tmp.contains("Mode:  01777"), "{tmp}");
+        let owner = debugfs(&image, "stat /bin/busybox");
+        assert!(
+            owner.contains("User:     0") && owner.contains("Group:     0"),
+            "{owner}"
+        );
+
+        // The tree must be empty to be laid out again.
+        let err = busybox_rootfs(&tree, busybox).unwrap_err();
+        assert!(err.to_string().contains("not empty"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_dynamic_busybox_and_reports_mkfs_errors() {
+        let s = Scratch::new("errors");
+        let err = busybox_rootfs(&s.0.join("t"), Path::new("/bin/sh")).unwrap_err();
+        assert!(err.to_string().contains("busybox-static"), "{err}");
+        let err = ext4_image(&s.0.join("missing-dir"), &s.0.join("x.img"), 0).unwrap_err();
+        assert!(format!("{err:#}").contains("missing-dir"), "{err:#}");
+        assert!(
+            !s.0.join("x.img").exists(),
+            "no half-made image is left behind"
+        );
+    }
+}
