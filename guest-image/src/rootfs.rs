@@ -116,19 +116,18 @@ pub fn ext4_image(dir: &Path, out: &Path, free_mib: u64) -> Result<()> {
 mod tests {
     use super::*;
 
-    struct Scratch(std::path::PathBuf);
+    struct Scratch(tempfile::TempDir);
     impl Scratch {
         fn new(tag: &str) -> Self {
-            let p =
-                std::env::temp_dir().join(format!("cocoon-rootfs-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            Self(p)
+            Self(
+                tempfile::Builder::new()
+                    .prefix(&format!("cocoon-rootfs-{tag}-"))
+                    .tempdir()
+                    .unwrap(),
+            )
         }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+        fn join(&self, p: &str) -> std::path::PathBuf {
+            self.0.path().join(p)
         }
     }
 
@@ -152,13 +151,13 @@ mod tests {
             return;
         }
         let s = Scratch::new("default");
-        let tree = s.0.join("tree");
+        let tree = s.join("tree");
         busybox_rootfs(&tree, busybox).unwrap();
         assert_eq!(
             std::fs::read_link(tree.join("bin/sh")).unwrap(),
             Path::new("busybox")
         );
-        let image = s.0.join("rootfs.ext4");
+        let image = s.join("rootfs.ext4");
         ext4_image(&tree, &image, 8).unwrap();
         assert!(debugfs(&image, "cat /etc/passwd").contains("root:x:0:0:root:/root:/bin/sh"));
         let sh = debugfs(&image, "stat /bin/sh");
@@ -182,12 +181,12 @@ mod tests {
     #[test]
     fn refuses_a_dynamic_busybox_and_reports_mkfs_errors() {
         let s = Scratch::new("errors");
-        let err = busybox_rootfs(&s.0.join("t"), Path::new("/bin/sh")).unwrap_err();
+        let err = busybox_rootfs(&s.join("t"), Path::new("/bin/sh")).unwrap_err();
         assert!(err.to_string().contains("busybox-static"), "{err}");
-        let err = ext4_image(&s.0.join("missing-dir"), &s.0.join("x.img"), 0).unwrap_err();
+        let err = ext4_image(&s.join("missing-dir"), &s.join("x.img"), 0).unwrap_err();
         assert!(format!("{err:#}").contains("missing-dir"), "{err:#}");
         assert!(
-            !s.0.join("x.img").exists(),
+            !s.join("x.img").exists(),
             "no half-made image is left behind"
         );
     }

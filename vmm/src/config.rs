@@ -289,36 +289,10 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn kernel_file() -> tempfile_lite::TempFile {
-        tempfile_lite::TempFile::with_contents(b"not really a kernel")
-    }
-
-    /// A tiny temp-file helper (the crate has no dev-dependencies).
-    mod tempfile_lite {
-        use std::path::{Path, PathBuf};
-
-        pub struct TempFile(PathBuf);
-        impl TempFile {
-            pub fn with_contents(bytes: &[u8]) -> Self {
-                use std::sync::atomic::{AtomicU32, Ordering};
-                static N: AtomicU32 = AtomicU32::new(0);
-                let path = std::env::temp_dir().join(format!(
-                    "cocoon-vmm-test-{}-{}",
-                    std::process::id(),
-                    N.fetch_add(1, Ordering::Relaxed)
-                ));
-                std::fs::write(&path, bytes).unwrap();
-                Self(path)
-            }
-            pub fn path(&self) -> &Path {
-                &self.0
-            }
-        }
-        impl Drop for TempFile {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
-        }
+    fn kernel_file() -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"not really a kernel").unwrap();
+        f
     }
 
     #[test]
@@ -382,16 +356,11 @@ mod tests {
 
     #[test]
     fn config_file_errors_name_the_file() {
-        let mut f = std::env::temp_dir();
-        f.push(format!("cocoon-vmm-bad-{}.json", std::process::id()));
-        std::fs::File::create(&f)
-            .unwrap()
-            .write_all(b"{ not json")
-            .unwrap();
-        let err = VmConfig::from_json_file(&f).unwrap_err();
-        std::fs::remove_file(&f).unwrap();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"{ not json").unwrap();
+        let err = VmConfig::from_json_file(f.path()).unwrap_err();
         assert!(matches!(err, ConfigError::File { .. }));
-        assert!(err.to_string().contains(&f.display().to_string()));
+        assert!(err.to_string().contains(&f.path().display().to_string()));
     }
 
     #[test]

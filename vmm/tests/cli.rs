@@ -10,24 +10,24 @@ use std::process::{Command, Output};
 const VMM: &str = env!("CARGO_BIN_EXE_cocoon-vmm");
 
 /// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
+struct Scratch(tempfile::TempDir);
 
 impl Scratch {
     fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("cocoon-cli-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
+        Self(
+            tempfile::Builder::new()
+                .prefix(&format!("cocoon-cli-{tag}-"))
+                .tempdir()
+                .unwrap(),
+        )
+    }
+    fn dir(&self) -> &Path {
+        self.0.path()
     }
     fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
-        let p = self.0.join(name);
+        let p = self.dir().join(name);
         std::fs::write(&p, contents).unwrap();
         p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -104,7 +104,7 @@ fn unreadable_initrd() {
     let k = s.file("bzImage", &fake_bzimage());
     let out = vmm(&["--kernel", path_str(&k), "--initrd", "/nonexistent/initrd"]);
     assert_one_error_line(&out, &["initrd /nonexistent/initrd", "--initrd"]);
-    let dir = s.0.join("a-directory");
+    let dir = s.dir().join("a-directory");
     std::fs::create_dir_all(&dir).unwrap();
     let out = vmm(&["--kernel", path_str(&k), "--initrd", path_str(&dir)]);
     assert_one_error_line(&out, &["not a regular file"]);
@@ -185,7 +185,7 @@ fn no_access_to_dev_kvm() {
     }
     let s = Scratch::new("nokvm");
     let k = s.file("bzImage", &fake_bzimage());
-    std::fs::set_permissions(&s.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(s.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = Command::new(VMM)
         .args(["--kernel", path_str(&k)])

@@ -364,20 +364,18 @@ mod tests {
     /// VRING_DESC_F_WRITE: the device writes this buffer.
     const WRITE: u16 = 2;
 
+    /// A disk image in a temporary file, removed on drop.
     struct Disk {
-        path: std::path::PathBuf,
+        file: tempfile::NamedTempFile,
     }
     impl Disk {
-        fn new(tag: &str, contents: &[u8]) -> Self {
-            let path =
-                std::env::temp_dir().join(format!("cocoon-blk-{tag}-{}", std::process::id()));
-            std::fs::write(&path, contents).unwrap();
-            Self { path }
+        fn new(_tag: &str, contents: &[u8]) -> Self {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), contents).unwrap();
+            Self { file }
         }
-    }
-    impl Drop for Disk {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.path);
+        fn path(&self) -> &Path {
+            self.file.path()
         }
     }
 
@@ -422,7 +420,7 @@ mod tests {
         let mut image = vec![0u8; 4096];
         image[1024..1029].copy_from_slice(b"hello");
         let disk = Disk::new("read", &image);
-        let mut block = Block::open(&disk.path, true, "disk0").unwrap();
+        let mut block = Block::open(disk.path(), true, "disk0").unwrap();
         let m = mem();
         header(&m, 0x10_0000, T_IN, 2);
         let descs = [
@@ -440,7 +438,7 @@ mod tests {
     #[test]
     fn writes_and_flushes_a_writable_disk() {
         let disk = Disk::new("write", &[0u8; 2048]);
-        let mut block = Block::open(&disk.path, false, "disk0").unwrap();
+        let mut block = Block::open(disk.path(), false, "disk0").unwrap();
         let m = mem();
         header(&m, 0x10_0000, T_OUT, 1);
         m.write_slice(&[0xab; 512], GuestAddress(0x20_0000))
@@ -452,7 +450,7 @@ mod tests {
         ];
         let (used, status, _) = run(&mut block, &m, &descs, 0x30_0000);
         assert_eq!((used, status), (1, S_OK));
-        let on_disk = std::fs::read(&disk.path).unwrap();
+        let on_disk = std::fs::read(disk.path()).unwrap();
         assert!(on_disk[512..1024].iter().all(|&b| b == 0xab));
         assert!(on_disk[..512].iter().all(|&b| b == 0));
 
@@ -464,7 +462,7 @@ mod tests {
     #[test]
     fn read_only_disks_refuse_writes() {
         let disk = Disk::new("ro", &[7u8; 1024]);
-        let mut block = Block::open(&disk.path, true, "disk0").unwrap();
+        let mut block = Block::open(disk.path(), true, "disk0").unwrap();
         assert_ne!(block.features() & VIRTIO_BLK_F_RO, 0);
         let m = mem();
         header(&m, 0x10_0000, T_OUT, 0);
@@ -474,13 +472,13 @@ mod tests {
             desc(0x30_0000, 1, WRITE),
         ];
         assert_eq!(run(&mut block, &m, &descs, 0x30_0000).1, S_IOERR);
-        assert_eq!(std::fs::read(&disk.path).unwrap(), vec![7u8; 1024]);
+        assert_eq!(std::fs::read(disk.path()).unwrap(), vec![7u8; 1024]);
     }
 
     #[test]
     fn hostile_requests_fail_alone() {
         let disk = Disk::new("hostile", &[0u8; 1024]);
-        let mut block = Block::open(&disk.path, false, "disk0").unwrap();
+        let mut block = Block::open(disk.path(), false, "disk0").unwrap();
         let m = mem();
         // Past the end of the disk.
         header(&m, 0x10_0000, T_IN, 2);
@@ -522,11 +520,11 @@ mod tests {
         let big_disk = Disk::new("big", &[]);
         std::fs::File::options()
             .write(true)
-            .open(&big_disk.path)
+            .open(big_disk.path())
             .unwrap()
             .set_len(64 << 20)
             .unwrap();
-        let big = Block::open(&big_disk.path, false, "big").unwrap();
+        let big = Block::open(big_disk.path(), false, "big").unwrap();
         let done = lock(&big.state).execute(&m, T_IN, 0, &[huge]);
         assert_eq!(done.status, S_IOERR);
     }
@@ -534,7 +532,7 @@ mod tests {
     #[test]
     fn config_space_and_id() {
         let disk = Disk::new("cfg", &[0u8; 4096 + 100]);
-        let mut block = Block::open(&disk.path, false, "cocoon-disk").unwrap();
+        let mut block = Block::open(disk.path(), false, "cocoon-disk").unwrap();
         let mut cap = [0u8; 8];
         block.read_config(0, &mut cap);
         assert_eq!(u64::from_le_bytes(cap), 8, "rounded down to whole sectors");

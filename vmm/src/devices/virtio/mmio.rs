@@ -188,61 +188,52 @@ impl MmioTransport {
         self.status = new;
     }
 
+    /// Starts the device; on any failure the device is marked DEVICE_NEEDS_RESET, which tells the
+    /// driver to reset it, and the reason is logged.
     fn activate(&mut self) {
+        match self.try_activate() {
+            Ok(()) => self.activated = true,
+            Err(why) => {
+                tracing::warn!(
+                    "virtio device {}: {why}; device needs reset",
+                    self.device.device_type()
+                );
+                self.status |= STATUS_DEVICE_NEEDS_RESET;
+            }
+        }
+    }
+
+    fn try_activate(&mut self) -> Result<(), String> {
         let mem = &self.mem;
-        let invalid = self
+        if let Some(index) = self
             .queues
             .iter()
-            .enumerate()
-            .find(|(_, q)| q.ready() && !q.is_valid(mem));
-        if let Some((index, _)) = invalid {
-            tracing::warn!(
-                "virtio device {}: queue {index} is not valid; device needs reset",
-                self.device.device_type()
-            );
-            self.status |= STATUS_DEVICE_NEEDS_RESET;
-            return;
+            .position(|q| q.ready() && !q.is_valid(mem))
+        {
+            return Err(format!("queue {index} is not valid"));
         }
-        let events = match self
+        let events = self
             .queue_events
             .iter()
             .map(EventFd::try_clone)
             .collect::<Result<Vec<_>, _>>()
-        {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!("virtio device activation: {e}");
-                self.status |= STATUS_DEVICE_NEEDS_RESET;
-                return;
-            }
-        };
+            .map_err(|e| format!("cloning queue eventfds: {e}"))?;
         // The device gets its own copies of the queues; the transport keeps the registers' view.
-        let queues = match self
+        let queues = self
             .queues
             .iter()
             .map(|q| Queue::try_from(q.state()))
             .collect::<Result<Vec<_>, _>>()
-        {
-            Ok(q) => q,
-            Err(e) => {
-                tracing::warn!("virtio device activation: {e:?}");
-                self.status |= STATUS_DEVICE_NEEDS_RESET;
-                return;
-            }
-        };
-        match self.device.activate(
-            self.mem.clone(),
-            self.driver_features,
-            queues,
-            events,
-            self.interrupt.clone(),
-        ) {
-            Ok(()) => self.activated = true,
-            Err(e) => {
-                tracing::warn!("{e}");
-                self.status |= STATUS_DEVICE_NEEDS_RESET;
-            }
-        }
+            .map_err(|e| format!("copying the queues: {e:?}"))?;
+        self.device
+            .activate(
+                self.mem.clone(),
+                self.driver_features,
+                queues,
+                events,
+                self.interrupt.clone(),
+            )
+            .map_err(|e| e.to_string())
     }
 
     /// A guest read of `data.len()` bytes at `offset` into the window.
