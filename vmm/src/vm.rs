@@ -344,8 +344,12 @@ pub fn run(config: &VmConfig, options: RunOptions) -> Result<VmOutcome> {
         .context("registering the serial irqfd")?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, sink)));
     let mut pio = PioBus::default();
-    pio.insert(COM1_BASE, COM1_LEN, serial.clone())?;
-    pio.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042)))?;
+    pio.insert(COM1_BASE.into(), COM1_LEN.into(), serial.clone())?;
+    pio.insert(
+        I8042_BASE.into(),
+        I8042_LEN.into(),
+        Arc::new(Mutex::new(I8042)),
+    )?;
     let buses = Buses {
         pio: Arc::new(pio),
         mmio: Arc::new(virtio.bus),

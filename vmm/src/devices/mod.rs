@@ -1,11 +1,14 @@
-//! Emulated devices and the port-IO bus that routes vCPU exits to them.
+//! Emulated devices and the port-IO and MMIO buses that route vCPU exits to them.
 
+pub mod bus;
 pub mod console;
 pub mod i8042;
 pub mod serial;
 pub mod virtio;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+
+pub use bus::{Bus, BusOverlap};
 
 /// What the VM must do after a device handled an access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,62 +24,21 @@ pub trait PioDevice: Send {
     fn write(&mut self, offset: u16, data: &[u8]) -> DeviceAction;
 }
 
-struct PioRange {
-    base: u16,
-    len: u16,
-    device: Arc<Mutex<dyn PioDevice>>,
-}
-
 /// Routes port reads and writes to the device that owns the port. Reads of unowned ports return
 /// all-ones, like an empty ISA bus; writes to them are dropped.
-#[derive(Default)]
-pub struct PioBus {
-    ranges: Vec<PioRange>,
-}
+pub type PioBus = Bus<dyn PioDevice>;
 
-/// Two devices claim the same port.
-#[derive(Debug, thiserror::Error)]
-#[error("port range {base:#x}+{len} overlaps a device already on the bus")]
-pub struct PioOverlap {
-    pub base: u16,
-    pub len: u16,
-}
-
-impl PioBus {
-    pub fn insert(
-        &mut self,
-        base: u16,
-        len: u16,
-        device: Arc<Mutex<dyn PioDevice>>,
-    ) -> Result<(), PioOverlap> {
-        let end = u32::from(base) + u32::from(len);
-        let overlaps = self.ranges.iter().any(|r| {
-            u32::from(base) < u32::from(r.base) + u32::from(r.len) && u32::from(r.base) < end
-        });
-        if overlaps || len == 0 {
-            return Err(PioOverlap { base, len });
-        }
-        self.ranges.push(PioRange { base, len, device });
-        Ok(())
-    }
-
-    fn find(&self, port: u16) -> Option<(&PioRange, u16)> {
-        self.ranges
-            .iter()
-            .find(|r| port >= r.base && u32::from(port) < u32::from(r.base) + u32::from(r.len))
-            .map(|r| (r, port - r.base))
-    }
-
+impl Bus<dyn PioDevice> {
     pub fn read(&self, port: u16, data: &mut [u8]) {
-        match self.find(port) {
-            Some((range, offset)) => lock(&range.device).read(offset, data),
+        match self.find(port.into(), data.len()) {
+            Some((device, offset)) => lock(device).read(offset as u16, data),
             None => data.fill(0xff),
         }
     }
 
     pub fn write(&self, port: u16, data: &[u8]) -> DeviceAction {
-        match self.find(port) {
-            Some((range, offset)) => lock(&range.device).write(offset, data),
+        match self.find(port.into(), data.len()) {
+            Some((device, offset)) => lock(device).write(offset as u16, data),
             None => DeviceAction::None,
         }
     }
@@ -88,62 +50,20 @@ pub trait MmioDevice: Send {
     fn write(&mut self, offset: u64, data: &[u8]);
 }
 
-struct MmioRange {
-    base: u64,
-    len: u64,
-    device: Arc<Mutex<dyn MmioDevice>>,
-}
-
 /// Routes guest MMIO exits to devices. Unowned addresses read as all-ones; writes are dropped.
-#[derive(Default)]
-pub struct MmioBus {
-    ranges: Vec<MmioRange>,
-}
+pub type MmioBus = Bus<dyn MmioDevice>;
 
-/// Two devices claim overlapping MMIO windows.
-#[derive(Debug, thiserror::Error)]
-#[error("MMIO range {base:#x}+{len:#x} overlaps a device already on the bus")]
-pub struct MmioOverlap {
-    pub base: u64,
-    pub len: u64,
-}
-
-impl MmioBus {
-    pub fn insert(
-        &mut self,
-        base: u64,
-        len: u64,
-        device: Arc<Mutex<dyn MmioDevice>>,
-    ) -> Result<(), MmioOverlap> {
-        let end = base.checked_add(len).ok_or(MmioOverlap { base, len })?;
-        let overlaps = self
-            .ranges
-            .iter()
-            .any(|r| base < r.base + r.len && r.base < end);
-        if overlaps || len == 0 {
-            return Err(MmioOverlap { base, len });
-        }
-        self.ranges.push(MmioRange { base, len, device });
-        Ok(())
-    }
-
-    fn find(&self, addr: u64, size: usize) -> Option<(&MmioRange, u64)> {
-        self.ranges
-            .iter()
-            .find(|r| addr >= r.base && addr - r.base + size as u64 <= r.len)
-            .map(|r| (r, addr - r.base))
-    }
-
+impl Bus<dyn MmioDevice> {
     pub fn read(&self, addr: u64, data: &mut [u8]) {
         match self.find(addr, data.len()) {
-            Some((range, offset)) => lock(&range.device).read(offset, data),
+            Some((device, offset)) => lock(device).read(offset, data),
             None => data.fill(0xff),
         }
     }
 
     pub fn write(&self, addr: u64, data: &[u8]) {
-        if let Some((range, offset)) = self.find(addr, data.len()) {
-            lock(&range.device).write(offset, data);
+        if let Some((device, offset)) = self.find(addr, data.len()) {
+            lock(device).write(offset, data);
         }
     }
 }
@@ -157,6 +77,7 @@ pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     struct Echo(u8);
     impl PioDevice for Echo {
