@@ -136,18 +136,36 @@ pub const RETRY: &str = "@@COCOON-RETRY";
 /// Shell helpers every scenario can use.
 ///
 /// `cocoon_boot ARGS...` runs `$COCOON_VMM ARGS...` with a hard deadline (`$BOOT_DEADLINE`, 45 s;
-/// SIGKILL, so a timeout reads as status 137) and prints its output. In the emulated KVM host only,
+/// at the deadline the VMM is asked for its vCPUs' registers (SIGUSR1), then killed, and the status
+/// reads 137) and prints its output. In the emulated KVM host only,
 /// a boot that ran into the deadline is retried, at most twice, loudly: nested SVM under TCG has been
 /// seen to stall a guest (a few boots in a hundred). Under hardware KVM a stall is a failure.
 pub const PRELUDE: &str = r#"
+cocoon_boot_once() {
+  "$COCOON_VMM" "$@" > "$cocoon_boot_out" 2>&1 &
+  cocoon_boot_pid=$!
+  cocoon_boot_waited=0
+  while kill -0 $cocoon_boot_pid 2>/dev/null && [ $cocoon_boot_waited -lt $((${BOOT_DEADLINE:-45} * 10)) ]; do
+    sleep 0.1
+    cocoon_boot_waited=$((cocoon_boot_waited + 1))
+  done
+  if kill -0 $cocoon_boot_pid 2>/dev/null; then
+    kill -USR1 $cocoon_boot_pid
+    sleep 1
+    kill -KILL $cocoon_boot_pid
+    wait $cocoon_boot_pid
+    return 137
+  fi
+  wait $cocoon_boot_pid
+}
 cocoon_boot() {
   cocoon_boot_out=$(mktemp)
   cocoon_boot_try=1
   while :; do
-    timeout -s KILL "${BOOT_DEADLINE:-45}" "$COCOON_VMM" "$@" > "$cocoon_boot_out" 2>&1
+    cocoon_boot_once "$@"
     cocoon_boot_rc=$?
     [ "$cocoon_boot_rc" = 137 ] && [ "${COCOON_EMULATED_HOST:-0}" = 1 ] && [ $cocoon_boot_try -le 2 ] || break
-    echo "@@COCOON-RETRY attempt $cocoon_boot_try: the guest did not finish in ${BOOT_DEADLINE:-45}s under the emulated host; last output: $(tail -n 3 "$cocoon_boot_out" | tr '\n' '|')"
+    echo "@@COCOON-RETRY attempt $cocoon_boot_try: the guest did not finish in ${BOOT_DEADLINE:-45}s under the emulated host; last output: $(tail -n 6 "$cocoon_boot_out" | tr '\n' '|')"
     cocoon_boot_try=$((cocoon_boot_try + 1))
   done
   cat "$cocoon_boot_out"

@@ -88,6 +88,9 @@ if ! start_held && [ "${COCOON_EMULATED_HOST:-0}" = 1 ]; then
   start_held
 fi
 grep -q "cocoon-guest: ready" console.log && echo "guest-held"
+kill -USR1 $pid
+i=0
+while [ "$(grep -c "cocoon-vmm: vCPU" console.log)" -lt 2 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 kill -TERM $pid
 i=0
 while kill -0 $pid 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
@@ -291,6 +294,13 @@ fn sigterm_stops_a_running_guest_cleanly() {
     assert!(!out.contains("still-running-after-10s"), "{out}");
     assert_eq!(value_after(out, "vmm-exit="), Some("0"), "{out}");
     assert!(out.contains("stopped by signal 15"), "{out}");
+    // SIGUSR1 made each of the two vCPUs print its registers, and did not stop the VM.
+    for vcpu in 0..2 {
+        assert!(
+            out.contains(&format!("cocoon-vmm: vCPU {vcpu}: rip=0x")),
+            "no register dump of vCPU {vcpu}: {out}"
+        );
+    }
 }
 
 #[test]

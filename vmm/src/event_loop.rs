@@ -14,6 +14,8 @@ use crate::devices::serial::SerialDevice;
 
 /// Signals that stop the VM cleanly. They are blocked in every thread and read from a signalfd.
 pub const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+/// Signal that asks every vCPU to print its registers (for a guest that seems stuck).
+pub const DUMP_SIGNAL: Signal = Signal::SIGUSR1;
 
 /// What made the event loop stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +31,7 @@ pub fn stop_signal_fd() -> nix::Result<SignalFd> {
     for s in STOP_SIGNALS {
         mask.add(s);
     }
+    mask.add(DUMP_SIGNAL);
     mask.thread_block()?;
     SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
 }
@@ -37,6 +40,8 @@ pub struct StopWatcher {
     vcpu_exit: EventFd,
     signals: SignalFd,
     pub trigger: Option<StopTrigger>,
+    /// A register dump was asked for (SIGUSR1) and not yet carried out.
+    pub dump_requested: bool,
 }
 
 impl StopWatcher {
@@ -45,6 +50,7 @@ impl StopWatcher {
             vcpu_exit,
             signals,
             trigger: None,
+            dump_requested: false,
         }
     }
 }
@@ -65,8 +71,12 @@ impl MutEventSubscriber for StopWatcher {
             let _ = self.vcpu_exit.read();
             self.trigger.get_or_insert(StopTrigger::VcpuExited);
         } else if let Ok(Some(info)) = self.signals.read_signal() {
-            self.trigger
-                .get_or_insert(StopTrigger::Signal(info.ssi_signo as i32));
+            let signo = info.ssi_signo as i32;
+            if signo == DUMP_SIGNAL as i32 {
+                self.dump_requested = true;
+            } else {
+                self.trigger.get_or_insert(StopTrigger::Signal(signo));
+            }
         }
     }
 }

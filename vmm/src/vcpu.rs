@@ -1,6 +1,6 @@
 //! One vCPU: its KVM file descriptor, its boot state and the loop that runs it and serves its exits.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use kvm_bindings::{
@@ -62,11 +62,20 @@ pub struct Buses {
     pub mmio: Arc<MmioBus>,
 }
 
+/// What the VMM asks of running vCPUs: to stop, or to print their registers (each request bumps the
+/// dump generation; a vCPU prints once per generation). Threads are kicked out of KVM_RUN to see it.
+#[derive(Default)]
+pub struct VcpuControl {
+    pub stop: AtomicBool,
+    pub dump_generation: AtomicU64,
+}
+
 pub struct Vcpu {
     id: u8,
     fd: VcpuFd,
     buses: Buses,
-    stop: Arc<AtomicBool>,
+    control: Arc<VcpuControl>,
+    dumps_seen: u64,
 }
 
 impl Vcpu {
@@ -79,7 +88,7 @@ impl Vcpu {
         supported_cpuid: &CpuId,
         entry: u64,
         buses: Buses,
-        stop: Arc<AtomicBool>,
+        control: Arc<VcpuControl>,
     ) -> Result<Self, VcpuSetupError> {
         let fd = vm
             .create_vcpu(u64::from(id))
@@ -97,7 +106,8 @@ impl Vcpu {
             id,
             fd,
             buses,
-            stop,
+            control,
+            dumps_seen: 0,
         })
     }
 
@@ -115,8 +125,13 @@ impl Vcpu {
         let id = self.id;
         let mut first_entry = true;
         loop {
-            if self.stop.load(Ordering::Acquire) {
+            if self.control.stop.load(Ordering::Acquire) {
                 return Ok(VcpuStop::Requested);
+            }
+            let dumps = self.control.dump_generation.load(Ordering::Acquire);
+            if dumps != self.dumps_seen {
+                self.dumps_seen = dumps;
+                eprintln!("cocoon-vmm: vCPU {id}: {}", self.state());
             }
             if first_entry {
                 first_entry = false;

@@ -1,7 +1,7 @@
 //! Builds a VM from a validated configuration and runs it to the end: KVM setup, guest memory,
 //! images, boot tables, devices, one thread per vCPU, and the event loop on the calling thread.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -34,7 +34,7 @@ use crate::devices::{lock, MmioBus, PioBus};
 use crate::event_loop::{stop_signal_fd, ConsoleInput, StopTrigger, StopWatcher};
 use crate::loader;
 use crate::timing::BootTimer;
-use crate::vcpu::{Buses, Vcpu, VcpuError, VcpuStop};
+use crate::vcpu::{Buses, Vcpu, VcpuControl, VcpuError, VcpuStop};
 
 /// How a VM run ended.
 #[derive(Debug)]
@@ -359,7 +359,7 @@ pub fn run(config: &VmConfig, options: RunOptions) -> Result<VmOutcome> {
     let supported_cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .context("KVM_GET_SUPPORTED_CPUID")?;
-    let stop = Arc::new(AtomicBool::new(false));
+    let control = Arc::new(VcpuControl::default());
     let vcpus = (0..config.vcpus)
         .map(|id| {
             Vcpu::new(
@@ -369,7 +369,7 @@ pub fn run(config: &VmConfig, options: RunOptions) -> Result<VmOutcome> {
                 &supported_cpuid,
                 entry,
                 buses.clone(),
-                stop.clone(),
+                control.clone(),
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -417,13 +417,24 @@ pub fn run(config: &VmConfig, options: RunOptions) -> Result<VmOutcome> {
         if let Err(e) = events.run() {
             tracing::error!("event loop: {e:?}");
         }
-        if let Some(trigger) = lock(&watcher).trigger {
+        let mut watcher = lock(&watcher);
+        if std::mem::take(&mut watcher.dump_requested) {
+            control.dump_generation.fetch_add(1, Ordering::AcqRel);
+            // Twice: a kick that lands just before a thread re-enters KVM_RUN is lost.
+            for _ in 0..2 {
+                for t in threads.iter().filter(|t| !t.is_finished()) {
+                    let _ = t.kill(SIGRTMIN());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        if let Some(trigger) = watcher.trigger {
             break trigger;
         }
     };
 
     // Stop every vCPU: set the flag, then kick threads out of KVM_RUN until all have returned.
-    stop.store(true, Ordering::Release);
+    control.stop.store(true, Ordering::Release);
     while threads.iter().any(|t| !t.is_finished()) {
         for t in threads.iter().filter(|t| !t.is_finished()) {
             let _ = t.kill(SIGRTMIN());
