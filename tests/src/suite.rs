@@ -229,6 +229,7 @@ pub fn choose_mode() -> Result<(KvmMode, Option<HostTools>), SuiteError> {
 }
 
 /// Extra files a suite needs (written to `$COCOON_FILES`).
+#[derive(Clone)]
 pub struct SuiteFile {
     pub name: String,
     pub contents: Vec<u8>,
@@ -281,9 +282,34 @@ pub fn run_suite(
         }
         KvmMode::EmulatedHost => {
             let tools = tools.expect("emulated mode comes with its tools");
-            let mut host = cocoon_host(tools, &vmm, &guest, files).map_err(failed)?;
-            host.cpus = host.cpus.max(guest_vcpus_max);
-            host.run(&script, deadline, on_line).map_err(failed)?
+            // The emulated host itself has been seen to hang (nested SVM under TCG): then the
+            // whole suite runs once more, and says so where `cargo test` shows it.
+            let mut attempt = 1;
+            loop {
+                let mut host =
+                    cocoon_host(tools.clone(), &vmm, &guest, files.clone()).map_err(failed)?;
+                host.cpus = host.cpus.max(guest_vcpus_max);
+                let slot = ready_at.clone();
+                let on_line = move |line: &str, at: Duration| {
+                    if line.starts_with(HOST_READY) {
+                        *slot.lock().unwrap() = Some(at.as_secs_f64());
+                    }
+                };
+                let finished = host.run(&script, deadline, on_line).map_err(failed)?;
+                let hung = finished.timed_out || !finished.output.contains(SCRIPT_EXIT);
+                if hung && attempt == 1 {
+                    use std::io::Write;
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "RETRIED the whole suite: the emulated host did not finish it ({}); end of its log:\n{}",
+                        if finished.timed_out { "deadline" } else { "no exit marker" },
+                        tail(&finished.output, 20)
+                    );
+                    attempt += 1;
+                    continue;
+                }
+                break finished;
+            }
         }
     };
 

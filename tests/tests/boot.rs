@@ -82,11 +82,13 @@ echo "tampered-exit=$?""#,
   while ! grep -q "cocoon-guest: ready" console.log && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
   grep -q "cocoon-guest: ready" console.log
 }
-if ! start_held && [ "${COCOON_EMULATED_HOST:-0}" = 1 ]; then
-  echo "@@COCOON-RETRY the guest did not come up in 60s under the emulated host; retrying once"
+n=1
+while ! start_held && [ "${COCOON_EMULATED_HOST:-0}" = 1 ] && [ $n -le 2 ]; do
+  kill -USR1 $pid; sleep 1
+  echo "@@COCOON-RETRY attempt $n: the guest did not come up in 60s under the emulated host; $(grep 'cocoon-vmm: vCPU' console.log | tr '\n' '|')"
   kill -KILL $pid; wait $pid
-  start_held
-fi
+  n=$((n+1))
+done
 grep -q "cocoon-guest: ready" console.log && echo "guest-held"
 kill -USR1 $pid
 i=0
