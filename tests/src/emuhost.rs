@@ -187,7 +187,10 @@ impl EmulatedHost {
         self.image
             .file_bytes("/cocoon/env.sh", env.into_bytes(), 0o644)
             .file_bytes(SCRIPT, script.as_bytes().to_vec(), 0o755);
-        let dir = TempDir::new("cocoon-emuhost")?;
+        let dir = tempfile::Builder::new()
+            .prefix("cocoon-emuhost-")
+            .tempdir()
+            .context("creating a temporary directory")?;
         let initrd = dir.path().join("host.cpio");
         self.image.write_file(&initrd)?;
         let mut cmd = Command::new(&self.tools.qemu);
@@ -215,22 +218,5 @@ impl EmulatedHost {
             .with_context(|| format!("starting {}", self.tools.qemu.display()))?;
         drop(dir);
         Ok(finished)
-    }
-}
-
-/// A temporary directory removed on drop.
-pub struct TempDir(tempfile::TempDir);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{prefix}-"))
-            .tempdir()
-            .context("creating a temporary directory")?;
-        Ok(Self(dir))
-    }
-
-    pub fn path(&self) -> &Path {
-        self.0.path()
     }
 }

@@ -11,9 +11,7 @@ use crate::artifacts::{
     cpu_has_virtualization, dev_kvm_usable, guest_images, host_tools, workspace_binary,
     GuestImages, HostTools,
 };
-use crate::emuhost::{
-    EmulatedHost, HostFile, TempDir, FILES_DIR, GUEST_DIR, HOST_READY, SCRIPT_EXIT,
-};
+use crate::emuhost::{EmulatedHost, HostFile, FILES_DIR, GUEST_DIR, HOST_READY, SCRIPT_EXIT};
 use crate::process::{run_with_deadline, Finished};
 
 const BEGIN: &str = "@@COCOON-BEGIN ";
@@ -259,7 +257,10 @@ pub fn run_suite(
 
     let finished: Finished = match mode {
         KvmMode::Direct => {
-            let dir = TempDir::new("cocoon-suite").map_err(failed)?;
+            let dir = tempfile::Builder::new()
+                .prefix("cocoon-suite-")
+                .tempdir()
+                .map_err(|e| failed(e.into()))?;
             let files_dir = dir.path().join("files");
             std::fs::create_dir_all(&files_dir).map_err(|e| failed(e.into()))?;
             for f in &files {

@@ -369,7 +369,7 @@ mod tests {
         file: tempfile::NamedTempFile,
     }
     impl Disk {
-        fn new(_tag: &str, contents: &[u8]) -> Self {
+        fn new(contents: &[u8]) -> Self {
             let file = tempfile::NamedTempFile::new().unwrap();
             std::fs::write(file.path(), contents).unwrap();
             Self { file }
@@ -419,7 +419,7 @@ mod tests {
     fn reads_a_sector_range() {
         let mut image = vec![0u8; 4096];
         image[1024..1029].copy_from_slice(b"hello");
-        let disk = Disk::new("read", &image);
+        let disk = Disk::new(&image);
         let mut block = Block::open(disk.path(), true, "disk0").unwrap();
         let m = mem();
         header(&m, 0x10_0000, T_IN, 2);
@@ -437,7 +437,7 @@ mod tests {
 
     #[test]
     fn writes_and_flushes_a_writable_disk() {
-        let disk = Disk::new("write", &[0u8; 2048]);
+        let disk = Disk::new(&[0u8; 2048]);
         let mut block = Block::open(disk.path(), false, "disk0").unwrap();
         let m = mem();
         header(&m, 0x10_0000, T_OUT, 1);
@@ -461,7 +461,7 @@ mod tests {
 
     #[test]
     fn read_only_disks_refuse_writes() {
-        let disk = Disk::new("ro", &[7u8; 1024]);
+        let disk = Disk::new(&[7u8; 1024]);
         let mut block = Block::open(disk.path(), true, "disk0").unwrap();
         assert_ne!(block.features() & VIRTIO_BLK_F_RO, 0);
         let m = mem();
@@ -477,7 +477,7 @@ mod tests {
 
     #[test]
     fn hostile_requests_fail_alone() {
-        let disk = Disk::new("hostile", &[0u8; 1024]);
+        let disk = Disk::new(&[0u8; 1024]);
         let mut block = Block::open(disk.path(), false, "disk0").unwrap();
         let m = mem();
         // Past the end of the disk.
@@ -517,7 +517,7 @@ mod tests {
         assert_eq!(run(&mut block, &m, &no_status, 0x30_0000).0, 0);
         // An oversized transfer (the queue itself already refuses chains this large in memory).
         let huge = Descriptor::new(0x20_0000, MAX_REQUEST_BYTES as u32 + 512, WRITE, 0);
-        let big_disk = Disk::new("big", &[]);
+        let big_disk = Disk::new(&[]);
         std::fs::File::options()
             .write(true)
             .open(big_disk.path())
@@ -531,7 +531,7 @@ mod tests {
 
     #[test]
     fn config_space_and_id() {
-        let disk = Disk::new("cfg", &[0u8; 4096 + 100]);
+        let disk = Disk::new(&[0u8; 4096 + 100]);
         let mut block = Block::open(disk.path(), false, "cocoon-disk").unwrap();
         let mut cap = [0u8; 8];
         block.read_config(0, &mut cap);
