@@ -109,8 +109,43 @@ impl FromStr for DiskConfig {
     }
 }
 
-/// Virtio devices have IRQs 5 to 23 on the IO-APIC: at most this many.
+/// Virtio devices have IRQs 5 to 23 on the IO-APIC: at most this many disks (one fewer with a
+/// vsock device).
 pub const MAX_DISKS: usize = 19;
+
+/// The guest's vsock device and the Unix socket its host side listens on (Firecracker's hybrid
+/// vsock: connect, write `CONNECT <port>\n`; the guest reaching host port P connects to `<uds>_P`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 or more; 0-2 are reserved).
+    pub cid: u32,
+    pub uds: PathBuf,
+}
+
+/// Unix socket paths hold 107 bytes; `<uds>_<port>` must fit too.
+pub const MAX_VSOCK_UDS_LEN: usize = 107 - 11;
+
+impl FromStr for VsockConfig {
+    type Err = String;
+
+    /// `cid=N,uds=PATH` (either order)
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = || format!("invalid vsock '{s}': use cid=N,uds=PATH (N at least 3)");
+        let (mut cid, mut uds) = (None, None);
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("cid", n)) => cid = Some(n.parse::<u32>().map_err(|_| usage())?),
+                Some(("uds", p)) if !p.is_empty() => uds = Some(PathBuf::from(p)),
+                _ => return Err(usage()),
+            }
+        }
+        match (cid, uds) {
+            (Some(cid), Some(uds)) => Ok(Self { cid, uds }),
+            _ => Err(usage()),
+        }
+    }
+}
 
 fn default_cmdline() -> String {
     DEFAULT_CMDLINE.to_string()
@@ -142,6 +177,9 @@ pub struct VmConfig {
     /// Disks, in the order the guest sees them (vda, vdb, ...).
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// A virtio-vsock device, if any.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
     /// If set, the kernel image must have this sha256 (hex) or the VMM refuses to boot it.
     #[serde(default)]
     pub kernel_sha256: Option<String>,
@@ -171,8 +209,12 @@ pub enum ConfigError {
     BadSha256 { what: &'static str, value: String },
     #[error("disk {path}: {reason} (pass --disk path=FILE[,ro] with a raw image file)")]
     Disk { path: PathBuf, reason: String },
-    #[error("at most {MAX_DISKS} disks, got {0}")]
-    TooManyDisks(usize),
+    #[error("at most {0} disks with this configuration, got {1}")]
+    TooManyDisks(usize, usize),
+    #[error("vsock cid {0} is reserved: use 3 or more (each VM on a host needs its own)")]
+    VsockCid(u32),
+    #[error("vsock socket {path}: {reason} (pass --vsock cid=N,uds=PATH with a new path in an existing directory)")]
+    VsockUds { path: PathBuf, reason: String },
     #[error("config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
 }
@@ -218,6 +260,7 @@ impl VmConfig {
             memory_mib: DEFAULT_MEMORY_MIB,
             console: ConsoleConfig::default(),
             disks: Vec::new(),
+            vsock: None,
             kernel_sha256: None,
             initrd_sha256: None,
         }
@@ -265,8 +308,32 @@ impl VmConfig {
         if self.cmdline.contains('\0') {
             return Err(ConfigError::CmdlineNul);
         }
-        if self.disks.len() > MAX_DISKS {
-            return Err(ConfigError::TooManyDisks(self.disks.len()));
+        let max_disks = MAX_DISKS - usize::from(self.vsock.is_some());
+        if self.disks.len() > max_disks {
+            return Err(ConfigError::TooManyDisks(max_disks, self.disks.len()));
+        }
+        if let Some(vsock) = &self.vsock {
+            if vsock.cid < 3 || vsock.cid == u32::MAX {
+                return Err(ConfigError::VsockCid(vsock.cid));
+            }
+            let uds_error = |reason: &str| ConfigError::VsockUds {
+                path: vsock.uds.clone(),
+                reason: reason.into(),
+            };
+            if vsock.uds.as_os_str().len() > MAX_VSOCK_UDS_LEN {
+                return Err(uds_error(&format!(
+                    "longer than {MAX_VSOCK_UDS_LEN} bytes (Unix socket paths are short)"
+                )));
+            }
+            if vsock.uds.symlink_metadata().is_ok() {
+                return Err(uds_error(
+                    "already exists (another VM uses it, or a stale socket from a VMM that was killed: remove it)",
+                ));
+            }
+            let parent = vsock.uds.parent().filter(|p| !p.as_os_str().is_empty());
+            if parent.is_some_and(|p| !p.is_dir()) {
+                return Err(uds_error("its directory does not exist"));
+            }
         }
         for disk in &self.disks {
             check_readable_file(&disk.path).map_err(|reason| ConfigError::Disk {

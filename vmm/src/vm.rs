@@ -23,13 +23,14 @@ use crate::arch::x86_64::layout::{
     ram_regions, CMDLINE_MAX_SIZE, EBDA_START, HIMEM_START, KVM_TSS_ADDRESS, MMIO_DEVICES_START,
 };
 use crate::arch::x86_64::{bootparams, mptable, regs};
-use crate::config::{ConsoleConfig, DiskConfig, VmConfig};
+use crate::config::{ConsoleConfig, VmConfig};
 use crate::devices::console::ConsoleSink;
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::serial::{SerialDevice, COM1_BASE, COM1_IRQ, COM1_LEN};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
-use crate::devices::virtio::Interrupt;
+use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{lock, MmioBus, PioBus};
 use crate::event_loop::{stop_signal_fd, ConsoleInput, StopTrigger, StopWatcher};
 use crate::loader;
@@ -219,52 +220,78 @@ fn load_guest(
 /// `virtio_mmio.device=` entries that announce them on the kernel command line.
 struct VirtioDevices {
     bus: MmioBus,
-    handlers: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    handlers: Vec<Handler>,
     cmdline: String,
+    count: usize,
 }
 
 /// First IO-APIC pin for virtio devices (0-4 are the PIT, keyboard, cascade, COM2, COM1).
 const FIRST_DEVICE_IRQ: u32 = 5;
 
-/// Attaches each disk as a virtio-blk device behind its own virtio-mmio window, with an irqfd for
-/// its interrupt and an ioeventfd per queue, so neither costs a trip through the VMM's vCPU loop.
-fn attach_disks(vm: &VmFd, mem: &GuestMemoryMmap, disks: &[DiskConfig]) -> Result<VirtioDevices> {
-    let mut devices = VirtioDevices {
-        bus: MmioBus::default(),
-        handlers: Vec::new(),
-        cmdline: String::new(),
-    };
-    for (index, disk) in disks.iter().enumerate() {
+type Handler = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+impl VirtioDevices {
+    /// Puts `device` behind the next virtio-mmio window, with an irqfd for its interrupt and an
+    /// ioeventfd per queue, so neither costs a trip through the VMM's vCPU loop. `make_handler`
+    /// gets the queue eventfds and returns the event-loop half of the device.
+    fn attach(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        name: &str,
+        device: Box<dyn VirtioDevice>,
+        make_handler: impl FnOnce(Vec<EventFd>) -> Handler,
+    ) -> Result<()> {
+        let index = self.count;
         let base = MMIO_DEVICES_START + index as u64 * MMIO_WINDOW_SIZE;
         let irq = FIRST_DEVICE_IRQ + index as u32;
-        let block = Block::open(&disk.path, disk.read_only, &format!("cocoon-disk{index}"))?;
-        let handle = block.handle();
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).context("creating a device irqfd")?;
         vm.register_irqfd(&irqfd, irq)
-            .with_context(|| format!("registering the irqfd of disk {index}"))?;
+            .with_context(|| format!("registering the irqfd of {name}"))?;
         let interrupt = Arc::new(Interrupt::new(irqfd));
-        let transport = MmioTransport::new(Box::new(block), mem.clone(), interrupt)?;
+        let transport = MmioTransport::new(device, mem.clone(), interrupt)?;
+        let mut events = Vec::new();
         for (queue, event) in transport.queue_events().iter().enumerate() {
             vm.register_ioevent(
                 event,
                 &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
                 queue as u32,
             )
-            .with_context(|| format!("registering the queue ioeventfd of disk {index}"))?;
+            .with_context(|| format!("registering a queue ioeventfd of {name}"))?;
+            events.push(event.try_clone().context("cloning a queue eventfd")?);
         }
-        let event = transport.queue_events()[0]
-            .try_clone()
-            .context("cloning a queue eventfd")?;
-        devices
-            .handlers
-            .push(Arc::new(Mutex::new(handle.queue_handler(event))));
-        devices
-            .bus
+        self.handlers.push(make_handler(events));
+        self.bus
             .insert(base, MMIO_WINDOW_SIZE, Arc::new(Mutex::new(transport)))?;
-        devices.cmdline.push_str(&format!(
+        self.cmdline.push_str(&format!(
             " virtio_mmio.device={}K@{base:#x}:{irq}",
             MMIO_WINDOW_SIZE >> 10
         ));
+        self.count += 1;
+        Ok(())
+    }
+}
+
+/// Attaches the configured disks (virtio-blk, in order: vda, vdb, ...) and the vsock device.
+fn attach_virtio_devices(vm: &VmFd, mem: &GuestMemoryMmap, config: &VmConfig) -> Result<VirtioDevices> {
+    let mut devices = VirtioDevices {
+        bus: MmioBus::default(),
+        handlers: Vec::new(),
+        cmdline: String::new(),
+        count: 0,
+    };
+    for (index, disk) in config.disks.iter().enumerate() {
+        let block = Block::open(&disk.path, disk.read_only, &format!("cocoon-disk{index}"))?;
+        let handle = block.handle();
+        devices.attach(vm, mem, &format!("disk {index}"), Box::new(block), |mut events| {
+            Arc::new(Mutex::new(handle.queue_handler(events.remove(0))))
+        })?;
+    }
+    if let Some(vsock) = &config.vsock {
+        let (device, handler) = Vsock::new(vsock.cid.into(), &vsock.uds)?;
+        devices.attach(vm, mem, "the vsock device", Box::new(device), |events| {
+            Arc::new(Mutex::new(handler.build(events)))
+        })?;
     }
     Ok(devices)
 }
@@ -324,7 +351,7 @@ pub fn run(config: &VmConfig, options: RunOptions) -> Result<VmOutcome> {
 
     let mem = create_memory(&vm, config.memory_bytes())?;
     mark("memory-ready");
-    let virtio = attach_disks(&vm, &mem, &config.disks)?;
+    let virtio = attach_virtio_devices(&vm, &mem, config)?;
     let cmdline = format!("{}{}", config.cmdline, virtio.cmdline);
     if cmdline.len() >= CMDLINE_MAX_SIZE {
         return Err(anyhow!(

@@ -1,6 +1,7 @@
 //! Virtio devices over the virtio-mmio transport (virtio 1.x, "modern" only).
 
 pub mod block;
+pub mod vsock;
 pub mod mmio;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,743 @@
+//! virtio-vsock (device 19): stream sockets between the guest and host programs, through the
+//! hybrid-vsock backend (see [`backend`]). Packets are parsed with the `virtio-vsock` crate; a
+//! chain it rejects is returned to the guest unused and the device carries on.
+
+pub mod backend;
+pub mod connection;
+pub mod packet;
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{ActivateError, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, VIRTIO_F_VERSION_1};
+use crate::devices::lock;
+use backend::{Backend, ListenError, Registration};
+use packet::Header;
+
+pub const VSOCK_DEVICE_TYPE: u32 = 19;
+/// Every queue (RX, TX, event) holds this many descriptors at most.
+pub const QUEUE_SIZE: u16 = 256;
+/// Largest payload of one packet (the Linux driver sends at most 64 KiB).
+const MAX_PACKET_DATA: u32 = 64 << 10;
+
+struct Active {
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    interrupt: Arc<Interrupt>,
+}
+
+#[derive(Default)]
+struct Shared {
+    active: Option<Active>,
+    /// Bumped on every driver reset, so the event loop drops the connections of the old driver.
+    resets: u64,
+    /// The guest broke a queue (its used ring cannot be written): the device stops serving.
+    broken: bool,
+}
+
+/// The device half, owned by its transport.
+pub struct Vsock {
+    shared: Arc<Mutex<Shared>>,
+    config: [u8; 8],
+}
+
+/// The event-loop half: queue notifications, the listening socket and every host socket.
+pub struct VsockHandler {
+    shared: Arc<Mutex<Shared>>,
+    backend: Backend,
+    queue_events: Vec<EventFd>,
+    resets_seen: u64,
+    scratch: Vec<u8>,
+}
+
+impl Vsock {
+    /// A device for a guest with context ID `guest_cid`, its host side listening on `uds_path`.
+    pub fn new(guest_cid: u64, uds_path: &Path) -> Result<(Self, VsockHandlerBuilder), ListenError> {
+        let backend = Backend::bind(guest_cid, uds_path)?;
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        Ok((
+            Self {
+                shared: shared.clone(),
+                config: guest_cid.to_le_bytes(),
+            },
+            VsockHandlerBuilder { shared, backend },
+        ))
+    }
+}
+
+/// Makes the handler once the transport has created the queue eventfds.
+pub struct VsockHandlerBuilder {
+    shared: Arc<Mutex<Shared>>,
+    backend: Backend,
+}
+
+impl VsockHandlerBuilder {
+    pub fn build(self, queue_events: Vec<EventFd>) -> VsockHandler {
+        VsockHandler {
+            shared: self.shared,
+            backend: self.backend,
+            queue_events,
+            resets_seen: 0,
+            scratch: vec![0; MAX_PACKET_DATA as usize],
+        }
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        VSOCK_DEVICE_TYPE
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| self.config.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        _features: u64,
+        queues: Vec<Queue>,
+        _queue_events: Vec<EventFd>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        let [rx, tx, _event]: [Queue; 3] = queues
+            .try_into()
+            .map_err(|_| ActivateError("virtio-vsock has exactly three queues".into()))?;
+        let mut shared = lock(&self.shared);
+        shared.active = Some(Active {
+            mem,
+            rx,
+            tx,
+            interrupt,
+        });
+        shared.broken = false;
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        let mut shared = lock(&self.shared);
+        shared.active = None;
+        shared.resets += 1;
+    }
+}
+
+impl VsockHandler {
+    /// Serves every packet the guest queued for sending.
+    fn process_tx(&mut self, shared: &mut Shared) {
+        let Some(active) = shared.active.as_mut().filter(|_| !shared.broken) else {
+            return;
+        };
+        let mut used = false;
+        while let Some(mut chain) = active.tx.pop_descriptor_chain(&active.mem) {
+            let head = chain.head_index();
+            match VsockPacket::from_tx_virtq_chain(&active.mem, &mut chain, MAX_PACKET_DATA) {
+                Ok(packet) => {
+                    let header = Header::from_packet(&packet);
+                    let len = match packet.data_slice() {
+                        Some(slice) => slice.len().min(header.len as usize),
+                        None => 0,
+                    };
+                    if let Some(slice) = packet.data_slice() {
+                        slice.copy_to(&mut self.scratch[..len]);
+                    }
+                    self.backend
+                        .handle_guest_packet(&header, &self.scratch[..len]);
+                }
+                Err(e) => tracing::debug!("virtio-vsock: dropping a malformed TX packet: {e}"),
+            }
+            if active.tx.add_used(&active.mem, head, 0).is_err() {
+                tracing::warn!("virtio-vsock: the guest's TX used ring is not writable; device stopped");
+                shared.broken = true;
+                return;
+            }
+            used = true;
+        }
+        if used && active.tx.needs_notification(&active.mem).unwrap_or(true) {
+            let _ = active.interrupt.signal(INTERRUPT_USED_BUFFER);
+        }
+    }
+
+    /// Fills the guest's receive buffers with what the host side owes it.
+    fn process_rx(&mut self, shared: &mut Shared) {
+        let Some(active) = shared.active.as_mut().filter(|_| !shared.broken) else {
+            return;
+        };
+        let mut used = false;
+        while self.backend.has_rx_work() {
+            let Some(mut chain) = active.rx.pop_descriptor_chain(&active.mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let used_len =
+                match VsockPacket::from_rx_virtq_chain(&active.mem, &mut chain, MAX_PACKET_DATA) {
+                    Ok(mut packet) => {
+                        let capacity = packet.data_slice().map_or(0, |s| s.len());
+                        let buf = &mut self.scratch[..capacity.min(MAX_PACKET_DATA as usize)];
+                        match self.backend.next_rx_packet(buf) {
+                            Some((header, n)) => {
+                                header.write_to(&mut packet);
+                                if let Some(slice) = packet.data_slice() {
+                                    slice.copy_from(&buf[..n]);
+                                }
+                                (PKT_HEADER_SIZE + n) as u32
+                            }
+                            None => {
+                                active.rx.go_to_previous_position();
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!("virtio-vsock: returning a malformed RX buffer unused: {e}");
+                        0
+                    }
+                };
+            if active.rx.add_used(&active.mem, head, used_len).is_err() {
+                tracing::warn!("virtio-vsock: the guest's RX used ring is not writable; device stopped");
+                shared.broken = true;
+                return;
+            }
+            used = true;
+        }
+        if used && active.rx.needs_notification(&active.mem).unwrap_or(true) {
+            let _ = active.interrupt.signal(INTERRUPT_USED_BUFFER);
+        }
+    }
+
+    /// One pass after any event: drop the old driver's connections after a reset, serve TX (which
+    /// may owe the guest answers), then RX.
+    fn serve_queues(&mut self) {
+        let shared = self.shared.clone();
+        let mut shared = lock(&shared);
+        if shared.resets != self.resets_seen {
+            self.resets_seen = shared.resets;
+            self.backend.reset();
+        }
+        self.process_tx(&mut shared);
+        self.process_rx(&mut shared);
+    }
+
+    fn apply_registrations(&mut self, ops: &mut EventOps) {
+        for registration in self.backend.take_registrations() {
+            let result = match registration {
+                Registration::Add(fd) => ops.add(Events::with_data_raw(
+                    fd,
+                    fd as u32,
+                    EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED,
+                )),
+                Registration::Remove(fd) => ops.remove(Events::with_data_raw(
+                    fd,
+                    fd as u32,
+                    EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED,
+                )),
+            };
+            if let Err(e) = result {
+                tracing::warn!("virtio-vsock: event loop registration {registration:?}: {e:?}");
+            }
+        }
+        self.backend.release_closed();
+    }
+}
+
+impl MutEventSubscriber for VsockHandler {
+    fn init(&mut self, ops: &mut EventOps) {
+        for event in &self.queue_events {
+            if let Err(e) = ops.add(Events::new(event, EventSet::IN)) {
+                tracing::error!("virtio-vsock: cannot watch a queue: {e:?}");
+            }
+        }
+        let listener = self.backend.listener_fd();
+        if let Err(e) = ops.add(Events::with_data_raw(listener, listener as u32, EventSet::IN)) {
+            tracing::error!("virtio-vsock: cannot watch the listening socket: {e:?}");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        let set = events.event_set();
+        if let Some(queue) = self.queue_events.iter().position(|e| e.as_raw_fd() == fd) {
+            // RX: new receive buffers; TX: packets to send; event queue: buffers for events this
+            // device never sends. Both data queues are served below either way.
+            let _ = self.queue_events[queue].read();
+        } else if fd == self.backend.listener_fd() {
+            self.backend.accept_host_clients();
+        } else {
+            let readable = set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR);
+            let writable = set.intersects(EventSet::OUT | EventSet::HANG_UP | EventSet::ERROR);
+            self.backend.on_host_socket_event(fd, readable, writable);
+        }
+        self.serve_queues();
+        self.apply_registrations(ops);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::packet::*;
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const GUEST_CID: u64 = 3;
+    const WRITE: u16 = 2;
+    const NEXT: u16 = 1;
+    const RX_AT: u64 = 0x1_0000;
+    const TX_AT: u64 = 0x2_0000;
+    const EV_AT: u64 = 0x3_0000;
+    const QSIZE: u16 = 32;
+    /// Guest buffers: RX slot i at RX_BUFS + i * 0x2000 (header) and + 0x1000 (data); TX data
+    /// at TX_BUFS.
+    const RX_BUFS: u64 = 0x10_0000;
+    const TX_BUFS: u64 = 0x20_0000;
+
+    struct Fixture<'a> {
+        mem: &'a GuestMemoryMmap,
+        rx: MockSplitQueue<'a, GuestMemoryMmap>,
+        tx: MockSplitQueue<'a, GuestMemoryMmap>,
+        rx_added: u16,
+        rx_seen: u16,
+        tx_added: u16,
+        handler: VsockHandler,
+        _device: Vsock,
+        dir: tempfile::TempDir,
+    }
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x80_0000)]).unwrap()
+    }
+
+    fn raw(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+    }
+
+    fn guest_header(op: u16, src_port: u32, dst_port: u32, len: u32) -> Header {
+        Header {
+            src_cid: GUEST_CID,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            len,
+            type_: TYPE_STREAM,
+            op,
+            flags: 0,
+            buf_alloc: 1 << 20,
+            fwd_cnt: 0,
+        }
+    }
+
+    fn encode(h: &Header) -> Vec<u8> {
+        let mut v = Vec::with_capacity(PKT_HEADER_SIZE);
+        v.extend_from_slice(&h.src_cid.to_le_bytes());
+        v.extend_from_slice(&h.dst_cid.to_le_bytes());
+        v.extend_from_slice(&h.src_port.to_le_bytes());
+        v.extend_from_slice(&h.dst_port.to_le_bytes());
+        v.extend_from_slice(&h.len.to_le_bytes());
+        v.extend_from_slice(&h.type_.to_le_bytes());
+        v.extend_from_slice(&h.op.to_le_bytes());
+        v.extend_from_slice(&h.flags.to_le_bytes());
+        v.extend_from_slice(&h.buf_alloc.to_le_bytes());
+        v.extend_from_slice(&h.fwd_cnt.to_le_bytes());
+        v
+    }
+
+    fn decode(b: &[u8]) -> Header {
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        Header {
+            src_cid: u64::from_le_bytes(b[0..8].try_into().unwrap()),
+            dst_cid: u64::from_le_bytes(b[8..16].try_into().unwrap()),
+            src_port: u32_at(16),
+            dst_port: u32_at(20),
+            len: u32_at(24),
+            type_: u16::from_le_bytes(b[28..30].try_into().unwrap()),
+            op: u16::from_le_bytes(b[30..32].try_into().unwrap()),
+            flags: u32_at(32),
+            buf_alloc: u32_at(36),
+            fwd_cnt: u32_at(40),
+        }
+    }
+
+    impl<'a> Fixture<'a> {
+        fn new(mem: &'a GuestMemoryMmap) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut device, builder) = Vsock::new(GUEST_CID, &dir.path().join("v.sock")).unwrap();
+            let events = (0..3)
+                .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+                .collect();
+            let handler = builder.build(events);
+            let rx = MockSplitQueue::create(mem, GuestAddress(RX_AT), QSIZE);
+            let tx = MockSplitQueue::create(mem, GuestAddress(TX_AT), QSIZE);
+            let ev = MockSplitQueue::create(mem, GuestAddress(EV_AT), QSIZE);
+            let queues = vec![
+                rx.create_queue().unwrap(),
+                tx.create_queue().unwrap(),
+                ev.create_queue().unwrap(),
+            ];
+            let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            device
+                .activate(mem.clone(), 0, queues, vec![], Arc::new(Interrupt::new(irq)))
+                .unwrap();
+            Self {
+                mem,
+                rx,
+                tx,
+                rx_added: 0,
+                rx_seen: 0,
+                tx_added: 0,
+                handler,
+                _device: device,
+                dir,
+            }
+        }
+
+        fn uds(&self) -> std::path::PathBuf {
+            self.dir.path().join("v.sock")
+        }
+
+        /// Gives the device `n` receive buffers (44-byte header + 4 KiB data each).
+        fn add_rx_buffers(&mut self, n: u16) {
+            for _ in 0..n {
+                let slot = self.rx_added;
+                let at = RX_BUFS + u64::from(slot) * 0x2000;
+                let d = (slot * 2) % QSIZE;
+                self.rx
+                    .add_desc_chains(
+                        &[
+                            raw(at, PKT_HEADER_SIZE as u32, WRITE | NEXT, d + 1),
+                            raw(at + 0x1000, 4096, WRITE, 0),
+                        ],
+                        d,
+                    )
+                    .unwrap();
+                self.rx_added += 1;
+            }
+        }
+
+        /// Queues a guest packet on TX (header descriptor, then a data descriptor if any).
+        fn send(&mut self, header: &Header, data: &[u8]) {
+            let d = (self.tx_added * 2) % QSIZE;
+            let at = TX_BUFS + u64::from(d) * 0x1000;
+            self.mem.write_slice(&encode(header), GuestAddress(at)).unwrap();
+            if data.is_empty() {
+                self.tx
+                    .add_desc_chains(&[raw(at, PKT_HEADER_SIZE as u32, 0, 0)], d)
+                    .unwrap();
+            } else {
+                let data_at = 0x40_0000;
+                self.mem.write_slice(data, GuestAddress(data_at)).unwrap();
+                self.tx
+                    .add_desc_chains(
+                        &[
+                            raw(at, PKT_HEADER_SIZE as u32, NEXT, d + 1),
+                            raw(data_at, data.len() as u32, 0, 0),
+                        ],
+                        d,
+                    )
+                    .unwrap();
+            }
+            self.tx_added += 1;
+        }
+
+        /// Runs the device as the event loop would after host socket activity.
+        fn serve(&mut self) {
+            let fds: Vec<_> = self.handler.backend_fds();
+            for fd in fds {
+                self.handler.backend.on_host_socket_event(fd, true, true);
+            }
+            self.handler.backend.accept_host_clients();
+            self.handler.serve_queues();
+            self.handler.backend.take_registrations();
+            self.handler.backend.release_closed();
+        }
+
+        /// Packets the device put in RX buffers since the last call.
+        fn received(&mut self) -> Vec<(Header, Vec<u8>)> {
+            let used_idx = self.rx.used().idx().load();
+            let mut out = Vec::new();
+            while self.rx_seen != used_idx {
+                let elem = self
+                    .rx
+                    .used()
+                    .ring()
+                    .ref_at(usize::from(self.rx_seen % QSIZE))
+                    .unwrap()
+                    .load();
+                let slot = self.rx_seen;
+                let at = RX_BUFS + u64::from(slot) * 0x2000;
+                let mut hdr = [0u8; PKT_HEADER_SIZE];
+                self.mem.read_slice(&mut hdr, GuestAddress(at)).unwrap();
+                let header = decode(&hdr);
+                let mut data = vec![0u8; elem.len() as usize - PKT_HEADER_SIZE];
+                self.mem
+                    .read_slice(&mut data, GuestAddress(at + 0x1000))
+                    .unwrap();
+                assert_eq!(header.len as usize, data.len());
+                out.push((header, data));
+                self.rx_seen += 1;
+            }
+            out
+        }
+
+        fn tx_used(&self) -> u16 {
+            self.tx.used().idx().load()
+        }
+    }
+
+    impl VsockHandler {
+        fn backend_fds(&self) -> Vec<std::os::fd::RawFd> {
+            self.backend.host_socket_fds()
+        }
+    }
+
+    fn ops(packets: &[(Header, Vec<u8>)]) -> Vec<u16> {
+        packets.iter().map(|(h, _)| h.op).collect()
+    }
+
+    #[test]
+    fn guest_connects_to_a_host_listener_and_streams_both_ways() {
+        let m = mem();
+        let mut f = Fixture::new(&m);
+        let mut path = f.uds().into_os_string();
+        path.push("_5000");
+        let listener = UnixListener::bind(&path).unwrap();
+        f.add_rx_buffers(8);
+        f.send(&guest_header(OP_REQUEST, 1111, 5000, 0), &[]);
+        f.serve();
+        let got = f.received();
+        assert_eq!(ops(&got), [OP_RESPONSE]);
+        let h = got[0].0;
+        assert_eq!((h.src_cid, h.dst_cid), (HOST_CID, GUEST_CID));
+        assert_eq!((h.src_port, h.dst_port), (5000, 1111));
+        assert_eq!(h.buf_alloc, connection::BUF_ALLOC);
+
+        let (mut host, _) = listener.accept().unwrap();
+        f.send(&guest_header(OP_RW, 1111, 5000, 5), b"hello");
+        f.serve();
+        let mut buf = [0u8; 5];
+        host.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hello");
+
+        host.write_all(b"world").unwrap();
+        f.serve();
+        let got = f.received();
+        assert_eq!(ops(&got), [OP_RW]);
+        assert_eq!(got[0].1, b"world");
+
+        // The host closes its sending half: the guest hears "no more data".
+        host.shutdown(std::net::Shutdown::Write).unwrap();
+        f.serve();
+        let got = f.received();
+        assert_eq!(ops(&got), [OP_SHUTDOWN]);
+        assert_eq!(got[0].0.flags, SHUTDOWN_SEND);
+
+        // The guest closes: the device answers RST and forgets the connection.
+        let mut shutdown = guest_header(OP_SHUTDOWN, 1111, 5000, 0);
+        shutdown.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+        f.send(&shutdown, &[]);
+        f.serve();
+        assert_eq!(ops(&f.received()), [OP_RST]);
+        assert_eq!(f.handler.backend.connection_count(), 0);
+        assert_eq!(host.read(&mut buf).unwrap(), 0, "host end sees EOF");
+    }
+
+    #[test]
+    fn guest_connection_to_a_port_nobody_listens_on_is_reset() {
+        let m = mem();
+        let mut f = Fixture::new(&m);
+        f.add_rx_buffers(2);
+        f.send(&guest_header(OP_REQUEST, 1111, 5001, 0), &[]);
+        f.serve();
+        let got = f.received();
+        assert_eq!(ops(&got), [OP_RST]);
+        assert_eq!((got[0].0.src_port, got[0].0.dst_port), (5001, 1111));
+    }
+
+    #[test]
+    fn host_client_connects_with_the_hybrid_handshake() {
+        let m = mem();
+        let mut f = Fixture::new(&m);
+        f.add_rx_buffers(4);
+        let mut client = UnixStream::connect(f.uds()).unwrap();
+        client.write_all(b"connect 1024\nearly bytes").unwrap();
+        f.serve();
+        let got = f.received();
+        assert_eq!(ops(&got), [OP_REQUEST]);
+        let request = got[0].0;
+        assert_eq!(request.dst_port, 1024);
+        assert!(request.src_port >= 1 << 30);
+
+        f.send(&guest_header(OP_RESPONSE, 1024, request.src_port, 0), &[]);
+        f.serve();
+        let mut line = vec![0u8; format!("OK {}\n", request.src_port).len()];
+        client.read_exact(&mut line).unwrap();
+        assert_eq!(line, format!("OK {}\n", request.src_port).as_bytes());
+        // Bytes the client wrote right after its CONNECT line reach the guest.
+        let got = f.received();
+        assert_eq!(ops(&got), [OP_RW]);
+        assert_eq!(got[0].1, b"early bytes");
+    }
+
+    #[test]
+    fn a_refused_host_connection_is_closed_without_ok() {
+        let m = mem();
+        let mut f = Fixture::new(&m);
+        f.add_rx_buffers(2);
+        let mut client = UnixStream::connect(f.uds()).unwrap();
+        client.write_all(b"CONNECT 9\n").unwrap();
+        f.serve();
+        let request = f.received()[0].0;
+        f.send(&guest_header(OP_RST, 9, request.src_port, 0), &[]);
+        f.serve();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(f.handler.backend.connection_count(), 0);
+    }
+
+    #[test]
+    fn a_garbage_handshake_closes_the_client() {
+        let m = mem();
+        let mut f = Fixture::new(&m);
+        let mut client = UnixStream::connect(f.uds()).unwrap();
+        client.write_all(b"GET / HTTP/1.1\n").unwrap();
+        f.serve();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn a_guest_that_ignores_credit_is_reset() {
+        let m = mem();
+        let mut f = Fixture::new(&m);
+        let mut path = f.uds().into_os_string();
+        path.push("_5002");
+        let listener = UnixListener::bind(&path).unwrap();
+        f.add_rx_buffers(16);
+        f.send(&guest_header(OP_REQUEST, 7, 5002, 0), &[]);
+        f.serve();
+        assert_eq!(ops(&f.received()), [OP_RESPONSE]);
+        let (_host, _) = listener.accept().unwrap();
+        // The host never reads; the guest sends far more than the 256 KiB it was granted.
+        let chunk = vec![0x5a; 64 << 10];
+        let mut reset = false;
+        for _ in 0..16 {
+            f.send(&guest_header(OP_RW, 7, 5002, chunk.len() as u32), &chunk);
+            f.serve();
+            if ops(&f.received()).contains(&OP_RST) {
+                reset = true;
+                break;
+            }
+        }
+        assert!(reset, "the device never reset a guest that overran its credit");
+        assert_eq!(f.handler.backend.connection_count(), 0);
+    }
+
+    #[test]
+    fn host_data_waits_for_guest_credit() {
+        let m = mem();
+        let mut f = Fixture::new(&m);
+        let mut path = f.uds().into_os_string();
+        path.push("_5003");
+        let listener = UnixListener::bind(&path).unwrap();
+        f.add_rx_buffers(8);
+        let mut request = guest_header(OP_REQUEST, 8, 5003, 0);
+        request.buf_alloc = 3;
+        f.send(&request, &[]);
+        f.serve();
+        assert_eq!(ops(&f.received()), [OP_RESPONSE]);
+        let (mut host, _) = listener.accept().unwrap();
+        host.write_all(b"abcdef").unwrap();
+        f.serve();
+        let got = f.received();
+        assert_eq!(ops(&got), [OP_RW]);
+        assert_eq!(got[0].1, b"abc", "no more than the guest's buffer");
+        f.serve();
+        assert!(f.received().is_empty(), "nothing until the guest frees space");
+        let mut update = guest_header(OP_CREDIT_UPDATE, 8, 5003, 0);
+        update.buf_alloc = 3;
+        update.fwd_cnt = 3;
+        f.send(&update, &[]);
+        f.serve();
+        let got = f.received();
+        assert_eq!(ops(&got), [OP_RW]);
+        assert_eq!(got[0].1, b"def");
+    }
+
+    #[test]
+    fn malformed_and_foreign_packets_never_stop_the_device() {
+        let m = mem();
+        let mut f = Fixture::new(&m);
+        f.add_rx_buffers(4);
+        // A header in a device-writable buffer, and one too short to be a header.
+        f.tx.add_desc_chains(&[raw(TX_BUFS, PKT_HEADER_SIZE as u32, WRITE, 0)], 0)
+            .unwrap();
+        f.tx.add_desc_chains(&[raw(TX_BUFS, 8, 0, 0)], 1).unwrap();
+        // A data length over the limit, and one past the end of guest memory.
+        let mut huge = guest_header(OP_RW, 1, 2, MAX_PACKET_DATA + 1);
+        m.write_slice(&encode(&huge), GuestAddress(TX_BUFS + 0x1000))
+            .unwrap();
+        f.tx.add_desc_chains(
+            &[
+                raw(TX_BUFS + 0x1000, PKT_HEADER_SIZE as u32, NEXT, 3),
+                raw(0x7f_f000, MAX_PACKET_DATA + 1, 0, 0),
+            ],
+            2,
+        )
+        .unwrap();
+        huge.len = 16;
+        m.write_slice(&encode(&huge), GuestAddress(TX_BUFS + 0x2000))
+            .unwrap();
+        f.tx.add_desc_chains(
+            &[
+                raw(TX_BUFS + 0x2000, PKT_HEADER_SIZE as u32, NEXT, 5),
+                raw(0x7f_fff8, 16, 0, 0),
+            ],
+            4,
+        )
+        .unwrap();
+        f.tx_added = 3;
+        f.serve();
+        assert_eq!(f.tx_used(), 4, "every malformed chain is returned");
+        assert!(f.received().is_empty(), "and nothing is answered");
+
+        // A packet claiming another source CID is dropped silently.
+        let mut spoofed = guest_header(OP_REQUEST, 1, 2, 0);
+        spoofed.src_cid = 42;
+        f.send(&spoofed, &[]);
+        f.serve();
+        assert!(f.received().is_empty());
+
+        // The device still works.
+        f.send(&guest_header(OP_REQUEST, 1111, 5004, 0), &[]);
+        f.serve();
+        assert_eq!(ops(&f.received()), [OP_RST]);
+    }
+}
