@@ -8,7 +8,8 @@ HOST_TARGET := x86_64-unknown-linux-gnu
 GUEST_DIR := target/guest
 AGENT := target/$(HOST_TARGET)/release/cocoon-agent
 DEB_PACKAGES := linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio xz-utils kmod \
-	qemu-system-x86 linux-image-cloud-amd64 busybox-static binutils e2fsprogs
+	qemu-system-x86 linux-image-cloud-amd64 busybox-static binutils e2fsprogs \
+	libseccomp-dev pkg-config
 
 .PHONY: run test deps kernel agent guest build bench lint clean-guest
 
@@ -26,13 +27,15 @@ kernel: deps
 	@mkdir -p $(GUEST_DIR)
 	@dir=$$(guest-image/build-kernel.sh) && cp -f "$$dir/bzImage" $(GUEST_DIR)/ && strip -o $(GUEST_DIR)/vmlinux "$$dir/vmlinux"
 
-## agent: the guest agent, statically linked (the guest has no libraries).
-agent:
+## agent: the guest agent, statically linked (the guest has no libraries; libseccomp included).
+agent: deps
+	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p cocoon-agent --target $(HOST_TARGET)
 
 ## guest: kernel + initramfs holding the agent; prints their sha256.
 guest: kernel agent
-	$(CARGO) run -q -p cocoon-guest-image -- --agent $(AGENT) --out $(GUEST_DIR)/initramfs.cpio >/dev/null
+	strip -o $(GUEST_DIR)/cocoon-agent $(AGENT)
+	$(CARGO) run -q -p cocoon-guest-image -- --agent $(GUEST_DIR)/cocoon-agent --out $(GUEST_DIR)/initramfs.cpio >/dev/null
 	@cd $(GUEST_DIR) && sha256sum bzImage vmlinux initramfs.cpio | tee SHA256SUMS
 
 ## build: the host binaries (VMM, harness, bench).

@@ -1,14 +1,23 @@
 //! cocoon-agent: PID 1 of the guest.
 //!
-//! This version proves the boot path end to end: it sets the guest up as PID 1 (kernel filesystems,
-//! cgroup v2, loopback), reports on the console that userspace was reached (online CPUs, uptime,
-//! cgroup controllers, loopback state), and reboots the VM, which the VMM reports as a clean stop.
-//! The vsock agent that runs containers grows from here.
+//! It sets the guest up as PID 1 (kernel filesystems, cgroup v2, loopback), reports on the console
+//! that userspace was reached (online CPUs, uptime, cgroup controllers, loopback state), then, when
+//! the VM has a vsock device, serves the host's requests on vsock port 1024 and runs containers
+//! until the host destroys the sandbox. The VM then powers off (the VMM reports a clean stop); it
+//! does the same at once when there is no vsock device, and on any fatal error.
 
 use std::fs;
 use std::io::Write;
 
+mod containers;
+mod events;
 mod init;
+mod reaper;
+mod server;
+mod stdio;
+mod vsock;
+
+use std::sync::Arc;
 
 use nix::sys::reboot::{reboot, RebootMode};
 
@@ -146,6 +155,7 @@ fn report() -> Result<String, String> {
 fn main() {
     let mut lines = Vec::new();
     let report = report();
+    let report_ok = report.is_ok();
     if report.is_ok() && cmdline_flag("cocoon.probe_disks") {
         lines.extend(probe_disks());
     }
@@ -157,7 +167,11 @@ fn main() {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-    if cmdline_flag("cocoon.hold") {
+    if report_ok && vsock::device_present() {
+        if let Err(e) = serve() {
+            println!("cocoon-guest: error: {e}");
+        }
+    } else if cmdline_flag("cocoon.hold") {
         // `cocoon.hold` on the kernel command line: stay up, reaping orphans, until the VMM is
         // stopped from outside.
         init::reap_forever();
@@ -167,6 +181,28 @@ fn main() {
         // With `reboot=k` the kernel resets through the i8042, which the VMM treats as "stopped".
         let _ = reboot(RebootMode::RB_AUTOBOOT);
     }
+}
+
+/// Runs the agent: reaper, OOM watcher and the control channel, until the sandbox is destroyed.
+fn serve() -> Result<(), String> {
+    // libcontainer explains its failures through `tracing`: send warnings and errors to the
+    // console, where the host's console log keeps them.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .try_init();
+    let reaper = Arc::new(reaper::Reaper::default());
+    let events = Arc::new(events::EventBus::default());
+    let sandbox = containers::Sandbox::new(reaper.clone(), events.clone());
+    std::thread::spawn(move || reaper.run());
+    {
+        let sandbox = sandbox.clone();
+        std::thread::spawn(move || sandbox.watch_oom());
+    }
+    println!("cocoon-guest: agent listening on vsock port {}", cocoon_protocol::AGENT_PORT);
+    server::Server::new(sandbox, events).run()
 }
 
 #[cfg(test)]

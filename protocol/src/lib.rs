@@ -6,6 +6,7 @@
 //! an [`AgentError`] the host can show a user, and the agent may push [`Event`]s. Process stdio never
 //! travels here: each stream gets a vsock connection of its own and flows as raw bytes.
 
+pub mod defaults;
 pub mod frame;
 pub mod messages;
 

@@ -9,6 +9,7 @@
 
 pub mod artifacts;
 pub mod emuhost;
+pub mod images;
 pub mod process;
 pub mod suite;
 

@@ -234,14 +234,23 @@ pub struct SuiteFile {
 }
 
 /// Runs `scenarios` under real KVM, directly or in one emulated-host boot.
+///
+/// `binaries` are more workspace binaries the scenarios run, each in `$<NAME>` (upper case, `-` as
+/// `_`: `cocoon-agent-e2e` is `$COCOON_AGENT_E2E`).
 pub fn run_suite(
     scenarios: &[Scenario],
     files: Vec<SuiteFile>,
+    binaries: &[&str],
     guest_vcpus_max: u8,
     deadline: Duration,
 ) -> Result<SuiteRun, SuiteError> {
     let unavailable = SuiteError::Unavailable;
     let vmm = workspace_binary("cocoon-vmm").map_err(unavailable)?;
+    let extra_binaries = binaries
+        .iter()
+        .map(|name| Ok((binary_env_name(name), workspace_binary(name)?)))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(unavailable)?;
     let guest = guest_images().map_err(unavailable)?;
     let (mode, tools) = choose_mode()?;
     let script = suite_script(scenarios);
@@ -277,6 +286,9 @@ pub fn run_suite(
                 .env("GUEST_VMLINUX", &guest.vmlinux)
                 .env("GUEST_INITRD", &guest.initrd)
                 .env("COCOON_FILES", &files_dir);
+            for (env, path) in &extra_binaries {
+                cmd.env(env, path);
+            }
             let result = run_with_deadline(cmd, deadline, on_line).map_err(|e| failed(e.into()));
             drop(dir);
             result?
@@ -289,6 +301,10 @@ pub fn run_suite(
             loop {
                 let mut host =
                     cocoon_host(tools.clone(), &vmm, &guest, files.clone()).map_err(failed)?;
+                for (env, path) in &extra_binaries {
+                    let in_host = host.add_binary(path).map_err(failed)?;
+                    host.set_env(env, &in_host);
+                }
                 host.cpus = host.cpus.max(guest_vcpus_max);
                 let slot = ready_at.clone();
                 let on_line = move |line: &str, at: Duration| {
@@ -369,6 +385,34 @@ pub fn cocoon_host(
     host.set_env("COCOON_FILES", FILES_DIR);
     host.set_env("COCOON_EMULATED_HOST", "1");
     Ok(host)
+}
+
+/// The named scenario's result from a suite run; None (after saying why) when end-to-end tests
+/// cannot run here and need not. Retried boots are reported where `cargo test` shows them.
+pub fn scenario_result<'a>(
+    suite: &'a Result<SuiteRun, SuiteError>,
+    test: &str,
+    name: &str,
+) -> Option<&'a ScenarioResult> {
+    match suite {
+        Ok(run) => {
+            let result = run.get(name).unwrap_or_else(|e| panic!("{e}"));
+            if result.output.contains(RETRY) {
+                report_retry(test, &result.output);
+            }
+            Some(result)
+        }
+        Err(SuiteError::Unavailable(why)) if !e2e_required() => {
+            report_skip(test, why);
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// `cocoon-agent-e2e` -> `COCOON_AGENT_E2E`.
+pub fn binary_env_name(name: &str) -> String {
+    name.to_ascii_uppercase().replace('-', "_")
 }
 
 /// True when the run must not skip end-to-end scenarios (`make test` sets COCOON_REQUIRE_E2E=1).

@@ -7,7 +7,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use cocoon_tests::suite::{e2e_required, report_retry, report_skip, SuiteFile, RETRY};
+use cocoon_tests::suite::{scenario_result, SuiteFile};
 use cocoon_tests::{run_suite, Scenario, ScenarioResult, SuiteError, SuiteRun};
 
 const READY: &str = "cocoon-guest: ready";
@@ -125,20 +125,6 @@ echo "vmm-exit=$?""#,
     ]
 }
 
-/// The default container image (busybox-static), as an ext4 disk image made on this host.
-fn default_rootfs_image() -> Vec<u8> {
-    let dir = std::env::temp_dir().join(format!("cocoon-boot-rootfs-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let tree = dir.join("tree");
-    let image = dir.join("rootfs.ext4");
-    cocoon_guest_image::rootfs::busybox_rootfs(&tree, std::path::Path::new("/bin/busybox"))
-        .and_then(|()| cocoon_guest_image::rootfs::ext4_image(&tree, &image, 0))
-        .expect("building the default rootfs image (make deps installs busybox-static, e2fsprogs)");
-    let bytes = std::fs::read(&image).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
-    bytes
-}
-
 fn busybox_applets() -> usize {
     let out = std::process::Command::new("/bin/busybox")
         .arg("--list")
@@ -158,29 +144,15 @@ static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
         },
         SuiteFile {
             name: "rootfs.ext4".into(),
-            contents: default_rootfs_image(),
+            contents: cocoon_tests::images::default_rootfs_image(),
         },
     ];
-    run_suite(&scenarios(), files, 2, Duration::from_secs(600))
+    run_suite(&scenarios(), files, &[], 2, Duration::from_secs(600))
 });
 
 /// The named scenario's result; None (after saying why) when end-to-end tests cannot run here.
 fn scenario(test: &str, name: &str) -> Option<&'static ScenarioResult> {
-    match &*SUITE {
-        Ok(run) => {
-            let result = run.get(name).unwrap_or_else(|e| panic!("{e}"));
-            if result.output.contains(RETRY) {
-                // Say so where `cargo test` shows it: a retried boot is a fact worth seeing.
-                report_retry(test, &result.output);
-            }
-            Some(result)
-        }
-        Err(SuiteError::Unavailable(why)) if !e2e_required() => {
-            report_skip(test, why);
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
+    scenario_result(&SUITE, test, name)
 }
 
 fn value_after<'a>(output: &'a str, key: &str) -> Option<&'a str> {

@@ -1,0 +1,124 @@
+//! Collects every child that exits — the containers' processes (their parent is the agent) and any
+//! orphan the guest hands to PID 1 — and hands exit statuses to whoever waits for them.
+//!
+//! libcontainer waits for helper processes of its own while it creates a container or an exec.
+//! Those calls run under [`Reaper::spawn_lock`], which the reaper also takes before reaping, so it
+//! never takes a status libcontainer is about to collect, and a process that exits at once is
+//! registered before its status can arrive.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use cocoon_protocol::ExitStatus;
+use nix::errno::Errno;
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// The exit status of one process, once known.
+#[derive(Default)]
+pub struct ExitCell {
+    status: Mutex<Option<ExitStatus>>,
+    exited: Condvar,
+}
+
+impl ExitCell {
+    pub fn get(&self) -> Option<ExitStatus> {
+        *lock(&self.status)
+    }
+
+    /// Blocks until the process has exited.
+    pub fn wait(&self) -> ExitStatus {
+        let mut status = lock(&self.status);
+        loop {
+            if let Some(s) = *status {
+                return s;
+            }
+            status = self
+                .exited
+                .wait(status)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// Like [`wait`](Self::wait), giving up after `timeout`.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<ExitStatus> {
+        let status = lock(&self.status);
+        let (status, _) = self
+            .exited
+            .wait_timeout_while(status, timeout, |s| s.is_none())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *status
+    }
+
+    fn set(&self, status: ExitStatus) {
+        *lock(&self.status) = Some(status);
+        self.exited.notify_all();
+    }
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+type ExitListener = Box<dyn Fn(i32, ExitStatus) + Send + Sync>;
+
+#[derive(Default)]
+pub struct Reaper {
+    spawn_lock: Mutex<()>,
+    watched: Mutex<HashMap<i32, Arc<ExitCell>>>,
+    listener: Mutex<Option<ExitListener>>,
+}
+
+impl Reaper {
+    /// Held while creating processes (see the module documentation).
+    pub fn spawn_lock(&self) -> MutexGuard<'_, ()> {
+        lock(&self.spawn_lock)
+    }
+
+    /// Starts tracking `pid`; call with the spawn lock held, before it is released.
+    pub fn watch(&self, pid: i32) -> Arc<ExitCell> {
+        let cell = Arc::new(ExitCell::default());
+        lock(&self.watched).insert(pid, cell.clone());
+        cell
+    }
+
+    /// Called with every watched process's exit, after its cell is set.
+    pub fn on_exit(&self, listener: impl Fn(i32, ExitStatus) + Send + Sync + 'static) {
+        *lock(&self.listener) = Some(Box::new(listener));
+    }
+
+    /// Runs on its own thread for the life of the agent.
+    pub fn run(self: Arc<Self>) {
+        loop {
+            // Sleep until some child is a zombie, without collecting it.
+            match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(_) => {
+                    // No children at all (ECHILD): look again shortly.
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            }
+            let _spawning = self.spawn_lock();
+            loop {
+                let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Exited(code)),
+                    Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                        (pid, ExitStatus::Signaled(signal as i32))
+                    }
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => continue,
+                };
+                let cell = lock(&self.watched).remove(&pid.as_raw());
+                if let Some(cell) = cell {
+                    cell.set(status);
+                    if let Some(listener) = lock(&self.listener).as_ref() {
+                        listener(pid.as_raw(), status);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The control channel: listens on vsock port [`AGENT_PORT`], reads framed requests, answers each
+//! on the connection it came from. Each request runs on its own thread, so a `Wait` does not hold
+//! up the rest. A malformed message gets an error answer; a frame that breaks the stream (bad
+//! magic, other version, over the size limit) gets one and the connection is closed. The agent
+//! keeps serving either way.
+
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+
+use cocoon_protocol::{
+    read_message, write_message, AgentError, ErrorKind, FrameError, Message, Operation, Reply,
+    Request, Response, AGENT_PORT, PROTOCOL_VERSION,
+};
+
+use crate::containers::Sandbox;
+use crate::events::EventBus;
+use crate::reaper::lock;
+use crate::vsock;
+
+pub struct Server {
+    sandbox: Arc<Sandbox>,
+    events: Arc<EventBus>,
+    /// Set once the host asked for the sandbox to go: the VM powers off after answering.
+    destroy: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+fn reply(out: &Arc<Mutex<File>>, id: u64, result: Result<Reply, AgentError>) {
+    let message = Message::Response(Response { id, result });
+    if let Err(e) = write_message(&mut *lock(out), &message) {
+        eprintln!("cocoon-agent: answering request {id}: {e}");
+    }
+}
+
+impl Server {
+    pub fn new(sandbox: Arc<Sandbox>, events: Arc<EventBus>) -> Self {
+        Self {
+            sandbox,
+            events,
+            destroy: Arc::new((Mutex::new(false), std::sync::Condvar::new())),
+        }
+    }
+
+    /// Serves until the host destroys the sandbox.
+    pub fn run(self) -> Result<(), String> {
+        let listener = vsock::listen_on(AGENT_PORT)
+            .map_err(|e| format!("listening on vsock port {AGENT_PORT}: {e}"))?;
+        let this = Arc::new(self);
+        {
+            let this = this.clone();
+            std::thread::spawn(move || loop {
+                match vsock::accept_on(&listener) {
+                    Ok(connection) => {
+                        let this = this.clone();
+                        std::thread::spawn(move || this.serve_connection(connection));
+                    }
+                    Err(e) => {
+                        eprintln!("cocoon-agent: accept: {e}");
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                }
+            });
+        }
+        let (flag, condvar) = &*this.destroy;
+        let mut destroyed = lock(flag);
+        while !*destroyed {
+            destroyed = condvar
+                .wait(destroyed)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        Ok(())
+    }
+
+    fn serve_connection(self: Arc<Self>, connection: File) {
+        let Ok(mut input) = connection.try_clone() else {
+            return;
+        };
+        let output = Arc::new(Mutex::new(connection));
+        self.events.subscribe(&output);
+        loop {
+            let request = match read_message(&mut input) {
+                Ok(Message::Request(request)) => request,
+                Ok(_) => {
+                    reply(
+                        &output,
+                        0,
+                        Err(AgentError::new(
+                            ErrorKind::InvalidArgument,
+                            "the agent only takes requests",
+                        )),
+                    );
+                    continue;
+                }
+                Err(FrameError::Closed) => return,
+                Err(FrameError::Malformed(e)) => {
+                    reply(
+                        &output,
+                        0,
+                        Err(AgentError::new(
+                            ErrorKind::InvalidArgument,
+                            format!("malformed request: {e}"),
+                        )),
+                    );
+                    continue;
+                }
+                Err(e @ (FrameError::BadMagic(_)
+                | FrameError::UnsupportedVersion(_)
+                | FrameError::TooLarge(_))) => {
+                    reply(
+                        &output,
+                        0,
+                        Err(AgentError::new(
+                            ErrorKind::InvalidArgument,
+                            format!("{e}; closing this connection"),
+                        )),
+                    );
+                    return;
+                }
+                Err(FrameError::Io(_)) => return,
+            };
+            let this = self.clone();
+            let output = output.clone();
+            std::thread::spawn(move || this.handle(request, &output));
+        }
+    }
+
+    fn handle(&self, request: Request, output: &Arc<Mutex<File>>) {
+        let s = &self.sandbox;
+        let result = match request.op {
+            Operation::Version => Ok(Reply::Version {
+                protocol: PROTOCOL_VERSION,
+                agent: env!("CARGO_PKG_VERSION").to_string(),
+            }),
+            Operation::CreateSandbox {
+                hostname,
+                dns,
+                mounts,
+            } => s.create_sandbox(&hostname, &dns, &mounts),
+            Operation::CreateContainer {
+                container_id,
+                spec,
+                rootfs,
+                stdio,
+            } => s.create_container(&container_id, *spec, &rootfs, &stdio),
+            Operation::Start { container_id } => s.start(&container_id),
+            Operation::Exec {
+                container_id,
+                exec_id,
+                process,
+                stdio,
+            } => s.exec(&container_id, &exec_id, &process, &stdio),
+            Operation::Signal {
+                container_id,
+                exec_id,
+                signal,
+                all,
+            } => s.signal(&container_id, exec_id.as_deref(), signal, all),
+            Operation::Wait {
+                container_id,
+                exec_id,
+            } => s.wait(&container_id, exec_id.as_deref()),
+            Operation::CloseStdin {
+                container_id,
+                exec_id,
+            } => s.close_stdin(&container_id, exec_id.as_deref()),
+            Operation::ResizeTty {
+                container_id,
+                exec_id,
+                rows,
+                cols,
+            } => s.resize_tty(&container_id, exec_id.as_deref(), rows, cols),
+            Operation::ListPids { container_id } => s.list_pids(&container_id),
+            Operation::Stats { container_id } => s.stats(&container_id),
+            Operation::UpdateResources {
+                container_id,
+                resources,
+            } => s.update(&container_id, &resources),
+            Operation::Pause { container_id } => s.pause(&container_id),
+            Operation::Resume { container_id } => s.resume(&container_id),
+            Operation::Delete { container_id } => s.delete(&container_id),
+            Operation::DestroySandbox => {
+                let result = s.destroy();
+                reply(output, request.id, result);
+                let (flag, condvar) = &*self.destroy;
+                *lock(flag) = true;
+                condvar.notify_all();
+                return;
+            }
+        };
+        reply(output, request.id, result);
+    }
+}

@@ -1,0 +1,159 @@
+//! The agent's control channel from the host: a hybrid-vsock connection to the agent's port,
+//! requests with ids answered in any order (a `Wait` may be answered long after later requests),
+//! and the events the agent pushes.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cocoon_protocol::{
+    read_message, write_message, AgentError, Event, FrameError, Message, Operation, Reply, Request,
+    AGENT_PORT,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the agent did not answer on {path} within {waited:?}: {last_error}")]
+    Unreachable {
+        path: String,
+        waited: Duration,
+        last_error: String,
+    },
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error("the agent's control channel closed (did the VM stop?)")]
+    Closed,
+    #[error("the agent answered {0:?}, which does not fit the request")]
+    UnexpectedReply(Box<Reply>),
+    #[error("control channel: {0}")]
+    Frame(#[from] FrameError),
+}
+
+/// Opens a hybrid-vsock stream to the guest's `port`: connect to the VMM's socket, send
+/// `CONNECT <port>\n`, expect `OK <host port>\n`.
+pub fn connect_vsock(uds: &Path, port: u32) -> io::Result<UnixStream> {
+    let mut stream = UnixStream::connect(uds)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 32 {
+        match stream.read(&mut byte)? {
+            0 => break,
+            _ if byte[0] == b'\n' => {
+                stream.set_read_timeout(None)?;
+                return if line.starts_with(b"OK ") {
+                    Ok(stream)
+                } else {
+                    Err(io::Error::other(format!(
+                        "unexpected handshake answer '{}'",
+                        String::from_utf8_lossy(&line)
+                    )))
+                };
+            }
+            _ => line.push(byte[0]),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::ConnectionRefused,
+        format!("nothing listens on guest vsock port {port} yet"),
+    ))
+}
+
+type Pending = Arc<Mutex<HashMap<u64, mpsc::Sender<Result<Reply, AgentError>>>>>;
+
+pub struct AgentClient {
+    writer: Mutex<UnixStream>,
+    pending: Pending,
+    next_id: AtomicU64,
+    events: Mutex<mpsc::Receiver<Event>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl AgentClient {
+    /// Connects to the agent of the VM whose vsock socket is `uds`, retrying until it listens
+    /// (it starts a moment after the guest boots) or `timeout` passes.
+    pub fn connect(uds: &Path, timeout: Duration) -> Result<Self, ClientError> {
+        let started = Instant::now();
+        let stream = loop {
+            match connect_vsock(uds, AGENT_PORT) {
+                Ok(stream) => break stream,
+                Err(e) if started.elapsed() >= timeout => {
+                    return Err(ClientError::Unreachable {
+                        path: uds.display().to_string(),
+                        waited: timeout,
+                        last_error: e.to_string(),
+                    })
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let client = Self::over(stream).map_err(|e| ClientError::Frame(e.into()))?;
+        match client.call(Operation::Version)? {
+            Reply::Version { .. } => Ok(client),
+            other => Err(ClientError::UnexpectedReply(Box::new(other))),
+        }
+    }
+
+    /// A client over an established stream to the agent.
+    pub fn over(stream: UnixStream) -> io::Result<Self> {
+        let mut reader = stream.try_clone()?;
+        let pending: Pending = Arc::default();
+        let (events_tx, events_rx) = mpsc::channel();
+        let routes = pending.clone();
+        std::thread::spawn(move || {
+            while let Ok(message) = read_message(&mut reader) {
+                match message {
+                    Message::Response(response) => {
+                        if let Some(tx) = lock(&routes).remove(&response.id) {
+                            let _ = tx.send(response.result);
+                        }
+                    }
+                    Message::Event(event) => {
+                        let _ = events_tx.send(event);
+                    }
+                    Message::Request(_) => {}
+                }
+            }
+            // The channel is gone: every caller still waiting learns it.
+            lock(&routes).clear();
+        });
+        Ok(Self {
+            writer: Mutex::new(stream),
+            pending,
+            next_id: AtomicU64::new(1),
+            events: Mutex::new(events_rx),
+        })
+    }
+
+    /// Sends one request and waits for its answer.
+    pub fn call(&self, op: Operation) -> Result<Reply, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        lock(&self.pending).insert(id, tx);
+        let sent = write_message(
+            &mut *lock(&self.writer),
+            &Message::Request(Request { id, op }),
+        );
+        if let Err(e) = sent {
+            lock(&self.pending).remove(&id);
+            return Err(e.into());
+        }
+        match rx.recv() {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(ClientError::Closed),
+        }
+    }
+
+    /// The next event the agent pushed, waiting at most `timeout`.
+    pub fn next_event(&self, timeout: Duration) -> Option<Event> {
+        lock(&self.events).recv_timeout(timeout).ok()
+    }
+}

@@ -1,0 +1,13 @@
+//! The host side of a cocoon sandbox, shared by the containerd shim and the `cocoon run` launcher:
+//! the VMM process ([`vm`]), the agent's control channel over hybrid vsock ([`client`]), the
+//! Unix sockets the agent connects process stdio to ([`host_port`]), and OCI specs with the
+//! defaults a container gets ([`spec`]).
+
+pub mod client;
+pub mod host_port;
+pub mod spec;
+pub mod vm;
+
+pub use client::{AgentClient, ClientError};
+pub use host_port::HostPort;
+pub use vm::{Vm, VmOptions};

@@ -1,0 +1,120 @@
+//! One sandbox's VMM process (`cocoon-vmm`), with its vsock socket and console log in a private
+//! directory that goes away with it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+/// What to boot.
+#[derive(Clone, Debug)]
+pub struct VmOptions {
+    pub vmm: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// Raw disk images, (path, read-only), seen by the guest as /dev/vda, /dev/vdb, ...
+    pub disks: Vec<(PathBuf, bool)>,
+    /// The guest's vsock context ID.
+    pub cid: u32,
+}
+
+pub struct Vm {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Vm {
+    /// Starts the VMM; the guest boots in the background (see `AgentClient::connect`).
+    pub fn spawn(options: &VmOptions) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("cocoon-vm-")
+            .tempdir()
+            .context("creating the VM's runtime directory")?;
+        let uds = dir.path().join("vsock");
+        let console = dir.path().join("console.log");
+        let mut cmd = Command::new(&options.vmm);
+        cmd.arg("--kernel")
+            .arg(&options.kernel)
+            .arg("--initrd")
+            .arg(&options.initrd)
+            .arg("--vcpus")
+            .arg(options.vcpus.to_string())
+            .arg("--memory-mib")
+            .arg(options.memory_mib.to_string())
+            .arg("--cmdline")
+            .arg("console=ttyS0 reboot=k panic=1 quiet")
+            .arg("--console")
+            .arg(format!("file:{}", console.display()))
+            .arg("--vsock")
+            .arg(format!("cid={},uds={}", options.cid, uds.display()));
+        for (path, read_only) in &options.disks {
+            let ro = if *read_only { ",ro" } else { "" };
+            cmd.arg("--disk").arg(format!("path={}{ro}", path.display()));
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", options.vmm.display()))?;
+        Ok(Self {
+            child: Some(child),
+            dir,
+        })
+    }
+
+    /// The VMM's hybrid-vsock socket.
+    pub fn uds(&self) -> PathBuf {
+        self.dir.path().join("vsock")
+    }
+
+    pub fn runtime_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The guest's console output so far.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+
+    /// Whether the VMM is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits up to `timeout` for the VMM to exit on its own (after the guest powered off), then
+    /// stops it. Returns its exit status and what it printed on stderr.
+    pub fn shut_down(&mut self, timeout: Duration) -> Result<(Option<i32>, String)> {
+        let Some(mut child) = self.child.take() else {
+            return Ok((None, String::new()));
+        };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if child.try_wait()?.is_none() {
+            // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        let output = child.wait_with_output()?;
+        Ok((
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

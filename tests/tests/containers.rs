@@ -1,0 +1,133 @@
+//! The guest agent runs OCI containers for a host client over virtio-vsock (hybrid vsock), with
+//! the busybox rootfs on a virtio-blk disk. One sandbox serves every case: `cocoon-agent-e2e`
+//! drives the agent from the host side and prints `@@CASE <name> ok|FAIL ...`; each test below
+//! asserts on its case.
+//!
+//! Runs under real KVM: directly where the CPU has vmx/svm, else in the emulated KVM host (one
+//! boot of it for the whole file).
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use cocoon_tests::suite::{scenario_result, SuiteFile};
+use cocoon_tests::{run_suite, Scenario, SuiteError, SuiteRun};
+
+static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
+    let files = vec![SuiteFile {
+        name: "rootfs.ext4".into(),
+        contents: cocoon_tests::images::default_rootfs_image(),
+    }];
+    let script = r#"
+cp "$COCOON_FILES/rootfs.ext4" rootfs.ext4
+"$COCOON_AGENT_E2E" "$COCOON_VMM" "$GUEST_BZIMAGE" "$GUEST_INITRD" "$PWD/rootfs.ext4"
+echo "driver-exit=$?"
+"#;
+    run_suite(
+        &[Scenario::new("containers", script)],
+        files,
+        &["cocoon-agent-e2e"],
+        2,
+        Duration::from_secs(900),
+    )
+});
+
+/// Asserts the driver reported `case` as passed.
+fn assert_case(test: &str, case: &str) {
+    let Some(result) = scenario_result(&SUITE, test, "containers") else {
+        return;
+    };
+    let out = &result.output;
+    let prefix = format!("@@CASE {case} ");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("the driver never reported case {case}:\n{out}"));
+    assert!(
+        line.starts_with(&format!("{prefix}ok")),
+        "{line}\n--- full driver output ---\n{out}"
+    );
+}
+
+#[test]
+fn echo_prints_to_stdout_and_exits_zero() {
+    assert_case("echo_prints_to_stdout_and_exits_zero", "echo");
+}
+
+#[test]
+fn exit_code_is_reported() {
+    assert_case("exit_code_is_reported", "exit_code");
+}
+
+#[test]
+fn exec_close_stdin_and_sigkill() {
+    assert_case("exec_close_stdin_and_sigkill", "exec_and_sigkill");
+}
+
+#[test]
+fn sixty_four_mib_of_stdout_arrive_intact() {
+    assert_case("sixty_four_mib_of_stdout_arrive_intact", "stdout_64mib");
+}
+
+#[test]
+fn tty_process_sees_window_size_changes() {
+    assert_case("tty_process_sees_window_size_changes", "tty_resize");
+}
+
+#[test]
+fn stdin_comes_back_through_cat() {
+    assert_case("stdin_comes_back_through_cat", "stdin_cat");
+}
+
+#[test]
+fn memory_limit_exceeded_raises_an_oom_event() {
+    assert_case("memory_limit_exceeded_raises_an_oom_event", "oom");
+}
+
+#[test]
+fn two_containers_share_one_sandbox_but_not_their_processes() {
+    assert_case(
+        "two_containers_share_one_sandbox_but_not_their_processes",
+        "two_containers",
+    );
+}
+
+#[test]
+fn secure_defaults_apply() {
+    assert_case("secure_defaults_apply", "hardening");
+}
+
+#[test]
+fn user_env_and_cwd_take_effect() {
+    assert_case("user_env_and_cwd_take_effect", "user_env_cwd");
+}
+
+#[test]
+fn seccomp_filter_from_the_spec_applies() {
+    assert_case("seccomp_filter_from_the_spec_applies", "seccomp");
+}
+
+#[test]
+fn stats_update_pause_and_resume() {
+    assert_case("stats_update_pause_and_resume", "stats_pause_update");
+}
+
+#[test]
+fn bad_input_gets_error_answers_and_the_agent_keeps_serving() {
+    assert_case(
+        "bad_input_gets_error_answers_and_the_agent_keeps_serving",
+        "bad_input",
+    );
+}
+
+#[test]
+fn container_latency_is_measured() {
+    assert_case("container_latency_is_measured", "latency");
+}
+
+#[test]
+fn destroying_the_sandbox_stops_the_vm_and_leaves_nothing() {
+    assert_case(
+        "destroying_the_sandbox_stops_the_vm_and_leaves_nothing",
+        "destroy",
+    );
+}
