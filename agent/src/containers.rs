@@ -10,15 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cocoon_protocol::defaults::default_capabilities;
 use cocoon_protocol::{
-    AgentError, ContainerStats, ErrorKind, Event, Reply, Rootfs, SandboxMount,
-    StdioPorts,
+    AgentError, ContainerStats, ErrorKind, Event, Reply, Rootfs, SandboxMount, StdioPorts,
 };
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use cocoon_protocol::defaults::default_capabilities;
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 
 use crate::events::EventBus;
@@ -158,7 +157,9 @@ pub fn apply_defaults(spec: &mut Spec, container_id: &str) -> AgentResult<()> {
     spec.set_process(Some(process));
     let mut linux = spec.linux().clone().unwrap_or_default();
     if linux.cgroups_path().is_none() {
-        linux.set_cgroups_path(Some(PathBuf::from(format!("{CGROUP_PARENT}/{container_id}"))));
+        linux.set_cgroups_path(Some(PathBuf::from(format!(
+            "{CGROUP_PARENT}/{container_id}"
+        ))));
     }
     spec.set_linux(Some(linux));
     Ok(())
@@ -182,7 +183,9 @@ fn mount_rootfs(rootfs: &Rootfs, target: &Path) -> AgentResult<()> {
     if !Path::new(device).exists() {
         return Err(error(
             ErrorKind::NotFound,
-            format!("rootfs device {device} does not exist in the guest (attach the disk to the VM)"),
+            format!(
+                "rootfs device {device} does not exist in the guest (attach the disk to the VM)"
+            ),
         ));
     }
     let mut flags = MsFlags::MS_NODEV;
@@ -258,13 +261,18 @@ impl Sandbox {
             ));
         }
         if !hostname.is_empty() {
-            nix::unistd::sethostname(hostname)
-                .map_err(|e| error(ErrorKind::InvalidArgument, format!("hostname '{hostname}': {e}")))?;
+            nix::unistd::sethostname(hostname).map_err(|e| {
+                error(
+                    ErrorKind::InvalidArgument,
+                    format!("hostname '{hostname}': {e}"),
+                )
+            })?;
         }
         if !dns.is_empty() {
             let _ = fs::create_dir_all("/etc");
             let text: String = dns.iter().map(|s| format!("nameserver {s}\n")).collect();
-            fs::write("/etc/resolv.conf", text).map_err(|e| internal("writing /etc/resolv.conf", e))?;
+            fs::write("/etc/resolv.conf", text)
+                .map_err(|e| internal("writing /etc/resolv.conf", e))?;
         }
         for m in mounts {
             let _ = fs::create_dir_all(&m.target);
@@ -314,7 +322,8 @@ impl Sandbox {
         }
         apply_defaults(&mut spec, container_id)?;
         let bundle = Path::new(BUNDLES_DIR).join(container_id);
-        fs::create_dir_all(bundle.join("rootfs")).map_err(|e| internal("creating the bundle", e))?;
+        fs::create_dir_all(bundle.join("rootfs"))
+            .map_err(|e| internal("creating the bundle", e))?;
         let result = self.build_container(container_id, &spec, rootfs, ports, &bundle);
         if result.is_err() {
             remove_bundle(&bundle);
@@ -449,7 +458,9 @@ impl Sandbox {
         let terminal = process.terminal().unwrap_or(false);
         let mut stdio = Stdio::connect(ports, terminal)?;
         let console = terminal
-            .then(|| stdio::ConsoleSocket::bind(&entry.bundle.join(format!("console-{exec_id}.sock"))))
+            .then(|| {
+                stdio::ConsoleSocket::bind(&entry.bundle.join(format!("console-{exec_id}.sock")))
+            })
             .transpose()?;
 
         let spawning = self.reaper.spawn_lock();
@@ -469,7 +480,10 @@ impl Sandbox {
             .map_err(|e| {
                 error(
                     ErrorKind::InvalidArgument,
-                    format!("exec '{exec_id}' in container '{container_id}': {}", chain(&e)),
+                    format!(
+                        "exec '{exec_id}' in container '{container_id}': {}",
+                        chain(&e)
+                    ),
                 )
             })?
             .as_raw();
@@ -518,7 +532,10 @@ impl Sandbox {
         all: bool,
     ) -> AgentResult<Reply> {
         let sig = nix::sys::signal::Signal::try_from(signal).map_err(|_| {
-            error(ErrorKind::InvalidArgument, format!("{signal} is not a signal number"))
+            error(
+                ErrorKind::InvalidArgument,
+                format!("{signal} is not a signal number"),
+            )
         })?;
         if all && exec_id.is_none() {
             let entry = self.entry(container_id)?;
@@ -537,7 +554,10 @@ impl Sandbox {
         }
         self.with_process(container_id, exec_id, |p| {
             if p.exit.get().is_some() {
-                return Err(error(ErrorKind::FailedPrecondition, "the process has exited"));
+                return Err(error(
+                    ErrorKind::FailedPrecondition,
+                    "the process has exited",
+                ));
             }
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), sig)
                 .map(|()| Reply::Done)
@@ -632,7 +652,12 @@ impl Sandbox {
                 oom_score_adj: None,
                 freezer_state: None,
             })
-            .map_err(|e| error(ErrorKind::InvalidArgument, format!("updating resources: {e}")))?;
+            .map_err(|e| {
+                error(
+                    ErrorKind::InvalidArgument,
+                    format!("updating resources: {e}"),
+                )
+            })?;
         Ok(Reply::Done)
     }
 
@@ -640,7 +665,10 @@ impl Sandbox {
         let entry = self.entry(container_id)?;
         let mut entry = lock(&entry);
         entry.container.pause().map_err(|e| {
-            error(ErrorKind::FailedPrecondition, format!("pausing '{container_id}': {e}"))
+            error(
+                ErrorKind::FailedPrecondition,
+                format!("pausing '{container_id}': {e}"),
+            )
         })?;
         Ok(Reply::Done)
     }
@@ -649,7 +677,10 @@ impl Sandbox {
         let entry = self.entry(container_id)?;
         let mut entry = lock(&entry);
         entry.container.resume().map_err(|e| {
-            error(ErrorKind::FailedPrecondition, format!("resuming '{container_id}': {e}"))
+            error(
+                ErrorKind::FailedPrecondition,
+                format!("resuming '{container_id}': {e}"),
+            )
         })?;
         Ok(Reply::Done)
     }
@@ -664,7 +695,9 @@ impl Sandbox {
         })?;
         let mut entry = lock(&entry);
         if entry.init.exit.get().is_none() {
-            let _ = entry.container.kill(nix::sys::signal::Signal::SIGKILL, true);
+            let _ = entry
+                .container
+                .kill(nix::sys::signal::Signal::SIGKILL, true);
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(entry.init.pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -707,7 +740,8 @@ impl Sandbox {
                 .collect();
             for (id, entry) in entries {
                 let mut entry = lock(&entry);
-                let kills = keyed_value(&entry.cgroup.join("memory.events"), "oom_kill").unwrap_or(0);
+                let kills =
+                    keyed_value(&entry.cgroup.join("memory.events"), "oom_kill").unwrap_or(0);
                 if kills > entry.oom_kills {
                     entry.oom_kills = kills;
                     self.events.emit(Event::Oom {
@@ -729,7 +763,10 @@ mod tests {
     fn ids_are_plain_names() {
         assert!(check_id("id", "web-1_a.b").is_ok());
         for bad in ["", "../x", "a/b", ".hidden", &"x".repeat(65), "sp ace"] {
-            assert_eq!(check_id("id", bad).unwrap_err().kind, ErrorKind::InvalidArgument);
+            assert_eq!(
+                check_id("id", bad).unwrap_err().kind,
+                ErrorKind::InvalidArgument
+            );
         }
     }
 
@@ -743,7 +780,10 @@ mod tests {
         let process = spec.process().as_ref().unwrap();
         assert_eq!(process.no_new_privileges(), Some(true));
         let caps = process.capabilities().as_ref().unwrap();
-        assert_eq!(caps.bounding().as_ref().unwrap().len(), DEFAULT_CAPABILITIES.len());
+        assert_eq!(
+            caps.bounding().as_ref().unwrap().len(),
+            DEFAULT_CAPABILITIES.len()
+        );
         assert!(caps.ambient().as_ref().unwrap().is_empty());
         assert!(!caps
             .effective()
@@ -778,13 +818,20 @@ mod tests {
     #[test]
     fn cgroup_files_parse() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("cpu.stat"), "usage_usec 1234\nuser_usec 1000\n").unwrap();
+        fs::write(
+            dir.path().join("cpu.stat"),
+            "usage_usec 1234\nuser_usec 1000\n",
+        )
+        .unwrap();
         fs::write(
             dir.path().join("io.stat"),
             "254:0 rbytes=100 wbytes=20 rios=1 wios=1\n254:16 rbytes=5 wbytes=1\n",
         )
         .unwrap();
-        assert_eq!(keyed_value(&dir.path().join("cpu.stat"), "usage_usec"), Some(1234));
+        assert_eq!(
+            keyed_value(&dir.path().join("cpu.stat"), "usage_usec"),
+            Some(1234)
+        );
         assert_eq!(keyed_value(&dir.path().join("cpu.stat"), "nope"), None);
         assert_eq!(io_bytes(&dir.path().join("io.stat")), (105, 21));
     }

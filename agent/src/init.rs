@@ -166,8 +166,33 @@ pub fn cgroup_controllers() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Moves PID 1 off the initramfs onto a fresh tmpfs, as `switch_root` does: the kernel refuses
+/// `pivot_root` while the caller's root is the initial ramfs, and every container needs it. The
+/// agent keeps running from the initramfs copy it was started from; it never re-executes itself.
+fn leave_initramfs() -> Result<(), String> {
+    let step = |what: &str, e: nix::errno::Errno| format!("leaving the initramfs ({what}): {e}");
+    let new_root = "/cocoon-root";
+    fs::create_dir_all(new_root).map_err(|e| format!("creating {new_root}: {e}"))?;
+    mount(
+        Some("tmpfs"),
+        new_root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )
+    .map_err(|e| step("mounting a tmpfs", e))?;
+    nix::unistd::chdir(new_root).map_err(|e| step("chdir", e))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| step("moving the tmpfs onto /", e))?;
+    nix::unistd::chroot(".").map_err(|e| step("chroot", e))?;
+    nix::unistd::chdir("/").map_err(|e| step("chdir /", e))
+}
+
 /// Everything PID 1 sets up. Errors name the step.
 pub fn setup_pid1() -> Result<(), String> {
+    if std::process::id() == 1 {
+        leave_initramfs()?;
+    }
     mount_all()?;
     bring_up_loopback()
 }

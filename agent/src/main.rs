@@ -201,7 +201,10 @@ fn serve() -> Result<(), String> {
         let sandbox = sandbox.clone();
         std::thread::spawn(move || sandbox.watch_oom());
     }
-    println!("cocoon-guest: agent listening on vsock port {}", cocoon_protocol::AGENT_PORT);
+    println!(
+        "cocoon-guest: agent listening on vsock port {}",
+        cocoon_protocol::AGENT_PORT
+    );
     server::Server::new(sandbox, events).run()
 }
 

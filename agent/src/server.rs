@@ -102,9 +102,11 @@ impl Server {
                     );
                     continue;
                 }
-                Err(e @ (FrameError::BadMagic(_)
-                | FrameError::UnsupportedVersion(_)
-                | FrameError::TooLarge(_))) => {
+                Err(
+                    e @ (FrameError::BadMagic(_)
+                    | FrameError::UnsupportedVersion(_)
+                    | FrameError::TooLarge(_)),
+                ) => {
                     reply(
                         &output,
                         0,

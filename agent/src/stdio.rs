@@ -97,9 +97,9 @@ impl Stdio {
         let Some(console) = console else {
             return Ok((self.stdin_handle, None));
         };
-        let master = console.receive_master().map_err(|e| {
-            AgentError::new(ErrorKind::Internal, format!("receiving the pty: {e}"))
-        })?;
+        let master = console
+            .receive_master()
+            .map_err(|e| AgentError::new(ErrorKind::Internal, format!("receiving the pty: {e}")))?;
         let terminal = Terminal::start(master, self.stdin, self.stdout)?;
         Ok((None, Some(terminal)))
     }
@@ -183,7 +183,8 @@ struct WinSize {
 
 impl Terminal {
     fn start(master: File, input: Option<File>, output: Option<File>) -> Result<Self, AgentError> {
-        let internal = |e: io::Error| AgentError::new(ErrorKind::Internal, format!("pty relay: {e}"));
+        let internal =
+            |e: io::Error| AgentError::new(ErrorKind::Internal, format!("pty relay: {e}"));
         let master = Arc::new(master);
         if let Some(mut output) = output {
             let mut from = master.try_clone().map_err(internal)?;

@@ -46,7 +46,10 @@ impl HostPort {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        format!("the guest did not connect to host port {} in {timeout:?}", self.port),
+                        format!(
+                            "the guest did not connect to host port {} in {timeout:?}",
+                            self.port
+                        ),
                     ))
                 }
                 Err(e) => return Err(e),

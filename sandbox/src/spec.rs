@@ -48,7 +48,8 @@ pub fn container_spec(options: &ProcessOptions, hostname: &str, read_only_root: 
     spec.set_process(Some(process(options)));
     spec.set_hostname(Some(hostname.to_string()));
     let mut root = spec.root().clone().unwrap_or_default();
-    root.set_path("rootfs".into()).set_readonly(Some(read_only_root));
+    root.set_path("rootfs".into())
+        .set_readonly(Some(read_only_root));
     spec.set_root(Some(root));
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     let mut tmp = Mount::default();
@@ -96,7 +97,13 @@ mod tests {
         assert!(p.env().as_ref().unwrap().contains(&"A=b".to_string()));
         let caps = p.capabilities().as_ref().unwrap();
         assert_eq!(caps.bounding().as_ref().unwrap().len(), 14);
-        let ns = spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap();
+        let ns = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap();
         assert!(ns.iter().all(|n| n.typ() != LinuxNamespaceType::Network));
         assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid));
         assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
@@ -106,6 +113,13 @@ mod tests {
             .unwrap()
             .iter()
             .any(|m| m.destination() == std::path::Path::new("/tmp")));
-        assert!(!spec.linux().as_ref().unwrap().masked_paths().as_ref().unwrap().is_empty());
+        assert!(!spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .masked_paths()
+            .as_ref()
+            .unwrap()
+            .is_empty());
     }
 }

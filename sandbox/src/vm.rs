@@ -52,9 +52,12 @@ impl Vm {
             .arg(format!("cid={},uds={}", options.cid, uds.display()));
         for (path, read_only) in &options.disks {
             let ro = if *read_only { ",ro" } else { "" };
-            cmd.arg("--disk").arg(format!("path={}{ro}", path.display()));
+            cmd.arg("--disk")
+                .arg(format!("path={}{ro}", path.display()));
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", options.vmm.display()))?;

@@ -8,6 +8,7 @@
 //! scenario's output and exit status.
 
 pub mod artifacts;
+pub mod container_bench;
 pub mod emuhost;
 pub mod images;
 pub mod process;

@@ -273,7 +273,11 @@ impl VirtioDevices {
 }
 
 /// Attaches the configured disks (virtio-blk, in order: vda, vdb, ...) and the vsock device.
-fn attach_virtio_devices(vm: &VmFd, mem: &GuestMemoryMmap, config: &VmConfig) -> Result<VirtioDevices> {
+fn attach_virtio_devices(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+) -> Result<VirtioDevices> {
     let mut devices = VirtioDevices {
         bus: MmioBus::default(),
         handlers: Vec::new(),
@@ -283,9 +287,13 @@ fn attach_virtio_devices(vm: &VmFd, mem: &GuestMemoryMmap, config: &VmConfig) ->
     for (index, disk) in config.disks.iter().enumerate() {
         let block = Block::open(&disk.path, disk.read_only, &format!("cocoon-disk{index}"))?;
         let handle = block.handle();
-        devices.attach(vm, mem, &format!("disk {index}"), Box::new(block), |mut events| {
-            Arc::new(Mutex::new(handle.queue_handler(events.remove(0))))
-        })?;
+        devices.attach(
+            vm,
+            mem,
+            &format!("disk {index}"),
+            Box::new(block),
+            |mut events| Arc::new(Mutex::new(handle.queue_handler(events.remove(0)))),
+        )?;
     }
     if let Some(vsock) = &config.vsock {
         let (device, handler) = Vsock::new(vsock.cid.into(), &vsock.uds)?;

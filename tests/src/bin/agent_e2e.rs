@@ -13,9 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use cocoon_protocol::{
-    ErrorKind, Event, ExitStatus, Operation, Reply, Rootfs, StdioPorts,
-};
+use cocoon_protocol::{ErrorKind, Event, ExitStatus, Operation, Reply, Rootfs, StdioPorts};
 use cocoon_sandbox::client::ClientError;
 use cocoon_sandbox::spec::{container_spec, process, ProcessOptions};
 use cocoon_sandbox::{AgentClient, HostPort, Vm, VmOptions};
@@ -70,7 +68,9 @@ fn read_all(stream: Option<UnixStream>) -> Result<Vec<u8>> {
     };
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     let mut out = Vec::new();
-    stream.read_to_end(&mut out).context("reading process output")?;
+    stream
+        .read_to_end(&mut out)
+        .context("reading process output")?;
     Ok(out)
 }
 
@@ -151,7 +151,13 @@ impl Session {
         Ok(())
     }
 
-    fn exec(&self, id: &str, exec_id: &str, options: &ProcessOptions, want: Want) -> Result<Streams> {
+    fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        options: &ProcessOptions,
+        want: Want,
+    ) -> Result<Streams> {
         let (_, streams) = self.with_stdio(want, |stdio| {
             self.call(Operation::Exec {
                 container_id: id.into(),
@@ -169,7 +175,9 @@ impl Session {
         self.start(id)?;
         let err_reader = std::thread::spawn(move || read_all(streams.stderr));
         let out = read_all(streams.stdout)?;
-        let err = err_reader.join().map_err(|_| anyhow!("stderr reader panicked"))??;
+        let err = err_reader
+            .join()
+            .map_err(|_| anyhow!("stderr reader panicked"))??;
         let status = self.wait(id, None)?;
         self.delete(id)?;
         Ok((
@@ -180,7 +188,11 @@ impl Session {
     }
 
     fn sleeper(&self, id: &str, tag: &str) -> Result<()> {
-        self.create(id, container_spec(&args(&["sleep", tag]), id, true), OUT_ONLY)?;
+        self.create(
+            id,
+            container_spec(&args(&["sleep", tag]), id, true),
+            OUT_ONLY,
+        )?;
         self.start(id)
     }
 
@@ -233,7 +245,10 @@ fn case_exec_and_sigkill(s: &Session) -> Result<String> {
     let out = read_all(streams.stdout)?;
     let exec_status = s.wait("sleeper", Some("e1"))?;
     if out != b"from exec\n" || exec_status != ExitStatus::Exited(0) {
-        bail!("exec stdout {:?} status {exec_status:?}", String::from_utf8_lossy(&out));
+        bail!(
+            "exec stdout {:?} status {exec_status:?}",
+            String::from_utf8_lossy(&out)
+        );
     }
     // stdin closed through the agent ends a `cat`.
     let mut streams = s.exec(
@@ -254,7 +269,10 @@ fn case_exec_and_sigkill(s: &Session) -> Result<String> {
     let cat_out = read_all(streams.stdout)?;
     let cat_status = s.wait("sleeper", Some("cat"))?;
     if cat_out != b"typed" || cat_status != ExitStatus::Exited(0) {
-        bail!("cat after CloseStdin: {:?} {cat_status:?}", String::from_utf8_lossy(&cat_out));
+        bail!(
+            "cat after CloseStdin: {:?} {cat_status:?}",
+            String::from_utf8_lossy(&cat_out)
+        );
     }
     let pids = match s.call(Operation::ListPids {
         container_id: "sleeper".into(),
@@ -289,7 +307,10 @@ fn case_exec_and_sigkill(s: &Session) -> Result<String> {
         "exec into a stopped container",
     )?;
     s.delete("sleeper")?;
-    Ok(format!("exec, CloseStdin, {} pids, SIGKILL -> signal 9; late exec: {after}", pids.len()))
+    Ok(format!(
+        "exec, CloseStdin, {} pids, SIGKILL -> signal 9; late exec: {after}",
+        pids.len()
+    ))
 }
 
 fn case_stdout_64mib(s: &Session) -> Result<String> {
@@ -314,7 +335,11 @@ fn case_stdout_64mib(s: &Session) -> Result<String> {
         }
         for (i, b) in buf[..n].iter().enumerate() {
             if *b != LINE[(total + i) % LINE.len()] {
-                bail!("byte {} is {b:#x}, expected {:#x}", total + i, LINE[(total + i) % LINE.len()]);
+                bail!(
+                    "byte {} is {b:#x}, expected {:#x}",
+                    total + i,
+                    LINE[(total + i) % LINE.len()]
+                );
             }
         }
         total += n;
@@ -369,7 +394,11 @@ fn case_tty_resize(s: &Session) -> Result<String> {
     let mut seen = String::new();
     read_until(&mut out, "24 80", &mut seen)?;
     resize(40, 120)?;
-    streams.stdin.as_ref().context("no tty input")?.write_all(b"go\n")?;
+    streams
+        .stdin
+        .as_ref()
+        .context("no tty input")?
+        .write_all(b"go\n")?;
     read_until(&mut out, "40 120", &mut seen)?;
     let status = s.wait("tty", None)?;
     s.delete("tty")?;
@@ -402,7 +431,11 @@ fn case_stdin_cat(s: &Session) -> Result<String> {
     let status = s.wait("cat", None)?;
     s.delete("cat")?;
     if out != data || status != ExitStatus::Exited(0) {
-        bail!("{} bytes back of {}, status {status:?}", out.len(), data.len());
+        bail!(
+            "{} bytes back of {}, status {status:?}",
+            out.len(),
+            data.len()
+        );
     }
     Ok("1 MiB through cat, EOF on half-close".into())
 }
@@ -410,7 +443,7 @@ fn case_stdin_cat(s: &Session) -> Result<String> {
 fn case_oom(s: &Session) -> Result<String> {
     let mut spec = container_spec(&args(&["tail", "/dev/zero"]), "oom", true);
     let mut memory = LinuxMemory::default();
-    memory.set_limit(Some(32 << 20)).set_swap(Some(32 << 20));
+    memory.set_limit(Some(32 << 20));
     let mut resources = LinuxResources::default();
     resources.set_memory(Some(memory));
     let mut linux = spec.linux().clone().unwrap_or_default();
@@ -418,7 +451,10 @@ fn case_oom(s: &Session) -> Result<String> {
     spec.set_linux(Some(linux));
     let _streams = s.create("oom", spec, OUT_ONLY)?;
     s.start("oom")?;
-    s.expect_event("OOM", |e| matches!(e, Event::Oom { container_id } if container_id == "oom"))?;
+    s.expect_event(
+        "OOM",
+        |e| matches!(e, Event::Oom { container_id } if container_id == "oom"),
+    )?;
     let status = s.wait("oom", None)?;
     s.delete("oom")?;
     if status != ExitStatus::Signaled(libc::SIGKILL) {
@@ -440,7 +476,11 @@ fn case_two_containers(s: &Session) -> Result<String> {
     for id in ["pod-a", "pod-b"] {
         s.delete(id)?;
     }
-    if !a.contains("sleep 601") || a.contains("sleep 602") || !b.contains("sleep 602") || b.contains("sleep 601") {
+    if !a.contains("sleep 601")
+        || a.contains("sleep 602")
+        || !b.contains("sleep 602")
+        || b.contains("sleep 601")
+    {
         bail!("process views leak: a={a:?} b={b:?}");
     }
     Ok("both ran in one VM; each sees only its own processes".into())
@@ -466,7 +506,11 @@ fn case_hardening(s: &Session) -> Result<String> {
     if status != ExitStatus::Exited(0) || want.iter().any(|w| !out.contains(w)) {
         bail!("status {status:?}, output {out:?}");
     }
-    let masked: u32 = out.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+    let masked: u32 = out
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
     if masked == 0 {
         bail!("no masked /proc paths: {out:?}");
     }
@@ -501,7 +545,10 @@ fn case_seccomp(s: &Session) -> Result<String> {
     linux.set_seccomp(Some(seccomp));
     spec.set_linux(Some(linux));
     let (out, err, status) = s.run("seccomp", spec)?;
-    if !out.contains("rc=1") || !err.contains("Operation not permitted") || status != ExitStatus::Exited(0) {
+    if !out.contains("rc=1")
+        || !err.contains("Operation not permitted")
+        || status != ExitStatus::Exited(0)
+    {
         bail!("output {out:?} stderr {err:?} status {status:?}");
     }
     Ok("mkdir denied with EPERM by the spec's filter".into())
@@ -547,7 +594,10 @@ fn case_stats_pause_update(s: &Session) -> Result<String> {
         bail!("exec into a paused container was accepted");
     }
     if out != b"resumed\n" {
-        bail!("exec after resume printed {:?}", String::from_utf8_lossy(&out));
+        bail!(
+            "exec after resume printed {:?}",
+            String::from_utf8_lossy(&out)
+        );
     }
     Ok(format!(
         "memory {} KiB, {} pids; limit updated; pause refused exec, resume allowed it",
@@ -584,7 +634,11 @@ fn case_bad_input(s: &Session, uds: &std::path::Path) -> Result<String> {
         },
         stdio: StdioPorts::default(),
     });
-    notes.push(expect_error(missing, ErrorKind::NotFound, "missing rootfs")?);
+    notes.push(expect_error(
+        missing,
+        ErrorKind::NotFound,
+        "missing rootfs",
+    )?);
     let badcmd = s.call(Operation::CreateContainer {
         container_id: "badcmd".into(),
         spec: Box::new(container_spec(&args(&["/no/such/binary"]), "x", true)),
@@ -601,7 +655,11 @@ fn case_bad_input(s: &Session, uds: &std::path::Path) -> Result<String> {
         rootfs: rootfs(),
         stdio: StdioPorts::default(),
     });
-    notes.push(expect_error(dup, ErrorKind::InvalidArgument, "path-like id")?);
+    notes.push(expect_error(
+        dup,
+        ErrorKind::InvalidArgument,
+        "path-like id",
+    )?);
 
     // Malformed JSON in a well-formed frame: an error answer, and the connection stays usable.
     let mut raw = cocoon_sandbox::client::connect_vsock(uds, cocoon_protocol::AGENT_PORT)?;
@@ -653,7 +711,9 @@ fn case_latency(s: &Session) -> Result<String> {
     samples.sort_by(f64::total_cmp);
     let median = samples[samples.len() / 2];
     println!("@@METRIC container_run_true {median:.0} ms");
-    Ok(format!("create+start+wait+delete of `true`: median {median:.0} ms of 5"))
+    Ok(format!(
+        "create+start+wait+delete of `true`: median {median:.0} ms of 5"
+    ))
 }
 
 fn main() -> Result<()> {
@@ -678,7 +738,10 @@ fn main() -> Result<()> {
         Ok(c) => c,
         Err(e) => {
             let (code, stderr) = vm.shut_down(Duration::from_secs(1))?;
-            bail!("{e}; vmm exit {code:?} stderr {stderr:?}; console:\n{}", vm.console());
+            bail!(
+                "{e}; vmm exit {code:?} stderr {stderr:?}; console:\n{}",
+                vm.console()
+            );
         }
     };
     let ready_ms = booted.elapsed().as_secs_f64() * 1000.0;
@@ -689,7 +752,10 @@ fn main() -> Result<()> {
         next_port: AtomicU32::new(2000),
     };
     type Case = fn(&Session) -> Result<String>;
-    let mut cases: Vec<(&str, Case)> = vec![("latency", case_latency), ("stdout_64mib", case_stdout_64mib)];
+    let mut cases: Vec<(&str, Case)> = vec![
+        ("latency", case_latency),
+        ("stdout_64mib", case_stdout_64mib),
+    ];
     if !bench_only {
         cases.extend([
             ("echo", case_echo as Case),
@@ -709,7 +775,10 @@ fn main() -> Result<()> {
     for (name, case) in cases {
         let started = Instant::now();
         match case(&session) {
-            Ok(detail) => println!("@@CASE {name} ok {detail} ({:.1} s)", started.elapsed().as_secs_f64()),
+            Ok(detail) => println!(
+                "@@CASE {name} ok {detail} ({:.1} s)",
+                started.elapsed().as_secs_f64()
+            ),
             Err(e) => {
                 failed = true;
                 println!("@@CASE {name} FAIL {e:#}");
@@ -737,7 +806,10 @@ fn main() -> Result<()> {
     if code == Some(0) && !dir.exists() {
         println!("@@CASE destroy ok vmm exited 0 after DestroySandbox; runtime dir removed");
     } else {
-        println!("@@CASE destroy FAIL vmm exit {code:?}, dir left: {}, stderr {stderr:?}", dir.exists());
+        println!(
+            "@@CASE destroy FAIL vmm exit {code:?}, dir left: {}, stderr {stderr:?}",
+            dir.exists()
+        );
     }
     if failed || std::env::var_os("COCOON_E2E_CONSOLE").is_some() {
         println!("--- guest console ---\n{console}");

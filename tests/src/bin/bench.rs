@@ -443,6 +443,13 @@ fn find_qemu() -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
+fn find_runc() -> Option<PathBuf> {
+    ["/usr/sbin/runc", "/usr/bin/runc"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
 fn host_main(runs: usize) -> Result<()> {
     let vmm = workspace_binary("cocoon-vmm").map_err(anyhow::Error::msg)?;
     let guest = guest_images().map_err(anyhow::Error::msg)?;
@@ -472,12 +479,50 @@ fn host_main(runs: usize) -> Result<()> {
             if !out.status.success() {
                 bail!("measure failed: {}", String::from_utf8_lossy(&out.stderr));
             }
-            print_table("direct KVM (hardware virtualization)", runs, &text)
+            print_table("direct KVM (hardware virtualization)", runs, &text)?;
+            // Containers: the cocoon side, then runc, on this host.
+            let scratch = tempfile::Builder::new().prefix("cocoon-bench-").tempdir()?;
+            let rootfs = scratch.path().join("rootfs.ext4");
+            std::fs::write(&rootfs, cocoon_tests::images::default_rootfs_image())?;
+            let e2e = workspace_binary("cocoon-agent-e2e").map_err(anyhow::Error::msg)?;
+            let mut output = String::from_utf8_lossy(
+                &Command::new(e2e)
+                    .arg(&args.vmm)
+                    .arg(&args.kernel)
+                    .arg(&args.initrd)
+                    .arg(&rootfs)
+                    .arg("--bench-only")
+                    .output()?
+                    .stdout,
+            )
+            .into_owned();
+            if let Some(runc) = find_runc() {
+                let out = Command::new(std::env::current_exe()?)
+                    .arg("measure-runc")
+                    .arg(runc)
+                    .output()?;
+                output.push_str(&String::from_utf8_lossy(&out.stdout));
+            }
+            cocoon_tests::container_bench::print_table(
+                "direct KVM (hardware virtualization)",
+                &output,
+            );
+            Ok(())
         }
         KvmMode::EmulatedHost => {
             eprintln!("cocoon-bench: no vmx/svm here: measuring inside the emulated KVM host (qemu TCG, -cpu max); this takes a few minutes");
-            let mut host = cocoon_host(tools.expect("tools"), &vmm, &guest, Vec::new())?;
+            let files = vec![cocoon_tests::suite::SuiteFile {
+                name: "rootfs.ext4".into(),
+                contents: cocoon_tests::images::default_rootfs_image(),
+            }];
+            let mut host = cocoon_host(tools.expect("tools"), &vmm, &guest, files)?;
             let me = host.add_binary(&std::env::current_exe()?)?;
+            let e2e = workspace_binary("cocoon-agent-e2e").map_err(anyhow::Error::msg)?;
+            let e2e_in_host = host.add_binary(&e2e)?;
+            let runc_in_host = match find_runc() {
+                Some(runc) => host.add_binary(&runc)?,
+                None => "-".into(),
+            };
             let qemu_in_host = match &qemu {
                 Some(q) => {
                     let path = host.add_binary(q)?;
@@ -490,10 +535,17 @@ fn host_main(runs: usize) -> Result<()> {
                 None => "-".into(),
             };
             let script = format!(
-                "{me} measure \"$COCOON_VMM\" {qemu_in_host} \"$GUEST_BZIMAGE\" \"$GUEST_VMLINUX\" \"$GUEST_INITRD\" {runs}"
+                "{me} measure \"$COCOON_VMM\" {qemu_in_host} \"$GUEST_BZIMAGE\" \"$GUEST_VMLINUX\" \"$GUEST_INITRD\" {runs} || exit 1\n\
+                 cp \"$COCOON_FILES/rootfs.ext4\" /tmp/rootfs.ext4\n\
+                 {e2e_in_host} \"$COCOON_VMM\" \"$GUEST_BZIMAGE\" \"$GUEST_INITRD\" /tmp/rootfs.ext4 --bench-only\n\
+                 [ {runc_in_host} = - ] || {me} measure-runc {runc_in_host}"
             );
             let finished = host.run(&script, Duration::from_secs(1500), |line, _| {
-                if line.starts_with(RESULT) || line.starts_with(FAILED) {
+                if line.starts_with(RESULT)
+                    || line.starts_with(FAILED)
+                    || line.starts_with("@@METRIC")
+                    || line.starts_with("@@CASE")
+                {
                     eprintln!("{line}");
                 }
             })?;
@@ -515,6 +567,10 @@ fn host_main(runs: usize) -> Result<()> {
                 runs,
                 &finished.output,
             )?;
+            cocoon_tests::container_bench::print_table(
+                "emulated KVM host (qemu TCG -cpu max, nested SVM)",
+                &finished.output,
+            );
             if cocoon_tests::artifacts::dev_kvm_usable() {
                 native_start_table(&MeasureArgs {
                     vmm,
@@ -548,6 +604,9 @@ fn main() -> ExitCode {
                         runs,
                     })
                 })
+        }
+        Some("measure-runc") if args.len() == 2 => {
+            cocoon_tests::container_bench::measure_runc(Path::new(&args[1]))
         }
         Some("--runs") => match args.get(1).and_then(|r| r.parse().ok()) {
             Some(runs) => host_main(runs),

@@ -1,8 +1,8 @@
 //! Virtio devices over the virtio-mmio transport (virtio 1.x, "modern" only).
 
 pub mod block;
-pub mod vsock;
 pub mod mmio;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -122,7 +122,11 @@ impl Backend {
 
     /// Every host socket being watched (connections and handshakes).
     pub fn host_socket_fds(&self) -> Vec<RawFd> {
-        self.by_fd.keys().chain(self.handshakes.keys()).copied().collect()
+        self.by_fd
+            .keys()
+            .chain(self.handshakes.keys())
+            .copied()
+            .collect()
     }
 
     pub fn connection_count(&self) -> usize {
@@ -295,7 +299,10 @@ impl Backend {
     /// A packet from the guest's TX queue.
     pub fn handle_guest_packet(&mut self, header: &Header, data: &[u8]) {
         if header.src_cid != self.guest_cid {
-            tracing::debug!("vsock: dropping a packet with source CID {}", header.src_cid);
+            tracing::debug!(
+                "vsock: dropping a packet with source CID {}",
+                header.src_cid
+            );
             return;
         }
         let key = ConnKey {
@@ -394,7 +401,11 @@ impl Backend {
     }
 
     fn queue_credit_update_if_due(&mut self, key: ConnKey) {
-        if self.connections.get(&key).is_some_and(|c| c.wants_credit_update()) {
+        if self
+            .connections
+            .get(&key)
+            .is_some_and(|c| c.wants_credit_update())
+        {
             self.control.push_back(Outgoing {
                 key,
                 op: OP_CREDIT_UPDATE,

@@ -60,7 +60,10 @@ pub struct VsockHandler {
 
 impl Vsock {
     /// A device for a guest with context ID `guest_cid`, its host side listening on `uds_path`.
-    pub fn new(guest_cid: u64, uds_path: &Path) -> Result<(Self, VsockHandlerBuilder), ListenError> {
+    pub fn new(
+        guest_cid: u64,
+        uds_path: &Path,
+    ) -> Result<(Self, VsockHandlerBuilder), ListenError> {
         let backend = Backend::bind(guest_cid, uds_path)?;
         let shared = Arc::new(Mutex::new(Shared::default()));
         Ok((
@@ -171,7 +174,9 @@ impl VsockHandler {
                 Err(e) => tracing::debug!("virtio-vsock: dropping a malformed TX packet: {e}"),
             }
             if active.tx.add_used(&active.mem, head, 0).is_err() {
-                tracing::warn!("virtio-vsock: the guest's TX used ring is not writable; device stopped");
+                tracing::warn!(
+                    "virtio-vsock: the guest's TX used ring is not writable; device stopped"
+                );
                 shared.broken = true;
                 return;
             }
@@ -213,12 +218,16 @@ impl VsockHandler {
                         }
                     }
                     Err(e) => {
-                        tracing::debug!("virtio-vsock: returning a malformed RX buffer unused: {e}");
+                        tracing::debug!(
+                            "virtio-vsock: returning a malformed RX buffer unused: {e}"
+                        );
                         0
                     }
                 };
             if active.rx.add_used(&active.mem, head, used_len).is_err() {
-                tracing::warn!("virtio-vsock: the guest's RX used ring is not writable; device stopped");
+                tracing::warn!(
+                    "virtio-vsock: the guest's RX used ring is not writable; device stopped"
+                );
                 shared.broken = true;
                 return;
             }
@@ -272,7 +281,11 @@ impl MutEventSubscriber for VsockHandler {
             }
         }
         let listener = self.backend.listener_fd();
-        if let Err(e) = ops.add(Events::with_data_raw(listener, listener as u32, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::with_data_raw(
+            listener,
+            listener as u32,
+            EventSet::IN,
+        )) {
             tracing::error!("virtio-vsock: cannot watch the listening socket: {e:?}");
         }
     }
@@ -402,7 +415,13 @@ mod tests {
             ];
             let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
             device
-                .activate(mem.clone(), 0, queues, vec![], Arc::new(Interrupt::new(irq)))
+                .activate(
+                    mem.clone(),
+                    0,
+                    queues,
+                    vec![],
+                    Arc::new(Interrupt::new(irq)),
+                )
                 .unwrap();
             Self {
                 mem,
@@ -444,7 +463,9 @@ mod tests {
         fn send(&mut self, header: &Header, data: &[u8]) {
             let d = (self.tx_added * 2) % QSIZE;
             let at = TX_BUFS + u64::from(d) * 0x1000;
-            self.mem.write_slice(&encode(header), GuestAddress(at)).unwrap();
+            self.mem
+                .write_slice(&encode(header), GuestAddress(at))
+                .unwrap();
             if data.is_empty() {
                 self.tx
                     .add_desc_chains(&[raw(at, PKT_HEADER_SIZE as u32, 0, 0)], d)
@@ -656,7 +677,10 @@ mod tests {
                 break;
             }
         }
-        assert!(reset, "the device never reset a guest that overran its credit");
+        assert!(
+            reset,
+            "the device never reset a guest that overran its credit"
+        );
         assert_eq!(f.handler.backend.connection_count(), 0);
     }
 
@@ -680,7 +704,10 @@ mod tests {
         assert_eq!(ops(&got), [OP_RW]);
         assert_eq!(got[0].1, b"abc", "no more than the guest's buffer");
         f.serve();
-        assert!(f.received().is_empty(), "nothing until the guest frees space");
+        assert!(
+            f.received().is_empty(),
+            "nothing until the guest frees space"
+        );
         let mut update = guest_header(OP_CREDIT_UPDATE, 8, 5003, 0);
         update.buf_alloc = 3;
         update.fwd_cnt = 3;

@@ -1,0 +1,152 @@
+//! The container half of `cocoon-bench`: the same busybox container run by cocoon (a microVM, the
+//! agent over vsock) and by runc on the same host, side by side. Each side prints `@@METRIC` lines;
+//! [`print_table`] lines them up.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use cocoon_sandbox::spec::{container_spec, ProcessOptions};
+
+const METRIC: &str = "@@METRIC ";
+const RUNS: usize = 5;
+const BULK_BYTES: usize = 64 << 20;
+
+fn args(a: &[&str]) -> ProcessOptions {
+    ProcessOptions {
+        args: a.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn write_bundle(bundle: &Path, options: &ProcessOptions) -> Result<()> {
+    let spec = container_spec(options, "bench", true);
+    spec.save(bundle.join("config.json"))
+        .context("writing config.json")?;
+    Ok(())
+}
+
+/// Makes sure a cgroup v2 hierarchy is mounted where runc looks for it.
+fn ensure_cgroup2() -> Result<()> {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all("/sys/fs/cgroup")?;
+    let status = Command::new("mount")
+        .args(["-t", "cgroup2", "none", "/sys/fs/cgroup"])
+        .status()?;
+    if !status.success() {
+        bail!("mounting cgroup2 at /sys/fs/cgroup failed");
+    }
+    Ok(())
+}
+
+/// `runc run` of the bundle: (bytes the container wrote to stdout, wall seconds).
+fn runc_run(runc: &Path, bundle: &Path, id: &str) -> Result<(usize, f64)> {
+    let started = Instant::now();
+    let mut child = Command::new(runc)
+        // The emulated host runs from its initramfs, where pivot_root cannot work.
+        .args(["run", "--no-pivot", "-b"])
+        .arg(bundle)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting runc")?;
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0;
+    loop {
+        let n = stdout.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "runc run failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((total, started.elapsed().as_secs_f64()))
+}
+
+/// Runs the runc side (inside the emulated host, or directly) and prints its metrics.
+pub fn measure_runc(runc: &Path) -> Result<()> {
+    ensure_cgroup2()?;
+    let dir = tempfile::Builder::new().prefix("cocoon-runc-").tempdir()?;
+    let bundle = dir.path();
+    cocoon_guest_image::rootfs::busybox_rootfs(&bundle.join("rootfs"), Path::new("/bin/busybox"))?;
+
+    write_bundle(bundle, &args(&["true"]))?;
+    let mut samples = Vec::new();
+    for i in 0..RUNS {
+        let (_, secs) = runc_run(runc, bundle, &format!("bench-true-{i}"))?;
+        samples.push(secs * 1000.0);
+    }
+    samples.sort_by(f64::total_cmp);
+    println!(
+        "{METRIC}runc_container_run_true {:.0} ms",
+        samples[RUNS / 2]
+    );
+
+    write_bundle(
+        bundle,
+        &args(&["sh", "-c", "yes 0123456789abcde | head -c 67108864"]),
+    )?;
+    let (bytes, secs) = runc_run(runc, bundle, "bench-bulk")?;
+    if bytes != BULK_BYTES {
+        bail!("runc container wrote {bytes} bytes, expected {BULK_BYTES}");
+    }
+    println!(
+        "{METRIC}runc_stdout_throughput {:.1} MiB/s",
+        BULK_BYTES as f64 / (1 << 20) as f64 / secs
+    );
+    Ok(())
+}
+
+fn metrics(output: &str) -> BTreeMap<String, String> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix(METRIC))
+        .filter_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            Some((name.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+/// The side-by-side table from both sides' metric lines.
+pub fn print_table(mode: &str, output: &str) {
+    let m = metrics(output);
+    let get = |k: &str| m.get(k).cloned().unwrap_or_else(|| "FAILED".into());
+    println!();
+    println!("containers — {mode}; busybox rootfs, same OCI spec; cocoon: one microVM (2 vCPUs, 256 MiB), agent over vsock; runc: on the same host");
+    println!("| {:<44} | {:>18} | {:>18} |", "", "cocoon", "runc");
+    println!("|{:-<46}|{:->20}|{:->20}|", "", "", "");
+    println!(
+        "| {:<44} | {:>18} | {:>18} |",
+        "VMM start → agent answering",
+        get("agent_ready"),
+        "n/a (no VM)"
+    );
+    println!(
+        "| {:<44} | {:>18} | {:>18} |",
+        format!("create+start+exit of `true` (median of {RUNS})"),
+        get("container_run_true"),
+        get("runc_container_run_true")
+    );
+    println!(
+        "| {:<44} | {:>18} | {:>18} |",
+        "stdout throughput, 64 MiB",
+        get("stdout_throughput"),
+        get("runc_stdout_throughput")
+    );
+}
