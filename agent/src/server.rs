@@ -5,7 +5,9 @@
 //! keeps serving either way.
 
 use std::fs::File;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use cocoon_protocol::{
     read_message, write_message, AgentError, ErrorKind, FrameError, Message, Operation, Reply,
@@ -22,7 +24,13 @@ pub struct Server {
     events: Arc<EventBus>,
     /// Set once the host asked for the sandbox to go: the VM powers off after answering.
     destroy: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    /// Control connections open now (the host closing them tells its answers arrived).
+    open_connections: AtomicUsize,
 }
+
+/// How long the agent waits, after `DestroySandbox`, for the host to close its connections (and
+/// so to have read the answer) before powering off.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn reply(out: &Arc<Mutex<File>>, id: u64, result: Result<Reply, AgentError>) {
     let message = Message::Response(Response { id, result });
@@ -37,6 +45,7 @@ impl Server {
             sandbox,
             events,
             destroy: Arc::new((Mutex::new(false), std::sync::Condvar::new())),
+            open_connections: AtomicUsize::new(0),
         }
     }
 
@@ -67,6 +76,13 @@ impl Server {
                 .wait(destroyed)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
+        drop(destroyed);
+        // The answer to DestroySandbox may still be on its way out of the guest: powering off now
+        // could lose it. The host closes the channel once it has read it.
+        let deadline = Instant::now() + GOODBYE_TIMEOUT;
+        while this.open_connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         Ok(())
     }
 
@@ -76,12 +92,18 @@ impl Server {
         };
         let output = Arc::new(Mutex::new(connection));
         self.events.subscribe(&output);
+        self.open_connections.fetch_add(1, Ordering::SeqCst);
+        self.read_requests(&mut input, &output);
+        self.open_connections.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn read_requests(self: &Arc<Self>, input: &mut File, output: &Arc<Mutex<File>>) {
         loop {
-            let request = match read_message(&mut input) {
+            let request = match read_message(input) {
                 Ok(Message::Request(request)) => request,
                 Ok(_) => {
                     reply(
-                        &output,
+                        output,
                         0,
                         Err(AgentError::new(
                             ErrorKind::InvalidArgument,
@@ -93,7 +115,7 @@ impl Server {
                 Err(FrameError::Closed) => return,
                 Err(FrameError::Malformed(e)) => {
                     reply(
-                        &output,
+                        output,
                         0,
                         Err(AgentError::new(
                             ErrorKind::InvalidArgument,
@@ -108,7 +130,7 @@ impl Server {
                     | FrameError::TooLarge(_)),
                 ) => {
                     reply(
-                        &output,
+                        output,
                         0,
                         Err(AgentError::new(
                             ErrorKind::InvalidArgument,

@@ -152,8 +152,20 @@ impl AgentClient {
         }
     }
 
+    /// Closes the channel (the agent takes that as "every answer arrived").
+    pub fn close(&self) {
+        let _ = lock(&self.writer).shutdown(std::net::Shutdown::Both);
+    }
+
     /// The next event the agent pushed, waiting at most `timeout`.
     pub fn next_event(&self, timeout: Duration) -> Option<Event> {
         lock(&self.events).recv_timeout(timeout).ok()
+    }
+}
+
+impl Drop for AgentClient {
+    fn drop(&mut self) {
+        // Also ends the reader thread, which holds its own handle on the socket.
+        self.close();
     }
 }

@@ -19,6 +19,8 @@ pub struct VmOptions {
     pub disks: Vec<(PathBuf, bool)>,
     /// The guest's vsock context ID.
     pub cid: u32,
+    /// Appended to the kernel command line.
+    pub extra_cmdline: String,
 }
 
 pub struct Vm {
@@ -45,7 +47,10 @@ impl Vm {
             .arg("--memory-mib")
             .arg(options.memory_mib.to_string())
             .arg("--cmdline")
-            .arg("console=ttyS0 reboot=k panic=1 quiet")
+            .arg(format!(
+                "console=ttyS0 reboot=k panic=1 quiet {}",
+                options.extra_cmdline
+            ))
             .arg("--console")
             .arg(format!("file:{}", console.display()))
             .arg("--vsock")

@@ -24,9 +24,11 @@ pub fn profile_dir() -> PathBuf {
     dir
 }
 
-/// A binary of this workspace, built by `make build` (or `cargo build --workspace`).
+/// A binary of this workspace, built by `make build` (or `cargo build --workspace`); the variable
+/// named by [`binary_env_name`](crate::suite::binary_env_name) (`COCOON_VMM` for `cocoon-vmm`)
+/// overrides where it is.
 pub fn workspace_binary(name: &str) -> Result<PathBuf, String> {
-    let path = std::env::var_os(format!("COCOON_{}", name.to_uppercase().replace('-', "_")))
+    let path = std::env::var_os(crate::suite::binary_env_name(name))
         .map(PathBuf::from)
         .unwrap_or_else(|| profile_dir().join(name));
     if path.is_file() {

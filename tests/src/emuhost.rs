@@ -34,7 +34,9 @@ mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 for m in irqbypass kvm; do insmod /modules/$m.ko || echo "@@COCOON-HOST-ERROR insmod $m failed"; done
-insmod /modules/kvm-amd.ko 2>/dev/null || insmod /modules/kvm-intel.ko 2>/dev/null
+# vgif=0: with virtual GIF, qemu 7.2's TCG delivers host interrupts right after #VMEXIT while GIF
+# is still clear (seen as a stack-guard crash in __svm_vcpu_run, and as guests reset mid-run).
+insmod /modules/kvm-amd.ko vgif=0 2>/dev/null || insmod /modules/kvm-intel.ko 2>/dev/null
 if [ -c /dev/kvm ]; then
   echo "@@COCOON-HOST-READY cpus=$(grep -c ^processor /proc/cpuinfo) uptime=$(cut -d' ' -f1 /proc/uptime)"
   . /cocoon/env.sh

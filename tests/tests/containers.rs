@@ -17,10 +17,25 @@ static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
         name: "rootfs.ext4".into(),
         contents: cocoon_tests::images::default_rootfs_image(),
     }];
+    // Under the emulated KVM host (only there), a guest that triple-faults is run once more, loudly
+    // (see EMULATED_GUEST_CRASHES in the README): 2-vCPU guests have been seen to reset there
+    // mid-run, with no message, in runs that otherwise pass.
     let script = r#"
 cp "$COCOON_FILES/rootfs.ext4" rootfs.ext4
-"$COCOON_AGENT_E2E" "$COCOON_VMM" "$GUEST_BZIMAGE" "$GUEST_INITRD" "$PWD/rootfs.ext4"
-echo "driver-exit=$?"
+attempt=1
+while :; do
+  "$COCOON_AGENT_E2E" "$COCOON_VMM" "$GUEST_BZIMAGE" "$GUEST_INITRD" "$PWD/rootfs.ext4" > driver.out 2>&1
+  driver_exit=$?
+  crash=$(grep -m1 'guest crashed' driver.out)
+  if [ -n "$crash" ] && [ "${COCOON_EMULATED_HOST:-0}" = 1 ] && [ $attempt -le 1 ]; then
+    echo "@@COCOON-RETRY attempt $attempt: the guest crashed under the emulated host: $crash"
+    attempt=$((attempt + 1))
+    continue
+  fi
+  break
+done
+cat driver.out
+echo "driver-exit=$driver_exit"
 "#;
     run_suite(
         &[Scenario::new("containers", script)],
@@ -45,6 +60,14 @@ fn assert_case(test: &str, case: &str) {
     assert!(
         line.starts_with(&format!("{prefix}ok")),
         "{line}\n--- full driver output ---\n{out}"
+    );
+}
+
+#[test]
+fn sandbox_setup_shares_dns_and_mounts_between_containers() {
+    assert_case(
+        "sandbox_setup_shares_dns_and_mounts_between_containers",
+        "sandbox_setup",
     );
 }
 

@@ -13,11 +13,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use cocoon_protocol::{ErrorKind, Event, ExitStatus, Operation, Reply, Rootfs, StdioPorts};
+use cocoon_protocol::{
+    ErrorKind, Event, ExitStatus, Operation, Reply, Rootfs, SandboxMount, StdioPorts,
+};
 use cocoon_sandbox::client::ClientError;
 use cocoon_sandbox::spec::{container_spec, process, ProcessOptions};
 use cocoon_sandbox::{AgentClient, HostPort, Vm, VmOptions};
-use oci_spec::runtime::{LinuxMemory, LinuxResources, LinuxSeccomp, Spec};
+use oci_spec::runtime::{LinuxMemory, LinuxResources, LinuxSeccomp, Mount, Spec};
 
 const ROOTFS_DEVICE: &str = "/dev/vda";
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
@@ -215,6 +217,60 @@ fn expect_error(result: Result<Reply, ClientError>, kind: ErrorKind, what: &str)
         Err(ClientError::Agent(e)) if e.kind == kind => Ok(e.message),
         other => bail!("{what}: expected a {kind:?} error, got {other:?}"),
     }
+}
+
+/// A spec whose container binds the sandbox's shared directory and DNS settings under /tmp.
+fn pod_member_spec(id: &str, command: &str) -> Spec {
+    let mut spec = container_spec(&args(&["sh", "-c", command]), id, true);
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for (source, target) in [
+        ("/run/cocoon/shared", "/tmp/shared"),
+        ("/etc/resolv.conf", "/tmp/resolv.conf"),
+    ] {
+        let mut bind = Mount::default();
+        bind.set_destination(target.into())
+            .set_typ(Some("bind".into()))
+            .set_source(Some(source.into()))
+            .set_options(Some(vec!["rbind".into(), "rw".into()]));
+        mounts.push(bind);
+    }
+    spec.set_mounts(Some(mounts));
+    spec
+}
+
+fn case_sandbox_setup(s: &Session) -> Result<String> {
+    let create = || {
+        s.call(Operation::CreateSandbox {
+            hostname: "pod-host".into(),
+            dns: vec!["192.0.2.53".into()],
+            mounts: vec![SandboxMount {
+                source: "tmpfs".into(),
+                target: "/run/cocoon/shared".into(),
+                fstype: "tmpfs".into(),
+                options: vec!["size=1m".into()],
+            }],
+        })
+    };
+    create()?;
+    expect_error(create(), ErrorKind::AlreadyExists, "a second CreateSandbox")?;
+    let (out, err, status) = s.run(
+        "pod-writer",
+        pod_member_spec(
+            "pod-writer",
+            "echo from-writer > /tmp/shared/note; cat /tmp/resolv.conf",
+        ),
+    )?;
+    if status != ExitStatus::Exited(0) || !out.contains("nameserver 192.0.2.53") {
+        bail!("writer: status {status:?} out {out:?} err {err:?}");
+    }
+    let (out, err, status) = s.run(
+        "pod-reader",
+        pod_member_spec("pod-reader", "cat /tmp/shared/note"),
+    )?;
+    if status != ExitStatus::Exited(0) || out != "from-writer\n" {
+        bail!("reader: status {status:?} out {out:?} err {err:?}");
+    }
+    Ok("DNS reached the containers; a file one wrote to the shared mount, the other read".into())
 }
 
 fn case_echo(s: &Session) -> Result<String> {
@@ -726,10 +782,14 @@ fn main() -> Result<()> {
         vmm: argv[1].clone().into(),
         kernel: argv[2].clone().into(),
         initrd: argv[3].clone().into(),
-        vcpus: 2,
+        vcpus: std::env::var("COCOON_E2E_VCPUS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2),
         memory_mib: 256,
         disks: vec![(argv[4].clone().into(), true)],
         cid: 3,
+        extra_cmdline: String::new(),
     };
     let booted = Instant::now();
     let mut vm = Vm::spawn(&options)?;
@@ -758,7 +818,8 @@ fn main() -> Result<()> {
     ];
     if !bench_only {
         cases.extend([
-            ("echo", case_echo as Case),
+            ("sandbox_setup", case_sandbox_setup as Case),
+            ("echo", case_echo),
             ("exit_code", case_exit_code),
             ("exec_and_sigkill", case_exec_and_sigkill),
             ("tty_resize", case_tty_resize),
@@ -795,21 +856,23 @@ fn main() -> Result<()> {
         }
     }
     // Destroying the sandbox powers the guest off; the VMM then exits 0 on its own.
-    match session.call(Operation::DestroySandbox) {
-        Ok(_) => {}
-        Err(e) => println!("@@CASE destroy FAIL {e}"),
-    }
+    let destroyed = session.call(Operation::DestroySandbox);
+    drop(session);
     let (code, stderr) = vm.shut_down(Duration::from_secs(30))?;
     let dir = vm.runtime_dir().to_path_buf();
     let console = vm.console();
     drop(vm);
-    if code == Some(0) && !dir.exists() {
-        println!("@@CASE destroy ok vmm exited 0 after DestroySandbox; runtime dir removed");
-    } else {
-        println!(
-            "@@CASE destroy FAIL vmm exit {code:?}, dir left: {}, stderr {stderr:?}",
-            dir.exists()
-        );
+    match destroyed {
+        Ok(Reply::Done) if code == Some(0) && !dir.exists() => println!(
+            "@@CASE destroy ok answered; vmm exited 0 after DestroySandbox; runtime dir removed"
+        ),
+        other => {
+            failed = true;
+            println!(
+                "@@CASE destroy FAIL answer {other:?}, vmm exit {code:?}, dir left: {}, stderr {stderr:?}",
+                dir.exists()
+            );
+        }
     }
     if failed || std::env::var_os("COCOON_E2E_CONSOLE").is_some() {
         println!("--- guest console ---\n{console}");

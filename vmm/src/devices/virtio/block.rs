@@ -13,7 +13,10 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{ActivateError, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, VIRTIO_F_VERSION_1};
+use super::{
+    ActivateError, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
 use crate::devices::lock;
 
 pub const BLOCK_DEVICE_TYPE: u32 = 2;
@@ -90,7 +93,10 @@ impl Block {
             return Err(err("not a regular file".into()));
         }
         let capacity_bytes = meta.len() & !(SECTOR_SIZE - 1);
-        let mut features = VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_SEG_MAX;
+        let mut features = VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_BLK_F_FLUSH
+            | VIRTIO_BLK_F_SEG_MAX;
         if read_only {
             features |= VIRTIO_BLK_F_RO;
         }
@@ -288,16 +294,29 @@ impl State {
             return false;
         };
         let mut completed = false;
-        while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
-            let head = chain.head_index();
-            let descs: Vec<Descriptor> = chain.collect();
-            let used_len = self.serve(&active.mem, &descs);
-            if active.queue.add_used(&active.mem, head, used_len).is_err() {
-                tracing::warn!("virtio-blk: the guest's used ring is not writable; queue stopped");
-                self.broken = true;
+        'serve: loop {
+            // No kicks while draining; re-enabling tells whether more arrived meanwhile.
+            let _ = active.queue.disable_notification(&active.mem);
+            while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+                let head = chain.head_index();
+                let descs: Vec<Descriptor> = chain.collect();
+                let used_len = self.serve(&active.mem, &descs);
+                if active.queue.add_used(&active.mem, head, used_len).is_err() {
+                    tracing::warn!(
+                        "virtio-blk: the guest's used ring is not writable; queue stopped"
+                    );
+                    self.broken = true;
+                    break 'serve;
+                }
+                completed = true;
+            }
+            if !active
+                .queue
+                .enable_notification(&active.mem)
+                .unwrap_or(false)
+            {
                 break;
             }
-            completed = true;
         }
         if completed && active.queue.needs_notification(&active.mem).unwrap_or(true) {
             let _ = active.interrupt.signal(INTERRUPT_USED_BUFFER);

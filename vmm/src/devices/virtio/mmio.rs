@@ -9,7 +9,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
 /// Size of a device's register window, configuration space included.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
@@ -219,10 +219,16 @@ impl MmioTransport {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("cloning queue eventfds: {e}"))?;
         // The device gets its own copies of the queues; the transport keeps the registers' view.
+        let event_idx = self.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
         let queues = self
             .queues
             .iter()
-            .map(|q| Queue::try_from(q.state()))
+            .map(|q| {
+                Queue::try_from(q.state()).map(|mut q| {
+                    q.set_event_idx(event_idx);
+                    q
+                })
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("copying the queues: {e:?}"))?;
         self.device

@@ -12,6 +12,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// Feature bit every cocoon device offers and every driver must accept: virtio 1.x.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Feature bit: the driver and device tell each other when to notify (used/avail event indexes),
+/// which spares most queue kicks and interrupts while either side is busy.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// Interrupt status bits.
 pub const INTERRUPT_USED_BUFFER: u32 = 0x1;
 pub const INTERRUPT_CONFIG_CHANGE: u32 = 0x2;

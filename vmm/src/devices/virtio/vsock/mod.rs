@@ -16,7 +16,10 @@ use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{ActivateError, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, VIRTIO_F_VERSION_1};
+use super::{
+    ActivateError, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
 use crate::devices::lock;
 use backend::{Backend, ListenError, Registration};
 use packet::Header;
@@ -104,7 +107,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -156,31 +159,38 @@ impl VsockHandler {
             return;
         };
         let mut used = false;
-        while let Some(mut chain) = active.tx.pop_descriptor_chain(&active.mem) {
-            let head = chain.head_index();
-            match VsockPacket::from_tx_virtq_chain(&active.mem, &mut chain, MAX_PACKET_DATA) {
-                Ok(packet) => {
-                    let header = Header::from_packet(&packet);
-                    let len = match packet.data_slice() {
-                        Some(slice) => slice.len().min(header.len as usize),
-                        None => 0,
-                    };
-                    if let Some(slice) = packet.data_slice() {
-                        slice.copy_to(&mut self.scratch[..len]);
+        loop {
+            // No kicks while draining; re-enabling tells whether more arrived meanwhile.
+            let _ = active.tx.disable_notification(&active.mem);
+            while let Some(mut chain) = active.tx.pop_descriptor_chain(&active.mem) {
+                let head = chain.head_index();
+                match VsockPacket::from_tx_virtq_chain(&active.mem, &mut chain, MAX_PACKET_DATA) {
+                    Ok(packet) => {
+                        let header = Header::from_packet(&packet);
+                        let len = match packet.data_slice() {
+                            Some(slice) => slice.len().min(header.len as usize),
+                            None => 0,
+                        };
+                        if let Some(slice) = packet.data_slice() {
+                            slice.copy_to(&mut self.scratch[..len]);
+                        }
+                        self.backend
+                            .handle_guest_packet(&header, &self.scratch[..len]);
                     }
-                    self.backend
-                        .handle_guest_packet(&header, &self.scratch[..len]);
+                    Err(e) => tracing::debug!("virtio-vsock: dropping a malformed TX packet: {e}"),
                 }
-                Err(e) => tracing::debug!("virtio-vsock: dropping a malformed TX packet: {e}"),
+                if active.tx.add_used(&active.mem, head, 0).is_err() {
+                    tracing::warn!(
+                        "virtio-vsock: the guest's TX used ring is not writable; device stopped"
+                    );
+                    shared.broken = true;
+                    return;
+                }
+                used = true;
             }
-            if active.tx.add_used(&active.mem, head, 0).is_err() {
-                tracing::warn!(
-                    "virtio-vsock: the guest's TX used ring is not writable; device stopped"
-                );
-                shared.broken = true;
-                return;
+            if !active.tx.enable_notification(&active.mem).unwrap_or(false) {
+                break;
             }
-            used = true;
         }
         if used && active.tx.needs_notification(&active.mem).unwrap_or(true) {
             let _ = active.interrupt.signal(INTERRUPT_USED_BUFFER);
@@ -716,6 +726,63 @@ mod tests {
         let got = f.received();
         assert_eq!(ops(&got), [OP_RW]);
         assert_eq!(got[0].1, b"def");
+    }
+
+    #[test]
+    fn a_stalled_connection_does_not_hold_up_the_others() {
+        let m = mem();
+        let mut f = Fixture::new(&m);
+        let bind = |port: u32| {
+            let mut path = f.uds().into_os_string();
+            path.push(format!("_{port}"));
+            UnixListener::bind(&path).unwrap()
+        };
+        let (slow_listener, fast_listener) = (bind(6000), bind(6001));
+        f.add_rx_buffers(16);
+        let mut slow_request = guest_header(OP_REQUEST, 10, 6000, 0);
+        slow_request.buf_alloc = 4096;
+        f.send(&slow_request, &[]);
+        f.send(&guest_header(OP_REQUEST, 11, 6001, 0), &[]);
+        f.serve();
+        assert_eq!(ops(&f.received()), [OP_RESPONSE, OP_RESPONSE]);
+        let (mut slow_host, _) = slow_listener.accept().unwrap();
+        let (mut fast_host, _) = fast_listener.accept().unwrap();
+        fast_host
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+
+        // Guest -> host: the slow host never reads; 192 KiB (within credit) wait for it.
+        let chunk = vec![1u8; 64 << 10];
+        for _ in 0..3 {
+            let mut data = guest_header(OP_RW, 10, 6000, chunk.len() as u32);
+            data.buf_alloc = 4096;
+            f.send(&data, &chunk);
+            f.serve();
+        }
+        f.send(&guest_header(OP_RW, 11, 6001, 4), b"ping");
+        f.serve();
+        let mut buf = [0u8; 4];
+        fast_host.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+
+        // Host -> guest: the slow connection's guest gave 4 KiB of credit and no more.
+        slow_host.write_all(&vec![2u8; 64 << 10]).unwrap();
+        fast_host.write_all(b"pong").unwrap();
+        f.serve();
+        f.serve();
+        let got = f.received();
+        let fast: Vec<_> = got.iter().filter(|(h, _)| h.src_port == 6001).collect();
+        let slow_bytes: usize = got
+            .iter()
+            .filter(|(h, _)| h.src_port == 6000 && h.op == OP_RW)
+            .map(|(_, d)| d.len())
+            .sum();
+        assert!(
+            fast.iter().any(|(h, d)| h.op == OP_RW && d == b"pong"),
+            "{got:?}"
+        );
+        assert_eq!(slow_bytes, 4096, "no more than the slow guest's credit");
+        assert_eq!(f.handler.backend.connection_count(), 2);
     }
 
     #[test]
