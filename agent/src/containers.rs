@@ -24,11 +24,29 @@ use crate::events::EventBus;
 use crate::reaper::{lock, ExitCell, Reaper};
 use crate::stdio::{self, Stdio, Terminal};
 
-pub const STATE_DIR: &str = "/run/cocoon/state";
-pub const BUNDLES_DIR: &str = "/run/cocoon/bundles";
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-/// Parent cgroup of containers whose spec names none.
-const CGROUP_PARENT: &str = "/cocoon";
+
+/// Where the sandbox keeps its containers.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// One bundle (config.json, rootfs mount point, console sockets) per container.
+    pub bundles: PathBuf,
+    /// libcontainer's state.
+    pub state: PathBuf,
+    /// Parent cgroup of containers whose spec names none.
+    pub cgroup_parent: String,
+}
+
+impl Layout {
+    /// The guest's layout.
+    pub fn guest() -> Self {
+        Self {
+            bundles: "/run/cocoon/bundles".into(),
+            state: "/run/cocoon/state".into(),
+            cgroup_parent: "/cocoon".into(),
+        }
+    }
+}
 
 type AgentResult<T> = Result<T, AgentError>;
 
@@ -78,6 +96,7 @@ struct ContainerEntry {
 type ProcessOwner = (String, Option<String>);
 
 pub struct Sandbox {
+    layout: Layout,
     reaper: Arc<Reaper>,
     events: Arc<EventBus>,
     containers: Mutex<HashMap<String, Arc<Mutex<ContainerEntry>>>>,
@@ -132,7 +151,7 @@ fn io_bytes(path: &Path) -> (u64, u64) {
 
 /// Fills in what the spec leaves out, the secure way: no new privileges, Docker's default
 /// capabilities, a cgroup under /cocoon. The root is always the mounted block device.
-pub fn apply_defaults(spec: &mut Spec, container_id: &str) -> AgentResult<()> {
+pub fn apply_defaults(spec: &mut Spec, container_id: &str, cgroup_parent: &str) -> AgentResult<()> {
     let mut root = spec.root().clone().unwrap_or_default();
     root.set_path(PathBuf::from("rootfs"));
     spec.set_root(Some(root));
@@ -158,7 +177,7 @@ pub fn apply_defaults(spec: &mut Spec, container_id: &str) -> AgentResult<()> {
     let mut linux = spec.linux().clone().unwrap_or_default();
     if linux.cgroups_path().is_none() {
         linux.set_cgroups_path(Some(PathBuf::from(format!(
-            "{CGROUP_PARENT}/{container_id}"
+            "{cgroup_parent}/{container_id}"
         ))));
     }
     spec.set_linux(Some(linux));
@@ -214,8 +233,9 @@ fn remove_bundle(bundle: &Path) {
 }
 
 impl Sandbox {
-    pub fn new(reaper: Arc<Reaper>, events: Arc<EventBus>) -> Arc<Self> {
+    pub fn new(layout: Layout, reaper: Arc<Reaper>, events: Arc<EventBus>) -> Arc<Self> {
         let sandbox = Arc::new(Self {
+            layout,
             reaper: reaper.clone(),
             events: events.clone(),
             containers: Mutex::new(HashMap::new()),
@@ -320,8 +340,8 @@ impl Sandbox {
                 format!("container '{container_id}' already exists"),
             ));
         }
-        apply_defaults(&mut spec, container_id)?;
-        let bundle = Path::new(BUNDLES_DIR).join(container_id);
+        apply_defaults(&mut spec, container_id, &self.layout.cgroup_parent)?;
+        let bundle = self.layout.bundles.join(container_id);
         fs::create_dir_all(bundle.join("rootfs"))
             .map_err(|e| internal("creating the bundle", e))?;
         let result = self.build_container(container_id, &spec, rootfs, ports, &bundle);
@@ -363,12 +383,13 @@ impl Sandbox {
         let console = terminal
             .then(|| stdio::ConsoleSocket::bind(&bundle.join("console.sock")))
             .transpose()?;
-        fs::create_dir_all(STATE_DIR).map_err(|e| internal("creating the state directory", e))?;
+        fs::create_dir_all(&self.layout.state)
+            .map_err(|e| internal("creating the state directory", e))?;
 
         let spawning = self.reaper.spawn_lock();
         let builder = stdio.attach(
             ContainerBuilder::new(container_id.to_string(), SyscallType::default())
-                .with_root_path(STATE_DIR)
+                .with_root_path(&self.layout.state)
                 .map_err(|e| internal("libcontainer state directory", e))?,
             console.as_ref(),
         )?;
@@ -466,7 +487,7 @@ impl Sandbox {
         let spawning = self.reaper.spawn_lock();
         let builder = stdio.attach(
             ContainerBuilder::new(container_id.to_string(), SyscallType::default())
-                .with_root_path(STATE_DIR)
+                .with_root_path(&self.layout.state)
                 .map_err(|e| internal("libcontainer state directory", e))?,
             console.as_ref(),
         )?;
@@ -776,7 +797,7 @@ mod tests {
         let mut process = spec.process().clone().unwrap();
         process.set_capabilities(None).set_no_new_privileges(None);
         spec.set_process(Some(process));
-        apply_defaults(&mut spec, "c1").unwrap();
+        apply_defaults(&mut spec, "c1", "/cocoon").unwrap();
         let process = spec.process().as_ref().unwrap();
         assert_eq!(process.no_new_privileges(), Some(true));
         let caps = process.capabilities().as_ref().unwrap();
@@ -802,7 +823,7 @@ mod tests {
         let mut spec = Spec::default();
         spec.set_process(None);
         assert_eq!(
-            apply_defaults(&mut spec, "c").unwrap_err().kind,
+            apply_defaults(&mut spec, "c", "/cocoon").unwrap_err().kind,
             ErrorKind::InvalidArgument
         );
         let mut spec = Spec::default();
@@ -810,7 +831,7 @@ mod tests {
         process.set_args(Some(vec![]));
         spec.set_process(Some(process));
         assert_eq!(
-            apply_defaults(&mut spec, "c").unwrap_err().kind,
+            apply_defaults(&mut spec, "c", "/cocoon").unwrap_err().kind,
             ErrorKind::InvalidArgument
         );
     }
@@ -834,5 +855,127 @@ mod tests {
         );
         assert_eq!(keyed_value(&dir.path().join("cpu.stat"), "nope"), None);
         assert_eq!(io_bytes(&dir.path().join("io.stat")), (105, 21));
+    }
+}
+
+/// Real containers on this machine: as root, namespaces, cgroups and loop devices are real here.
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+    use std::process::Command;
+
+    /// A read-only loop device over an image, detached on drop.
+    struct LoopDevice(String);
+
+    impl Drop for LoopDevice {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+        }
+    }
+
+    fn skip(why: &str) {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED a_container_runs_isolated_on_this_host: {why}"
+        );
+    }
+
+    #[test]
+    fn a_container_runs_isolated_on_this_host() {
+        if !nix::unistd::geteuid().is_root() {
+            return skip("needs root (namespaces, cgroups, mounts)");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (tree, image) = (dir.path().join("tree"), dir.path().join("rootfs.ext4"));
+        cocoon_guest_image::rootfs::busybox_rootfs(&tree, Path::new("/bin/busybox"))
+            .and_then(|()| cocoon_guest_image::rootfs::ext4_image(&tree, &image, 0))
+            .expect("building the busybox rootfs (busybox-static, e2fsprogs)");
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--read-only"])
+            .arg(&image)
+            .output()
+            .expect("running losetup");
+        if !out.status.success() {
+            return skip(&format!(
+                "no loop device: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let device = LoopDevice(String::from_utf8_lossy(&out.stdout).trim().to_string());
+
+        let cgroup_parent = format!("/cocoon-test-{}", std::process::id());
+        let reaper = Arc::new(Reaper::default());
+        let sandbox = Sandbox::new(
+            Layout {
+                bundles: dir.path().join("bundles"),
+                state: dir.path().join("state"),
+                cgroup_parent: cgroup_parent.clone(),
+            },
+            reaper.clone(),
+            Arc::new(EventBus::default()),
+        );
+        {
+            let reaper = reaper.clone();
+            std::thread::spawn(move || reaper.run());
+        }
+        let mut spec = Spec::default();
+        let mut process = spec.process().clone().unwrap();
+        process.set_args(Some(vec![
+            "sh".into(),
+            "-c".into(),
+            // PID 1 of its own pid namespace, its own hostname, a read-only root, no new privileges.
+            "test $$ = 1 && test \"$(hostname)\" = unit-box && ! touch /x 2>/dev/null && grep -q 'NoNewPrivs:.1' /proc/self/status && exit 7".into(),
+        ]));
+        spec.set_process(Some(process));
+        spec.set_hostname(Some("unit-box".into()));
+        let mut root = spec.root().clone().unwrap();
+        root.set_readonly(Some(true));
+        spec.set_root(Some(root));
+        let mut linux = spec.linux().clone().unwrap();
+        let namespaces = linux.namespaces().clone().unwrap_or_default();
+        linux.set_namespaces(Some(
+            namespaces
+                .into_iter()
+                .filter(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Network)
+                .collect(),
+        ));
+        spec.set_linux(Some(linux));
+        let rootfs = Rootfs::BlockDevice {
+            device: device.0.clone(),
+            fstype: "ext4".into(),
+            read_only: true,
+        };
+
+        let result = sandbox
+            .create_container("unit", spec, &rootfs, &StdioPorts::default())
+            .and_then(|_| sandbox.start("unit"))
+            .and_then(|_| sandbox.wait("unit", None));
+        let deleted = sandbox.delete("unit");
+        {
+            // Commands below must not have their children reaped by the reaper thread.
+            let _spawning = reaper.spawn_lock();
+            drop(device);
+            for controller in fs::read_dir(CGROUP_ROOT).unwrap().flatten() {
+                let _ = fs::remove_dir(
+                    controller
+                        .path()
+                        .join(cgroup_parent.trim_start_matches('/')),
+                );
+            }
+            let _ =
+                fs::remove_dir(Path::new(CGROUP_ROOT).join(cgroup_parent.trim_start_matches('/')));
+        }
+        assert_eq!(
+            result.unwrap(),
+            Reply::Exited {
+                status: cocoon_protocol::ExitStatus::Exited(7)
+            }
+        );
+        deleted.unwrap();
+        assert!(
+            !dir.path().join("bundles/unit").exists(),
+            "bundle left behind"
+        );
     }
 }

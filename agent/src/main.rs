@@ -195,7 +195,8 @@ fn serve() -> Result<(), String> {
         .try_init();
     let reaper = Arc::new(reaper::Reaper::default());
     let events = Arc::new(events::EventBus::default());
-    let sandbox = containers::Sandbox::new(reaper.clone(), events.clone());
+    let sandbox =
+        containers::Sandbox::new(containers::Layout::guest(), reaper.clone(), events.clone());
     std::thread::spawn(move || reaper.run());
     {
         let sandbox = sandbox.clone();

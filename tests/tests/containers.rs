@@ -18,7 +18,7 @@ static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
         contents: cocoon_tests::images::default_rootfs_image(),
     }];
     // Under the emulated KVM host (only there), a guest that triple-faults is run once more, loudly
-    // (see EMULATED_GUEST_CRASHES in the README): 2-vCPU guests have been seen to reset there
+    // (README: "Known faults of the emulated host"): 2-vCPU guests have been seen to reset there
     // mid-run, with no message, in runs that otherwise pass.
     let script = r#"
 cp "$COCOON_FILES/rootfs.ext4" rootfs.ext4
