@@ -682,25 +682,19 @@ impl Sandbox {
         Ok(Reply::Done)
     }
 
-    pub fn pause(&self, container_id: &str) -> AgentResult<Reply> {
+    /// Freezes (`frozen`) or thaws every process of the container (cgroup freezer).
+    pub fn set_paused(&self, container_id: &str, frozen: bool) -> AgentResult<Reply> {
         let entry = self.entry(container_id)?;
-        let mut entry = lock(&entry);
-        entry.container.pause().map_err(|e| {
+        let container = &mut lock(&entry).container;
+        let (result, doing) = if frozen {
+            (container.pause(), "pausing")
+        } else {
+            (container.resume(), "resuming")
+        };
+        result.map_err(|e| {
             error(
                 ErrorKind::FailedPrecondition,
-                format!("pausing '{container_id}': {e}"),
-            )
-        })?;
-        Ok(Reply::Done)
-    }
-
-    pub fn resume(&self, container_id: &str) -> AgentResult<Reply> {
-        let entry = self.entry(container_id)?;
-        let mut entry = lock(&entry);
-        entry.container.resume().map_err(|e| {
-            error(
-                ErrorKind::FailedPrecondition,
-                format!("resuming '{container_id}': {e}"),
+                format!("{doing} '{container_id}': {e}"),
             )
         })?;
         Ok(Reply::Done)

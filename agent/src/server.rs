@@ -198,8 +198,8 @@ impl Server {
                 container_id,
                 resources,
             } => s.update(&container_id, &resources),
-            Operation::Pause { container_id } => s.pause(&container_id),
-            Operation::Resume { container_id } => s.resume(&container_id),
+            Operation::Pause { container_id } => s.set_paused(&container_id, true),
+            Operation::Resume { container_id } => s.set_paused(&container_id, false),
             Operation::Delete { container_id } => s.delete(&container_id),
             Operation::DestroySandbox => {
                 let result = s.destroy();

@@ -86,6 +86,11 @@ impl Vm {
         std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
     }
 
+    /// The VMM's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// Whether the VMM is still running.
     pub fn is_running(&mut self) -> bool {
         self.child

@@ -37,10 +37,34 @@ done
 cat driver.out
 echo "driver-exit=$driver_exit"
 "#;
+    // `cocoon run`, the launcher: one microVM per command (1 vCPU, its default).
+    let launcher = r#"
+export COCOON_DEFAULT_IMAGE="$COCOON_FILES/rootfs.ext4"
+run() { "$COCOON" run --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" "$@"; }
+echo "t-start=$(date +%s)"
+echo "echo-out=$(run --rm default -- echo hi)"
+echo "t-echo=$(date +%s)"
+run default -- sh -c 'exit 3'; echo "exit3=$?"
+run -e FOO=bar -w /tmp -u 1000:1000 --name box default -- sh -c 'echo "who=$(id -u):$(id -g) pwd=$(pwd) foo=$FOO host=$(hostname)"'
+"$COCOON" run --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" default -- sh -c 'trap "echo got-term; exit 9" TERM; echo ready; while :; do sleep 0.1; done' > sig.out &
+pid=$!
+i=0; while ! grep -q ready sig.out && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+kill -TERM $pid; wait $pid; echo "forwarded=$? $(grep -c got-term sig.out)"
+echo "t-signal=$(date +%s)"
+echo "cat-out=$(echo piped-in | run -i default -- cat)"
+run default -- sh -c 'echo written > /etc/note && cat /etc/note'
+run /nonexistent -- true 2>err; echo "missing-image=$? lines=$(wc -l < err) $(cat err)"
+run --memory 0 default -- true 2>err; echo "memory0=$? lines=$(wc -l < err) $(cat err)"
+run default 2>err; echo "no-command=$?"
+echo "leftovers=$(ls /tmp | grep -c '^cocoon-') vmms=$(ps | grep -c '[c]ocoon-vmm')"
+"#;
     run_suite(
-        &[Scenario::new("containers", script)],
+        &[
+            Scenario::new("containers", script),
+            Scenario::new("launcher", launcher),
+        ],
         files,
-        &["cocoon-agent-e2e"],
+        &["cocoon-agent-e2e", "cocoon"],
         2,
         Duration::from_secs(900),
     )
@@ -153,4 +177,66 @@ fn destroying_the_sandbox_stops_the_vm_and_leaves_nothing() {
         "destroying_the_sandbox_stops_the_vm_and_leaves_nothing",
         "destroy",
     );
+}
+
+/// The launcher scenario's output.
+fn launcher_output(test: &str) -> Option<String> {
+    scenario_result(&SUITE, test, "launcher").map(|r| r.output.clone())
+}
+
+fn value<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in:\n{out}"))
+}
+
+#[test]
+fn cocoon_run_prints_output_and_returns_exit_codes() {
+    let Some(out) = launcher_output("cocoon_run_prints_output_and_returns_exit_codes") else {
+        return;
+    };
+    assert_eq!(value(&out, "echo-out="), "hi", "{out}");
+    assert_eq!(value(&out, "exit3="), "3", "{out}");
+    assert_eq!(
+        value(&out, "forwarded="),
+        "9 1",
+        "SIGTERM reached the container's trap\n{out}"
+    );
+    assert!(
+        out.lines().any(|l| l == "written"),
+        "the root is writable\n{out}"
+    );
+}
+
+#[test]
+fn cocoon_run_applies_env_workdir_user_name_and_stdin() {
+    let Some(out) = launcher_output("cocoon_run_applies_env_workdir_user_name_and_stdin") else {
+        return;
+    };
+    assert_eq!(
+        value(&out, "who="),
+        "1000:1000 pwd=/tmp foo=bar host=box",
+        "{out}"
+    );
+    assert_eq!(value(&out, "cat-out="), "piped-in", "{out}");
+}
+
+#[test]
+fn cocoon_run_refuses_bad_input_in_one_line_and_leaves_nothing() {
+    let Some(out) = launcher_output("cocoon_run_refuses_bad_input_in_one_line_and_leaves_nothing")
+    else {
+        return;
+    };
+    let missing = value(&out, "missing-image=");
+    assert!(
+        missing.starts_with("125 lines=1 cocoon: image '/nonexistent'"),
+        "{out}"
+    );
+    let memory = value(&out, "memory0=");
+    assert!(
+        memory.starts_with("125 lines=1 cocoon: --memory 0 is too small"),
+        "{out}"
+    );
+    assert_eq!(value(&out, "no-command="), "2", "clap's usage error\n{out}");
+    assert_eq!(value(&out, "leftovers="), "0 vmms=0", "{out}");
 }

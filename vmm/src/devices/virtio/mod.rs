@@ -53,6 +53,19 @@ impl Interrupt {
     }
 }
 
+/// Reads `data.len()` bytes of a device configuration space at `offset`; bytes past its end read
+/// as zero (so odd or out-of-range guest reads are harmless).
+pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// A device failed to start with the queues the driver gave it.
 #[derive(Debug, thiserror::Error)]
 #[error("activating the virtio device: {0}")]

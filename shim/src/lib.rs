@@ -1,0 +1,3 @@
+//! cocoon's host front ends. [`launcher`] is `cocoon run`: one command, one microVM, one container.
+
+pub mod launcher;
