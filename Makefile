@@ -42,9 +42,10 @@ guest: kernel agent
 build:
 	$(CARGO) build --workspace --bins
 
-## run: the main job. Sets everything up and boots a 2-vCPU microVM to its /init and back.
+## run: the main job. Sets everything up and runs a container from the built-in default image in
+## its own microVM with `cocoon run`.
 run: guest build
-	target/debug/cocoon-emuhost --cpus 2 '$$COCOON_VMM --kernel $$GUEST_BZIMAGE --initrd $$GUEST_INITRD --vcpus 2 --memory-mib 128; echo "cocoon-vmm exit status: $$?"'
+	target/debug/cocoon-emuhost --cpus 2 '$$COCOON run --rm --kernel $$GUEST_BZIMAGE --initrd $$GUEST_INITRD default -- sh -c "echo hello from a container in a cocoon microVM; uname -sr; id; hostname"; echo "cocoon run exit status: $$?"'
 
 ## test: every test, end-to-end ones under real KVM included (they may not skip here).
 test: guest build

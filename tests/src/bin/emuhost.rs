@@ -1,7 +1,8 @@
 //! `cocoon-emuhost`: runs a shell command next to cocoon's VMM and guest images under real KVM —
 //! directly where this CPU has hardware virtualization, else inside the emulated KVM host (qemu TCG,
 //! `-cpu max`, Debian's cloud kernel and KVM modules). Output streams live; the exit status is the
-//! command's. The command sees $COCOON_VMM, $GUEST_BZIMAGE, $GUEST_VMLINUX and $GUEST_INITRD.
+//! command's. The command sees $COCOON_VMM, $GUEST_BZIMAGE, $GUEST_VMLINUX and $GUEST_INITRD, and
+//! $COCOON (the launcher) with its default image when they are built.
 
 use std::io::Write;
 use std::process::{Command, ExitCode};
@@ -10,7 +11,7 @@ use std::time::Duration;
 use cocoon_tests::artifacts::{guest_images, workspace_binary};
 use cocoon_tests::emuhost::SCRIPT_EXIT;
 use cocoon_tests::process::run_with_deadline;
-use cocoon_tests::suite::{choose_mode, cocoon_host, KvmMode};
+use cocoon_tests::suite::{choose_mode, cocoon_host, KvmMode, SuiteFile};
 
 fn usage() -> ExitCode {
     eprintln!("usage: cocoon-emuhost [--cpus N] [--timeout SECS] COMMAND");
@@ -60,6 +61,9 @@ fn run(command: &str, cpus: u8, deadline: Duration) -> anyhow::Result<u8> {
         KvmMode::Direct => {
             eprintln!("cocoon-emuhost: this CPU has hardware virtualization: running directly");
             let mut cmd = Command::new("sh");
+            if let Ok(cocoon) = workspace_binary("cocoon") {
+                cmd.env("COCOON", cocoon);
+            }
             cmd.arg("-c")
                 .arg(command)
                 .env("COCOON_VMM", &vmm)
@@ -73,7 +77,24 @@ fn run(command: &str, cpus: u8, deadline: Duration) -> anyhow::Result<u8> {
             eprintln!(
                 "cocoon-emuhost: no hardware virtualization here (no vmx/svm): running under the emulated KVM host (qemu TCG, -cpu max); expect it to be slower"
             );
-            let mut host = cocoon_host(tools.expect("emulated tools"), &vmm, &guest, Vec::new())?;
+            let mut files = Vec::new();
+            let launcher = workspace_binary("cocoon").ok();
+            if launcher.is_some() {
+                // The emulated host has no mkfs.ext4: the launcher gets its default image made here.
+                files.push(SuiteFile {
+                    name: "default.ext4".into(),
+                    contents: cocoon_tests::images::default_rootfs_image(),
+                });
+            }
+            let mut host = cocoon_host(tools.expect("emulated tools"), &vmm, &guest, files)?;
+            if let Some(launcher) = launcher {
+                let in_host = host.add_binary(&launcher)?;
+                host.set_env("COCOON", &in_host);
+                host.set_env(
+                    "COCOON_DEFAULT_IMAGE",
+                    &format!("{}/default.ext4", cocoon_tests::emuhost::FILES_DIR),
+                );
+            }
             host.cpus = cpus;
             host.run(command, deadline, echo)?
         }
