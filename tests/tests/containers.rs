@@ -56,6 +56,7 @@ run default -- sh -c 'echo written > /etc/note && cat /etc/note'
 run /nonexistent -- true 2>err; echo "missing-image=$? lines=$(wc -l < err) $(cat err)"
 run --memory 0 default -- true 2>err; echo "memory0=$? lines=$(wc -l < err) $(cat err)"
 run default 2>err; echo "no-command=$?"
+run default -- /no/such/command 2>err; echo "bad-command=$? lines=$(wc -l < err) $(cat err)"
 echo "leftovers=$(ls /tmp | grep -c '^cocoon-') vmms=$(ps | grep -c '[c]ocoon-vmm')"
 "#;
     run_suite(
@@ -238,5 +239,10 @@ fn cocoon_run_refuses_bad_input_in_one_line_and_leaves_nothing() {
         "{out}"
     );
     assert_eq!(value(&out, "no-command="), "2", "clap's usage error\n{out}");
+    let bad_command = value(&out, "bad-command=");
+    assert!(
+        bad_command.starts_with("125 lines=1 cocoon: ") && bad_command.contains("/no/such/command"),
+        "{out}"
+    );
     assert_eq!(value(&out, "leftovers="), "0 vmms=0", "{out}");
 }

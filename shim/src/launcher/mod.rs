@@ -146,18 +146,22 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         extra_cmdline: String::new(),
     })?;
     let result = run_in(&vm, args, uid, gid);
-    let (code, stderr) = vm.shut_down(Duration::from_secs(10))?;
-    match result {
-        Ok(status) => Ok(status),
-        Err(e) => Err(e.context(format!(
-            "the microVM ended with {code:?}{}",
-            if stderr.trim().is_empty() {
-                String::new()
-            } else {
-                format!(": {}", stderr.trim())
-            }
-        ))),
-    }
+    // After a clean run the guest powers itself off; after a failure there is nothing to wait for.
+    let grace = if result.is_ok() {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_millis(500)
+    };
+    let (code, stderr) = vm.shut_down(grace)?;
+    result.map_err(|e| {
+        // What went wrong first; then what the VMM said, if it said anything unusual.
+        let vmm = match (code, stderr.lines().find(|l| !l.trim().is_empty())) {
+            (_, Some(line)) => format!(" [cocoon-vmm exit {code:?}: {}]", line.trim()),
+            (Some(0) | Some(143) | None, None) => String::new(),
+            (Some(other), None) => format!(" [cocoon-vmm exit {other}]"),
+        };
+        anyhow!("{e:#}{vmm}")
+    })
 }
 
 /// Refuses early, in one line, where KVM cannot work.
