@@ -387,12 +387,7 @@ impl Sandbox {
             .map_err(|e| internal("creating the state directory", e))?;
 
         let spawning = self.reaper.spawn_lock();
-        let builder = stdio.attach(
-            ContainerBuilder::new(container_id.to_string(), SyscallType::default())
-                .with_root_path(&self.layout.state)
-                .map_err(|e| internal("libcontainer state directory", e))?,
-            console.as_ref(),
-        )?;
+        let builder = self.builder(container_id, &mut stdio, console.as_ref())?;
         let container = builder
             .as_init(bundle)
             .with_systemd(false)
@@ -408,8 +403,7 @@ impl Sandbox {
             .pid()
             .ok_or_else(|| internal("the new container", "it has no init process"))?
             .as_raw();
-        let exit = self.reaper.watch(pid);
-        lock(&self.owners).insert(pid, (container_id.to_string(), None));
+        let exit = self.track(pid, container_id, None);
         drop(spawning);
 
         let (stdin, terminal) = stdio.finish(console)?;
@@ -422,6 +416,26 @@ impl Sandbox {
                 terminal,
             },
         ))
+    }
+
+    /// libcontainer's builder for a process of `container_id`, with its streams attached.
+    fn builder(
+        &self,
+        container_id: &str,
+        stdio: &mut Stdio,
+        console: Option<&stdio::ConsoleSocket>,
+    ) -> AgentResult<ContainerBuilder> {
+        let builder = ContainerBuilder::new(container_id.to_string(), SyscallType::default())
+            .with_root_path(&self.layout.state)
+            .map_err(|e| internal("libcontainer state directory", e))?;
+        stdio.attach(builder, console)
+    }
+
+    /// Starts tracking a new process's exit; call with the spawn lock held.
+    fn track(&self, pid: i32, container_id: &str, exec_id: Option<&str>) -> Arc<ExitCell> {
+        let exit = self.reaper.watch(pid);
+        lock(&self.owners).insert(pid, (container_id.to_string(), exec_id.map(str::to_string)));
+        exit
     }
 
     pub fn start(&self, container_id: &str) -> AgentResult<Reply> {
@@ -485,12 +499,7 @@ impl Sandbox {
             .transpose()?;
 
         let spawning = self.reaper.spawn_lock();
-        let builder = stdio.attach(
-            ContainerBuilder::new(container_id.to_string(), SyscallType::default())
-                .with_root_path(&self.layout.state)
-                .map_err(|e| internal("libcontainer state directory", e))?,
-            console.as_ref(),
-        )?;
+        let builder = self.builder(container_id, &mut stdio, console.as_ref())?;
         let result = builder
             .as_tenant()
             .with_process(Some(&process_file))
@@ -508,8 +517,7 @@ impl Sandbox {
                 )
             })?
             .as_raw();
-        let exit = self.reaper.watch(pid);
-        lock(&self.owners).insert(pid, (container_id.to_string(), Some(exec_id.to_string())));
+        let exit = self.track(pid, container_id, Some(exec_id));
         drop(spawning);
 
         let (stdin, terminal) = stdio.finish(console)?;

@@ -91,13 +91,6 @@ impl Vm {
         self.child.as_ref().map(std::process::Child::id)
     }
 
-    /// Whether the VMM is still running.
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
     /// Waits up to `timeout` for the VMM to exit on its own (after the guest powered off), then
     /// stops it. Returns its exit status and what it printed on stderr.
     pub fn shut_down(&mut self, timeout: Duration) -> Result<(Option<i32>, String)> {
