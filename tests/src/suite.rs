@@ -136,8 +136,9 @@ pub const RETRY: &str = "@@COCOON-RETRY";
 /// `cocoon_boot ARGS...` runs `$COCOON_VMM ARGS...` with a hard deadline (`$BOOT_DEADLINE`, 45 s;
 /// at the deadline the VMM is asked for its vCPUs' registers (SIGUSR1), then killed, and the status
 /// reads 137) and prints its output. In the emulated KVM host only,
-/// a boot that ran into the deadline is retried, at most twice, loudly: nested SVM under TCG has been
-/// seen to stall a guest (a few boots in a hundred). Under hardware KVM a stall is a failure.
+/// a boot that ran into the deadline, or whose guest triple-faulted (unless the scenario sets
+/// COCOON_EXPECT_CRASH=1), is retried, at most twice, loudly: nested SVM under TCG has been seen to
+/// stall or reset a guest (a few boots in a hundred). Under hardware KVM either is a failure.
 pub const PRELUDE: &str = r#"
 cocoon_boot_once() {
   "$COCOON_VMM" "$@" > "$cocoon_boot_out" 2>&1 &
@@ -162,8 +163,11 @@ cocoon_boot() {
   while :; do
     cocoon_boot_once "$@"
     cocoon_boot_rc=$?
-    [ "$cocoon_boot_rc" = 137 ] && [ "${COCOON_EMULATED_HOST:-0}" = 1 ] && [ $cocoon_boot_try -le 2 ] || break
-    echo "@@COCOON-RETRY attempt $cocoon_boot_try: the guest did not finish in ${BOOT_DEADLINE:-45}s under the emulated host; last output: $(tail -n 6 "$cocoon_boot_out" | tr '\n' '|')"
+    cocoon_boot_why=""
+    [ "$cocoon_boot_rc" = 137 ] && cocoon_boot_why="the guest did not finish in ${BOOT_DEADLINE:-45}s"
+    [ "$cocoon_boot_rc" = 2 ] && [ -z "${COCOON_EXPECT_CRASH:-}" ] && grep -q 'guest triple fault' "$cocoon_boot_out" && cocoon_boot_why="the guest triple-faulted"
+    [ -n "$cocoon_boot_why" ] && [ "${COCOON_EMULATED_HOST:-0}" = 1 ] && [ $cocoon_boot_try -le 2 ] || break
+    echo "@@COCOON-RETRY attempt $cocoon_boot_try: $cocoon_boot_why under the emulated host; last output: $(tail -n 6 "$cocoon_boot_out" | tr '\n' '|')"
     cocoon_boot_try=$((cocoon_boot_try + 1))
   done
   cat "$cocoon_boot_out"

@@ -119,7 +119,7 @@ echo "vmm-exit=$?""#,
         ),
         Scenario::new(
             "triple_fault_is_a_failure",
-            r#"cocoon_boot --kernel "$COCOON_FILES/triple-fault.elf"
+            r#"COCOON_EXPECT_CRASH=1 cocoon_boot --kernel "$COCOON_FILES/triple-fault.elf"
 echo "vmm-exit=$?""#,
         ),
     ]
