@@ -31,6 +31,23 @@ impl HostPort {
         })
     }
 
+    /// The first port from `first` on that nobody else is using (another process may be taking
+    /// ports on the same VM).
+    pub fn bind_free(uds: &Path, first: u32) -> io::Result<Self> {
+        let mut port = first;
+        loop {
+            match Self::bind(uds, port) {
+                Err(e)
+                    if e.kind() == io::ErrorKind::AddrInUse
+                        && port < first.saturating_add(4096) =>
+                {
+                    port += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The guest's connection, once it has arrived (the VMM connects when the guest does).
     pub fn accept(&self, timeout: Duration) -> io::Result<UnixStream> {
         let deadline = Instant::now() + timeout;

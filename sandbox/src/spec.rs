@@ -23,8 +23,13 @@ pub struct ProcessOptions {
 /// A process with cocoon's defaults.
 pub fn process(options: &ProcessOptions) -> Process {
     let mut process = Process::default();
-    let mut env = vec![DEFAULT_PATH.to_string()];
-    if options.terminal {
+    // Defaults the caller's own values replace (the first of two entries wins in most libcs).
+    let given = |key: &str| options.env.iter().any(|e| e.starts_with(key));
+    let mut env = Vec::new();
+    if !given("PATH=") {
+        env.push(DEFAULT_PATH.to_string());
+    }
+    if options.terminal && !given("TERM=") {
         env.push("TERM=xterm".into());
     }
     env.extend(options.env.iter().cloned());

@@ -1,6 +1,7 @@
 //! One sandbox's VMM process (`cocoon-vmm`), with its vsock socket and console log in a private
 //! directory that goes away with it.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,20 +22,42 @@ pub struct VmOptions {
     pub cid: u32,
     /// Appended to the kernel command line.
     pub extra_cmdline: String,
+    /// Where the VM's sockets and console log go; a private temporary directory, removed with
+    /// the `Vm`, when `None`. A given directory is left in place.
+    pub runtime_dir: Option<PathBuf>,
+}
+
+enum RuntimeDir {
+    Private(tempfile::TempDir),
+    Given(PathBuf),
+}
+
+impl RuntimeDir {
+    fn path(&self) -> &Path {
+        match self {
+            Self::Private(dir) => dir.path(),
+            Self::Given(dir) => dir,
+        }
+    }
 }
 
 pub struct Vm {
     child: Option<Child>,
-    dir: tempfile::TempDir,
+    dir: RuntimeDir,
 }
 
 impl Vm {
     /// Starts the VMM; the guest boots in the background (see `AgentClient::connect`).
     pub fn spawn(options: &VmOptions) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("cocoon-vm-")
-            .tempdir()
-            .context("creating the VM's runtime directory")?;
+        let dir = match &options.runtime_dir {
+            Some(dir) => RuntimeDir::Given(dir.clone()),
+            None => RuntimeDir::Private(
+                tempfile::Builder::new()
+                    .prefix("cocoon-vm-")
+                    .tempdir()
+                    .context("creating the VM's runtime directory")?,
+            ),
+        };
         let uds = dir.path().join("vsock");
         let console = dir.path().join("console.log");
         let mut cmd = Command::new(&options.vmm);
@@ -63,6 +86,16 @@ impl Vm {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        // SAFETY: prctl(2) only, between fork and exec: the VMM dies with the thread that started
+        // it, so a killed launcher or shim never leaves a VM running with nobody to stop it.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", options.vmm.display()))?;
