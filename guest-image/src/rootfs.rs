@@ -112,6 +112,54 @@ pub fn ext4_image(dir: &Path, out: &Path, free_mib: u64) -> Result<()> {
     )
 }
 
+/// Paths of everything under `dir`, relative to it, as `/a/b`.
+fn tree_paths(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let path = format!("{prefix}/{}", entry.file_name().to_string_lossy());
+        if entry.path().symlink_metadata()?.is_dir() {
+            tree_paths(&entry.path(), &path, out)?;
+        }
+        out.push(path);
+    }
+    Ok(())
+}
+
+/// Makes every file of `image` (built from `dir` by `ext4_image`) owned by root, as an image
+/// built by root is: `mkfs.ext4 -d` copies the builder's uid, so an image a user builds would
+/// otherwise show that user's files in the container. Uses debugfs (no mount, no root).
+pub fn own_by_root(dir: &Path, image: &Path) -> Result<()> {
+    let mut paths = Vec::new();
+    tree_paths(dir, "", &mut paths)?;
+    let mut commands = String::new();
+    for path in paths.iter().filter(|p| !p.contains('"')) {
+        commands.push_str(&format!("sif \"{path}\" uid 0\nsif \"{path}\" gid 0\n"));
+    }
+    let script = image.with_extension("debugfs");
+    std::fs::write(&script, commands)?;
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script)
+        .arg(image)
+        .output();
+    let _ = std::fs::remove_file(&script);
+    let out = out.context("running debugfs (apt-get install e2fsprogs)")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // debugfs echoes its commands and reports failures on stderr, with exit status 0.
+    let failure = stderr
+        .lines()
+        .find(|l| !l.starts_with("debugfs ") && !l.trim().is_empty());
+    if !out.status.success() || failure.is_some() {
+        bail!(
+            "making {}'s files root's: {}",
+            image.display(),
+            failure.unwrap_or("debugfs failed")
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +237,25 @@ mod tests {
             !s.join("x.img").exists(),
             "no half-made image is left behind"
         );
+    }
+
+    #[test]
+    fn own_by_root_makes_every_file_roots() {
+        let s = Scratch::new("owners");
+        let tree = s.join("tree");
+        std::fs::create_dir_all(tree.join("dir")).unwrap();
+        std::fs::write(tree.join("dir/file"), "x").unwrap();
+        // As root (CI), give the file another owner; as a user, it is the user's already.
+        let _ = std::os::unix::fs::chown(tree.join("dir/file"), Some(1234), Some(1234));
+        let image = s.join("img.ext4");
+        ext4_image(&tree, &image, 0).unwrap();
+        own_by_root(&tree, &image).unwrap();
+        let out = Command::new("debugfs")
+            .args(["-R", "stat /dir/file"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("User:     0   Group:     0"), "{text}");
     }
 }
