@@ -43,9 +43,12 @@ build:
 	$(CARGO) build --workspace --bins
 
 ## run: the main job. Sets everything up and runs a container from the built-in default image in
-## its own microVM with `cocoon run`.
+## its own microVM with `cocoon run`; where the CPU has no vmx/svm, inside the emulated KVM host
+## (`cocoon run --emulated`).
+EMULATED := $(shell grep -qwE 'vmx|svm' /proc/cpuinfo || echo --emulated)
 run: guest build
-	target/debug/cocoon-emuhost --cpus 2 '$$COCOON run --rm --kernel $$GUEST_BZIMAGE --initrd $$GUEST_INITRD default -- sh -c "echo hello from a container in a cocoon microVM; uname -sr; id; hostname"; echo "cocoon run exit status: $$?"'
+	target/debug/cocoon run $(EMULATED) --rm default -- sh -c "echo hello from a container in a cocoon microVM; uname -sr; id; hostname"; \
+	  status=$$?; echo "cocoon run exit status: $$status"; exit $$status
 
 ## test: every test, end-to-end ones under real KVM included (they may not skip here).
 test: guest build

@@ -25,7 +25,7 @@ pub const SCRIPT: &str = "/cocoon/script.sh";
 
 const HOST_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
-export PATH=/bin:/sbin
+export PATH=/bin:/sbin:/cocoon/bin
 mkdir -p /proc /sys /dev /tmp /run
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys

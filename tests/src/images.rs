@@ -13,3 +13,71 @@ pub fn default_rootfs_image() -> Vec<u8> {
         .expect("building the default rootfs image (make deps installs busybox-static, e2fsprogs)");
     std::fs::read(&image).expect("reading the rootfs image")
 }
+
+/// An image archive as `docker save` writes it: manifest.json, the config, and two layers — the
+/// busybox tree plus /etc/gone and /srv/lower (plain tar), then a gzipped layer that whites out
+/// /etc/gone and adds /srv/upper. The config sets FOO, the working directory /srv and a command
+/// that reports them.
+pub fn docker_archive() -> Vec<u8> {
+    let dir = tempfile::Builder::new()
+        .prefix("cocoon-archive-")
+        .tempdir()
+        .expect("creating a scratch directory");
+    let tree = dir.path().join("tree");
+    cocoon_guest_image::rootfs::busybox_rootfs(&tree, std::path::Path::new("/bin/busybox"))
+        .expect("building the busybox tree (make deps installs busybox-static)");
+    std::fs::create_dir_all(tree.join("srv")).unwrap();
+    std::fs::write(tree.join("srv/lower"), "lower\n").unwrap();
+    std::fs::write(tree.join("etc/gone"), "whited out\n").unwrap();
+    let mut lower = tar::Builder::new(Vec::new());
+    lower.follow_symlinks(false);
+    lower.append_dir_all(".", &tree).unwrap();
+    let lower = lower.into_inner().unwrap();
+
+    let mut upper = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, data) in [("etc/.wh.gone", ""), ("srv/upper", "upper\n")] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        upper
+            .append_data(&mut header, path, data.as_bytes())
+            .unwrap();
+    }
+    let upper = upper.into_inner().unwrap().finish().unwrap();
+
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "FOO=from-image"],
+            "Cmd": ["sh", "-c", "echo image-cmd=$FOO:$(pwd):$(cat /srv/lower /srv/upper | tr '\\n' ,):$(ls /etc/gone 2>/dev/null | wc -l)"],
+            "WorkingDir": "/srv"
+        },
+        "rootfs": {"type": "layers", "diff_ids": []}
+    });
+    let manifest = serde_json::json!([{
+        "Config": "config.json",
+        "RepoTags": ["cocoon-test:latest"],
+        "Layers": ["lower/layer.tar", "upper/layer.tar.gz"]
+    }]);
+    let mut outer = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("manifest.json", serde_json::to_vec(&manifest).unwrap()),
+        ("config.json", serde_json::to_vec(&config).unwrap()),
+        ("lower/layer.tar", lower),
+        ("upper/layer.tar.gz", upper),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        outer.append_data(&mut header, name, &data[..]).unwrap();
+    }
+    outer.into_inner().unwrap()
+}

@@ -12,6 +12,7 @@ pub mod container_bench;
 pub mod emuhost;
 pub mod images;
 pub mod process;
+pub mod pty;
 pub mod suite;
 
 pub use suite::{run_suite, Scenario, ScenarioResult, SuiteError, SuiteRun};

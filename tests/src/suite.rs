@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -240,7 +240,8 @@ pub struct SuiteFile {
 /// Runs `scenarios` under real KVM, directly or in one emulated-host boot.
 ///
 /// `binaries` are more workspace binaries the scenarios run, each in `$<NAME>` (upper case, `-` as
-/// `_`: `cocoon-agent-e2e` is `$COCOON_AGENT_E2E`).
+/// `_`: `cocoon-agent-e2e` is `$COCOON_AGENT_E2E`); absolute paths are tools of this host, which
+/// the emulated host carries with their libraries (on its PATH).
 pub fn run_suite(
     scenarios: &[Scenario],
     files: Vec<SuiteFile>,
@@ -252,7 +253,18 @@ pub fn run_suite(
     let vmm = workspace_binary("cocoon-vmm").map_err(unavailable)?;
     let extra_binaries = binaries
         .iter()
-        .map(|name| Ok((binary_env_name(name), workspace_binary(name)?)))
+        .map(|name| {
+            if name.starts_with('/') {
+                // A tool of this host (e.g. /sbin/mkfs.ext4), carried with its libraries.
+                let file = Path::new(name).file_name().unwrap_or_default();
+                Ok((
+                    binary_env_name(&file.to_string_lossy()),
+                    PathBuf::from(name),
+                ))
+            } else {
+                Ok((binary_env_name(name), workspace_binary(name)?))
+            }
+        })
         .collect::<Result<Vec<_>, String>>()
         .map_err(unavailable)?;
     let guest = guest_images().map_err(unavailable)?;
@@ -416,7 +428,7 @@ pub fn scenario_result<'a>(
 
 /// `cocoon-agent-e2e` -> `COCOON_AGENT_E2E`.
 pub fn binary_env_name(name: &str) -> String {
-    name.to_ascii_uppercase().replace('-', "_")
+    name.to_ascii_uppercase().replace(['-', '.'], "_")
 }
 
 /// True when the run must not skip end-to-end scenarios (`make test` sets COCOON_REQUIRE_E2E=1).

@@ -13,10 +13,16 @@ use cocoon_tests::suite::{scenario_result, SuiteFile};
 use cocoon_tests::{run_suite, Scenario, SuiteError, SuiteRun};
 
 static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
-    let files = vec![SuiteFile {
-        name: "rootfs.ext4".into(),
-        contents: cocoon_tests::images::default_rootfs_image(),
-    }];
+    let files = vec![
+        SuiteFile {
+            name: "rootfs.ext4".into(),
+            contents: cocoon_tests::images::default_rootfs_image(),
+        },
+        SuiteFile {
+            name: "image.tar".into(),
+            contents: cocoon_tests::images::docker_archive(),
+        },
+    ];
     // Under the emulated KVM host (only there), a guest that triple-faults is run once more, loudly
     // (README: "Known faults of the emulated host"): 2-vCPU guests have been seen to reset there
     // mid-run, with no message, in runs that otherwise pass.
@@ -40,24 +46,65 @@ echo "driver-exit=$driver_exit"
     // `cocoon run`, the launcher: one microVM per command (1 vCPU, its default).
     let launcher = r#"
 export COCOON_DEFAULT_IMAGE="$COCOON_FILES/rootfs.ext4"
-run() { "$COCOON" run --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" "$@"; }
+export COCOON_KERNEL="$GUEST_BZIMAGE" COCOON_INITRD="$GUEST_INITRD" COCOON_ROOT="$PWD/state-root"
+run() { "$COCOON" run "$@"; }
 echo "t-start=$(date +%s)"
 echo "echo-out=$(run --rm default -- echo hi)"
 echo "t-echo=$(date +%s)"
 run default -- sh -c 'exit 3'; echo "exit3=$?"
 run -e FOO=bar -w /tmp -u 1000:1000 --name box default -- sh -c 'echo "who=$(id -u):$(id -g) pwd=$(pwd) foo=$FOO host=$(hostname)"'
-"$COCOON" run --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" default -- sh -c 'trap "echo got-term; exit 9" TERM; echo ready; while :; do sleep 0.1; done' > sig.out &
+"$COCOON" run default -- sh -c 'trap "echo got-term; exit 9" TERM; echo ready; while :; do sleep 0.1; done' > sig.out &
 pid=$!
 i=0; while ! grep -q ready sig.out && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
 kill -TERM $pid; wait $pid; echo "forwarded=$? $(grep -c got-term sig.out)"
 echo "t-signal=$(date +%s)"
 echo "cat-out=$(echo piped-in | run -i default -- cat)"
 run default -- sh -c 'echo written > /etc/note && cat /etc/note'
+
+mkdir -p ro-dir rw-dir/gone-dir; echo ro-content > ro-dir/f; echo old > rw-dir/old; echo keep > rw-dir/keep
+echo "ro-vol=$(run -v "$PWD/ro-dir:/data:ro" default -- sh -c 'cat /data/f; touch /data/x 2>/dev/null && echo writable || echo read-only' | tr '\n' ' ')"
+run -v "$PWD/rw-dir:/data" default -- sh -c 'echo made > /data/made && rm /data/old && rmdir /data/gone-dir && mkdir /data/sub && echo deep > /data/sub/deep'
+echo "rw-vol=$? $(ls rw-dir | tr '\n' ' ')$(cat rw-dir/sub/deep)"
+echo "t-volumes=$(date +%s)"
+
+echo "archive=$(run "$COCOON_FILES/image.tar" 2>archive.err)"
+echo "archive-progress=$(grep -c 'unpacking layer 2/2: 100%' archive.err)"
+echo "archive-override=$(run -e FOO=cli "$COCOON_FILES/image.tar" -- sh -c 'echo $FOO $(pwd)')"
+echo "t-archive=$(date +%s)"
+
+bg=$("$COCOON" run -d --name bg default -- sh -c 'echo out-bg; echo err-bg >&2; while :; do sleep 0.2; done'); echo "detach=$? $bg"
+echo "ps=$("$COCOON" ps | grep -c '^bg .*Up')"
+out=$("$COCOON" exec bg sh -c 'echo in-bg $(hostname); exit 4'); echo "exec=$? $out"
+echo "exec-stdin=$(echo via-stdin | "$COCOON" exec -i bg cat)"
+"$COCOON" logs bg > log.out 2> log.err; echo "logs=$? out:$(cat log.out) err:$(cat log.err)"
+"$COCOON" rm bg 2>err; echo "rm-running=$? lines=$(wc -l < err) $(cat err)"
+"$COCOON" kill bg KILL; echo "kill=$?"
+i=0; while ! "$COCOON" ps -a | grep -q '^bg .*Exited' && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+echo "after-kill=$("$COCOON" ps -a | grep '^bg ' | awk '{print $2, $3}')"
+"$COCOON" exec bg true 2>err; echo "exec-ended=$? lines=$(wc -l < err) $(cat err)"
+"$COCOON" rm bg; echo "rm=$? left=$(ls "$COCOON_ROOT" | wc -l)"
+"$COCOON" run -d --rm --name bg2 default -- sleep 1000 > /dev/null
+"$COCOON" rm -f bg2 > /dev/null; echo "rm-f=$? left=$(ls "$COCOON_ROOT" | wc -l)"
+echo "t-detached=$(date +%s)"
+
+"$COCOON_AGENT_E2E" pty 33 101 40 120 "33 101" "$COCOON" run -t default -- sh -c 'stty size; tty; while [ "$(stty size)" = "33 101" ]; do sleep 0.1; done; stty size; exit 5' > tty.out
+echo "tty=$(tr '\n' ' ' < tty.out)"
+
+kvm_mode=$(stat -c %a /dev/kvm); chmod o+rw /dev/kvm
+user_dir=$(mktemp -d /tmp/rootless.XXXXXX); chmod 755 "$user_dir"
+mkdir -p "$user_dir/xdg" "$user_dir/home"; chown 1000:1000 "$user_dir/xdg" "$user_dir/home"
+rootless=$(env -u COCOON_ROOT HOME="$user_dir/home" XDG_RUNTIME_DIR="$user_dir/xdg" "$COCOON_AGENT_E2E" as-user 1000 1000 "$COCOON" run --rm default -- sh -c 'echo in-guest-uid=$(id -u) caps=$(grep CapEff /proc/self/status | cut -f2)' 2>&1)
+echo "rootless=$? $rootless state=$(ls "$user_dir/xdg/cocoon" | wc -l) host-uid=$(stat -c %u "$user_dir/xdg/cocoon")"
+chmod "$kvm_mode" /dev/kvm; rm -rf "$user_dir"
+echo "t-rootless=$(date +%s)"
+
 run /nonexistent -- true 2>err; echo "missing-image=$? lines=$(wc -l < err) $(cat err)"
 run --memory 0 default -- true 2>err; echo "memory0=$? lines=$(wc -l < err) $(cat err)"
-run default 2>err; echo "no-command=$?"
+run -v nocolon default -- true 2>err; echo "bad-volume=$? lines=$(wc -l < err) $(cat err)"
+"$COCOON" exec nosuch true 2>err; echo "unknown-name=$? lines=$(wc -l < err) $(cat err)"
+run default 2>err; echo "no-command=$? lines=$(wc -l < err) $(cat err)"
 run default -- /no/such/command 2>err; echo "bad-command=$? lines=$(wc -l < err) $(cat err)"
-echo "leftovers=$(ls /tmp | grep -c '^cocoon-') vmms=$(ps | grep -c '[c]ocoon-vmm')"
+echo "leftovers=$(ls /tmp | grep -c '^cocoon-') state=$(ls "$COCOON_ROOT" | wc -l) vmms=$(ps | grep -c '[c]ocoon-vmm') monitors=$(ps | grep -c '[m]onitor')"
 "#;
     run_suite(
         &[
@@ -65,9 +112,14 @@ echo "leftovers=$(ls /tmp | grep -c '^cocoon-') vmms=$(ps | grep -c '[c]ocoon-vm
             Scenario::new("launcher", launcher),
         ],
         files,
-        &["cocoon-agent-e2e", "cocoon"],
+        &[
+            "cocoon-agent-e2e",
+            "cocoon",
+            "/sbin/mkfs.ext4",
+            "/sbin/debugfs",
+        ],
         2,
-        Duration::from_secs(900),
+        Duration::from_secs(1200),
     )
 });
 
@@ -238,11 +290,107 @@ fn cocoon_run_refuses_bad_input_in_one_line_and_leaves_nothing() {
         memory.starts_with("125 lines=1 cocoon: --memory 0 is too small"),
         "{out}"
     );
-    assert_eq!(value(&out, "no-command="), "2", "clap's usage error\n{out}");
+    assert!(
+        value(&out, "no-command=").starts_with("125 lines=1 cocoon: no command to run"),
+        "{out}"
+    );
+    assert!(
+        value(&out, "bad-volume=").starts_with("125 lines=1 cocoon: -v 'nocolon'"),
+        "{out}"
+    );
+    assert!(
+        value(&out, "unknown-name=").starts_with("125 lines=1 cocoon: no container named 'nosuch'"),
+        "{out}"
+    );
     let bad_command = value(&out, "bad-command=");
     assert!(
         bad_command.starts_with("125 lines=1 cocoon: ") && bad_command.contains("/no/such/command"),
         "{out}"
     );
-    assert_eq!(value(&out, "leftovers="), "0 vmms=0", "{out}");
+    assert_eq!(
+        value(&out, "leftovers="),
+        "0 state=0 vmms=0 monitors=0",
+        "{out}"
+    );
+}
+
+#[test]
+fn cocoon_run_mounts_volumes_read_only_and_copies_writable_ones_back() {
+    let Some(out) =
+        launcher_output("cocoon_run_mounts_volumes_read_only_and_copies_writable_ones_back")
+    else {
+        return;
+    };
+    assert_eq!(
+        value(&out, "ro-vol=").trim(),
+        "ro-content read-only",
+        "{out}"
+    );
+    assert_eq!(
+        value(&out, "rw-vol="),
+        "0 keep made sub deep",
+        "added, changed and removed entries reach the host directory\n{out}"
+    );
+}
+
+#[test]
+fn cocoon_run_runs_docker_image_archives() {
+    let Some(out) = launcher_output("cocoon_run_runs_docker_image_archives") else {
+        return;
+    };
+    assert_eq!(
+        value(&out, "archive="),
+        "image-cmd=from-image:/srv:lower,upper,:0",
+        "the image's command, env and workdir; both layers; the whiteout\n{out}"
+    );
+    assert_eq!(value(&out, "archive-progress="), "1", "{out}");
+    assert_eq!(value(&out, "archive-override="), "cli /srv", "{out}");
+}
+
+#[test]
+fn cocoon_run_detached_with_ps_exec_logs_kill_and_rm() {
+    let Some(out) = launcher_output("cocoon_run_detached_with_ps_exec_logs_kill_and_rm") else {
+        return;
+    };
+    assert_eq!(value(&out, "detach="), "0 bg", "{out}");
+    assert_eq!(value(&out, "ps="), "1", "{out}");
+    assert_eq!(value(&out, "exec="), "4 in-bg bg", "{out}");
+    assert_eq!(value(&out, "exec-stdin="), "via-stdin", "{out}");
+    assert_eq!(value(&out, "logs="), "0 out:out-bg err:err-bg", "{out}");
+    assert!(
+        value(&out, "rm-running=").starts_with("1 lines=1 cocoon: container 'bg' is running"),
+        "{out}"
+    );
+    assert_eq!(value(&out, "kill="), "0", "{out}");
+    assert_eq!(value(&out, "after-kill="), "Exited (137)", "{out}");
+    assert!(
+        value(&out, "exec-ended=")
+            .starts_with("125 lines=1 cocoon: container 'bg' is not running (exited (137))"),
+        "{out}"
+    );
+    assert_eq!(value(&out, "rm="), "0 left=0", "{out}");
+    assert_eq!(value(&out, "rm-f="), "0 left=0", "{out}");
+}
+
+#[test]
+fn cocoon_run_tty_gets_a_terminal_with_resize() {
+    let Some(out) = launcher_output("cocoon_run_tty_gets_a_terminal_with_resize") else {
+        return;
+    };
+    let tty = value(&out, "tty=");
+    for expected in ["33 101", "/dev/pts/0", "40 120", "pty-exit=5"] {
+        assert!(tty.contains(expected), "{expected} in {tty}\n{out}");
+    }
+}
+
+#[test]
+fn cocoon_run_works_rootless() {
+    let Some(out) = launcher_output("cocoon_run_works_rootless") else {
+        return;
+    };
+    assert_eq!(
+        value(&out, "rootless="),
+        "0 in-guest-uid=0 caps=00000000a80425fb state=0 host-uid=1000",
+        "uid 1000 on the host with /dev/kvm; hardened root in the guest; state under XDG_RUNTIME_DIR\n{out}"
+    );
 }

@@ -1,35 +1,51 @@
-//! `cocoon run`: boots a microVM, runs one container in it from an image, streams its stdio,
-//! forwards signals, and exits with the container's exit code (128 + N for a signal). The VM and
-//! everything it used on the host are gone when `cocoon run` returns, however it ends.
+//! `cocoon run` and friends: a container in its own microVM per command, like `docker run`.
+//! Attached runs stream stdio, forward signals and exit with the container's exit code (128 + N
+//! for a signal); detached runs (`-d`) leave a small monitor process that keeps the container's
+//! log and records how it ends, for `cocoon ps/logs/exec/kill/rm`. No daemon: the state lives in
+//! the runtime root ([`state`]).
 
+mod emulated;
 mod guest;
 mod image;
+mod logs;
+mod manage;
+mod request;
+mod session;
+mod state;
 mod terminal;
+mod volume;
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use cocoon_protocol::{Operation, Reply, Rootfs, StdioPorts};
-use cocoon_sandbox::spec::{container_spec, ProcessOptions};
-use cocoon_sandbox::{AgentClient, HostPort, Vm, VmOptions};
+use cocoon_protocol::Operation;
+
+pub use manage::{exec, kill, logs, ps, rm, ExecArgs, KillArgs, LogsArgs, PsArgs, RmArgs};
+use request::{ProcessRequest, Request};
+use session::{Session, Stdio as ProcessStdio, Target, CONTAINER_ID};
+use state::{Entry, Record, Root, Status};
 
 /// `cocoon` itself failed (as `docker run` does with 125).
 pub const LAUNCH_FAILED: u8 = 125;
-const CONTAINER_ID: &str = "main";
-const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
-const MIN_MEMORY_MIB: u64 = 64;
+/// The first host port for a container's own stdio.
+const MAIN_STDIO_PORT: u32 = 1000;
+/// What the monitor prints once the container runs.
+const MONITOR_READY: &str = "started";
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Accepted for docker compatibility: every run is removed when it ends.
+    /// Remove the container when it ends (attached runs always are).
     #[arg(long)]
     pub rm: bool,
+    /// Run in the background: print the container's name and leave it running.
+    #[arg(short, long)]
+    pub detach: bool,
     /// Keep stdin open and pass it to the container.
     #[arg(short, long)]
     pub interactive: bool,
@@ -45,13 +61,19 @@ pub struct RunArgs {
     /// User (and group) to run as, numeric.
     #[arg(short, long, value_name = "UID[:GID]")]
     pub user: Option<String>,
+    /// A host directory in the container (repeatable). The guest gets an ext4 image of it on its
+    /// own disk: `:ro` is read-only; writable volumes are copied back into the host directory
+    /// when the container ends (the host directory stays the source of truth; changes made on
+    /// the host meanwhile are overwritten).
+    #[arg(short, long = "volume", value_name = "HOSTDIR:GUESTDIR[:ro]")]
+    pub volumes: Vec<String>,
     /// vCPUs of the microVM.
     #[arg(long, default_value_t = 1)]
     pub cpus: u8,
     /// Memory of the microVM (K, M or G suffix; plain numbers are bytes).
     #[arg(long, default_value = "256M")]
     pub memory: String,
-    /// The container's name (also its hostname).
+    /// The container's name (also its hostname); generated when not given.
     #[arg(long)]
     pub name: Option<String>,
     /// Guest kernel (default: `make guest`'s, next to this binary).
@@ -60,240 +82,285 @@ pub struct RunArgs {
     /// Guest initramfs holding the agent.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
-    /// `default` (the built-in busybox image) or a root filesystem directory.
+    /// Run inside an emulated KVM host (qemu TCG), for machines without hardware
+    /// virtualization: much slower; the default image and non-interactive commands only.
+    #[arg(long)]
+    pub emulated: bool,
+    /// `default` (the built-in busybox image), a root filesystem directory, or an image
+    /// archive as `docker save` writes it.
     pub image: String,
-    /// The command and its arguments (after `--`).
-    #[arg(last = true, required = true)]
+    /// The command and its arguments (default: the image's).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }
 
-/// `256M`, `1g`, `65536k`, or bytes; in MiB.
-pub fn parse_memory(text: &str) -> Result<u64> {
-    let lower = text.trim().to_ascii_lowercase();
-    let (digits, shift) = match lower.chars().last() {
-        Some('k') => (&lower[..lower.len() - 1], 10),
-        Some('m') => (&lower[..lower.len() - 1], 20),
-        Some('g') => (&lower[..lower.len() - 1], 30),
-        _ => (lower.as_str(), 0),
-    };
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| anyhow!("--memory '{text}' is not a size: use e.g. 256M or 1G"))?;
-    let mib = value
-        .checked_shl(shift)
-        .map(|b| b >> 20)
-        .unwrap_or(u64::MAX);
-    if mib < MIN_MEMORY_MIB {
-        bail!("--memory {text} is too small: a microVM needs at least {MIN_MEMORY_MIB}M");
-    }
-    Ok(mib)
-}
-
-fn parse_user(text: &str) -> Result<(u32, u32)> {
-    let bad = || anyhow!("-u '{text}': give a numeric UID or UID:GID");
-    match text.split_once(':') {
-        Some((u, g)) => Ok((u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?)),
-        None => {
-            let uid = text.parse().map_err(|_| bad())?;
-            Ok((uid, uid))
-        }
-    }
-}
-
-/// Copies a container stream to one of ours until it ends.
-fn pump(mut from: UnixStream, mut to: impl Write + Send + 'static) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 << 10];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 || to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
-                break;
-            }
-        }
-    })
-}
-
-/// Runs the container; returns its exit code.
-pub fn run(args: &RunArgs) -> Result<i32> {
-    let memory_mib = parse_memory(&args.memory)?;
-    let (uid, gid) = args
-        .user
-        .as_deref()
-        .map(parse_user)
-        .transpose()?
-        .unwrap_or((0, 0));
+/// Checks the command line; what the image adds comes later.
+fn request_from(args: &RunArgs) -> Result<Request> {
+    let memory_mib = request::parse_memory(&args.memory)?;
+    let user = args.user.as_deref().map(request::parse_user).transpose()?;
     if args.cpus == 0 {
         bail!("--cpus must be at least 1");
     }
-    for e in &args.env {
-        if !e.contains('=') {
-            bail!("-e '{e}': use KEY=VALUE");
-        }
+    request::check_env(&args.env)?;
+    if args.detach && (args.interactive || args.tty) {
+        bail!("-d cannot be combined with -i or -t (cocoon has no attach): run detached, then use `cocoon exec -it NAME sh`");
     }
+    let volumes = request::parse_volumes(&args.volumes)?;
     let files = guest::GuestFiles::locate(args.kernel.as_deref(), args.initrd.as_deref())?;
-    check_kvm()?;
-
-    let scratch = tempfile::Builder::new().prefix("cocoon-run-").tempdir()?;
-    let disk = scratch.path().join("rootfs.ext4");
-    image::prepare(&args.image, &disk)?;
-    let mut vm = Vm::spawn(&VmOptions {
+    guest::check_kvm()?;
+    Ok(Request {
+        image: args.image.clone(),
+        process: ProcessRequest {
+            args: args.command.clone(),
+            env: args.env.clone(),
+            cwd: args.workdir.clone(),
+            user,
+            terminal: args.tty,
+        },
+        interactive: args.interactive,
+        hostname: String::new(),
+        vcpus: args.cpus,
+        memory_mib,
+        volumes,
         vmm: files.vmm,
         kernel: files.kernel,
         initrd: files.initrd,
-        vcpus: args.cpus,
-        memory_mib: u32::try_from(memory_mib).unwrap_or(u32::MAX),
-        disks: vec![(disk, false)],
-        cid: 3,
-        extra_cmdline: String::new(),
-    })?;
-    let result = run_in(&vm, args, uid, gid);
-    // After a clean run the guest powers itself off; after a failure there is nothing to wait for.
-    let grace = if result.is_ok() {
-        Duration::from_secs(10)
-    } else {
-        Duration::from_millis(500)
-    };
-    let (code, stderr) = vm.shut_down(grace)?;
-    result.map_err(|e| {
-        // What went wrong first; then what the VMM said, if it said anything unusual.
-        let vmm = match (code, stderr.lines().find(|l| !l.trim().is_empty())) {
-            (_, Some(line)) => format!(" [cocoon-vmm exit {code:?}: {}]", line.trim()),
-            (Some(0) | Some(143) | None, None) => String::new(),
-            (Some(other), None) => format!(" [cocoon-vmm exit {other}]"),
-        };
-        anyhow!("{e:#}{vmm}")
+        remove_on_exit: args.rm || !args.detach,
     })
 }
 
-/// Refuses early, in one line, where KVM cannot work.
-fn check_kvm() -> Result<()> {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        bail!("cannot open /dev/kvm: {e} (a microVM needs KVM: load kvm-intel/kvm-amd, or add yourself to the kvm group)");
+/// Runs the container; returns the exit code for `cocoon run`.
+pub fn run(root: Option<&Path>, args: &RunArgs) -> Result<i32> {
+    if args.emulated {
+        return emulated::run(args);
+    }
+    if let Some(name) = &args.name {
+        state::check_name(name)?;
+    }
+    let mut request = request_from(args)?;
+    let root = Root::locate(root)?;
+    let name = args.name.clone().unwrap_or_else(state::generated_name);
+    request.hostname = name.clone();
+    let entry = root.claim(&name)?;
+    let result = prepare(&entry, &mut request, args.detach).and_then(|()| {
+        if args.detach {
+            start_monitor(&root, &entry, &request)
+        } else {
+            run_attached(&entry, &request)
+        }
+    });
+    if result.is_err() || !args.detach {
+        entry.remove()?;
+    }
+    result
+}
+
+/// Records the container and makes its disks.
+fn prepare(entry: &Entry, request: &mut Request, detached: bool) -> Result<()> {
+    entry.save(&Record {
+        name: entry.name.clone(),
+        image: request.image.clone(),
+        command: request.process.args.clone(),
+        created: state::now(),
+        finished: None,
+        status: Status::Creating,
+        watcher_pid: std::process::id(),
+        vmm_pid: None,
+        detached,
+    })?;
+    let image = image::prepare(&request.image, &session::rootfs_disk(entry))?;
+    request.process.apply_image(&image)?;
+    entry.update(|r| r.command = request.process.args.clone())?;
+    for (i, volume) in request.volumes.iter().enumerate() {
+        volume.make_image(&session::volume_disk(entry, i))?;
     }
     Ok(())
 }
 
-fn run_in(vm: &Vm, args: &RunArgs, uid: u32, gid: u32) -> Result<i32> {
-    let client = Arc::new(AgentClient::connect(&vm.uds(), AGENT_TIMEOUT)?);
-    let hostname = args.name.clone().unwrap_or_else(|| "cocoon".into());
-    let spec = container_spec(
-        &ProcessOptions {
-            args: args.command.clone(),
-            env: args.env.clone(),
-            cwd: args.workdir.clone(),
-            uid,
-            gid,
-            terminal: args.tty,
-        },
-        &hostname,
-        false,
-    );
-    let next_port = AtomicU32::new(1000);
-    let bind = |on: bool| -> Result<Option<HostPort>> {
-        on.then(|| HostPort::bind(&vm.uds(), next_port.fetch_add(1, Ordering::Relaxed)))
-            .transpose()
-            .context("binding a stdio socket")
-    };
-    let want_stdin = args.interactive || args.tty;
-    let (stdin, stdout, stderr) = (bind(want_stdin)?, bind(true)?, bind(!args.tty)?);
-    let ports = StdioPorts {
-        stdin: stdin.as_ref().map(|p| p.port),
-        stdout: stdout.as_ref().map(|p| p.port),
-        stderr: stderr.as_ref().map(|p| p.port),
-    };
-    client.call(Operation::CreateContainer {
-        container_id: CONTAINER_ID.into(),
-        spec: Box::new(spec),
-        rootfs: Rootfs::BlockDevice {
-            device: "/dev/vda".into(),
-            fstype: "ext4".into(),
-            read_only: false,
-        },
-        stdio: ports,
-    })?;
-    let accept = |p: Option<HostPort>| -> Result<Option<UnixStream>> {
-        p.map(|p| p.accept(Duration::from_secs(30)))
-            .transpose()
-            .context("connecting the container's stdio")
-    };
-    let (stdin, stdout, stderr) = (accept(stdin)?, accept(stdout)?, accept(stderr)?);
-
-    let raw = if args.tty {
-        terminal::RawMode::enter()
-    } else {
-        None
-    };
-    if args.tty {
-        if let Some((rows, cols)) = terminal::size() {
-            client.call(Operation::ResizeTty {
-                container_id: CONTAINER_ID.into(),
-                exec_id: None,
-                rows,
-                cols,
-            })?;
+/// After the VM is gone: writable volumes back to the host.
+fn copy_back(entry: &Entry, request: &Request) -> Result<()> {
+    for (i, volume) in request.volumes.iter().enumerate() {
+        if !volume.read_only {
+            volume.copy_back(&session::volume_disk(entry, i), &entry.dir)?;
         }
     }
-    let signals = terminal::forward_signals(client.clone(), CONTAINER_ID, args.tty, vm.pid())?;
-    client.call(Operation::Start {
-        container_id: CONTAINER_ID.into(),
-    })?;
-    let mut pumps = Vec::new();
-    if let Some(out) = stdout {
-        pumps.push(pump(out, std::io::stdout()));
-    }
-    if let Some(err) = stderr {
-        pumps.push(pump(err, std::io::stderr()));
-    }
-    if let Some(mut input) = stdin {
-        // Not joined: it may sit in a read of our stdin after the container is gone.
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut input);
-            let _ = input.shutdown(std::net::Shutdown::Write);
-        });
-    }
-    let status = match client.call(Operation::Wait {
-        container_id: CONTAINER_ID.into(),
-        exec_id: None,
-    })? {
-        Reply::Exited { status } => status,
-        other => bail!("the agent answered {other:?} to wait"),
-    };
-    for p in pumps {
-        let _ = p.join();
-    }
-    signals.close();
-    drop(raw);
-    let _ = client.call(Operation::Delete {
-        container_id: CONTAINER_ID.into(),
-    });
-    let _ = client.call(Operation::DestroySandbox);
-    client.close();
-    Ok(status.code())
+    Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn run_attached(entry: &Entry, request: &Request) -> Result<i32> {
+    let session = session::boot(entry, request)?;
+    let result = attached_in(entry, &session, request);
+    let note = session::stop(session, result.is_ok())?;
+    let code = result.map_err(|e| session::with_vmm_note(e, &note))?;
+    copy_back(entry, request)?;
+    Ok(code)
+}
 
-    #[test]
-    fn memory_sizes() {
-        assert_eq!(parse_memory("256M").unwrap(), 256);
-        assert_eq!(parse_memory("1g").unwrap(), 1024);
-        assert_eq!(parse_memory("131072k").unwrap(), 128);
-        assert_eq!(parse_memory("134217728").unwrap(), 128);
-        for bad in ["0", "12M", "lots", "", "1T"] {
-            assert!(parse_memory(bad).is_err(), "{bad}");
-        }
+fn attached_in(entry: &Entry, session: &Session, request: &Request) -> Result<i32> {
+    let tty = request.process.terminal;
+    let stdio = ProcessStdio::bind(
+        &entry.vsock(),
+        MAIN_STDIO_PORT,
+        request.interactive || tty,
+        tty,
+    )?;
+    session::create(session, request, stdio.ports())?;
+    let streams = stdio.accept()?;
+    entry.update(|r| r.status = Status::Running)?;
+    session::attach(
+        &session.client,
+        &Target {
+            container_id: CONTAINER_ID.into(),
+            exec_id: None,
+        },
+        streams,
+        tty,
+        Some(Operation::Start {
+            container_id: CONTAINER_ID.into(),
+        }),
+        session.vm.pid(),
+    )
+}
+
+/// Starts the detached monitor and waits until the container runs (or failed to).
+fn start_monitor(root: &Root, entry: &Entry, request: &Request) -> Result<i32> {
+    request.save(&entry.dir)?;
+    let exe = std::env::current_exe().context("finding the cocoon binary")?;
+    let log = File::create(entry.dir.join("monitor.log"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--root")
+        .arg(root.path())
+        .arg("monitor")
+        .arg(&entry.name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    // SAFETY: setsid(2) only, between fork and exec: the monitor leaves our session, so our
+    // terminal's signals and hang-up do not reach it.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
+    let mut child = cmd.spawn().context("starting the monitor")?;
+    let mut said = String::new();
+    if let Some(out) = child.stdout.take() {
+        BufReader::new(out).read_line(&mut said)?;
+    }
+    let said = said.trim();
+    if said == MONITOR_READY {
+        println!("{}", entry.name);
+        // The monitor lives on; it is no child of ours to reap once we exit.
+        return Ok(0);
+    }
+    let _ = child.wait();
+    let log = std::fs::read_to_string(entry.dir.join("monitor.log")).unwrap_or_default();
+    match said.strip_prefix("error: ") {
+        Some(error) => bail!("{error}"),
+        None => bail!(
+            "the monitor ended before the container started: {}",
+            log.lines().last().unwrap_or("no message")
+        ),
+    }
+}
 
-    #[test]
-    fn users() {
-        assert_eq!(parse_user("1000").unwrap(), (1000, 1000));
-        assert_eq!(parse_user("1000:50").unwrap(), (1000, 50));
-        assert!(parse_user("root").is_err());
-        assert!(parse_user("1:x").is_err());
+/// The detached monitor (`cocoon monitor NAME`, started by `cocoon run -d`): boots the VM, runs
+/// the container with its output going to the log, tells the parent, then waits for the end and
+/// records it. Its stdout is the parent's pipe until the container runs.
+pub fn monitor(root: Option<&Path>, name: &str) -> Result<()> {
+    let root = Root::locate(root)?;
+    let (entry, _) = root.open(name)?;
+    let request = Request::load(&entry.dir)?;
+    entry.update(|r| r.watcher_pid = std::process::id())?;
+    // SAFETY: signal(2) with SIG_IGN: a stray SIGINT or SIGHUP does not end the monitor.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    let started =
+        session::boot(&entry, &request).and_then(|s| match start_logged(&entry, &s, &request) {
+            Ok(recorders) => Ok((s, recorders)),
+            Err(e) => {
+                let note = session::stop(s, false).unwrap_or_default();
+                Err(session::with_vmm_note(e, &note))
+            }
+        });
+    let (s, recorders) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            println!("error: {e:#}");
+            return Err(e);
+        }
+    };
+    entry.update(|r| r.status = Status::Running)?;
+    println!("{MONITOR_READY}");
+    let _ = std::io::stdout().flush();
+    detach_stdout();
+
+    let target = Target {
+        container_id: CONTAINER_ID.into(),
+        exec_id: None,
+    };
+    let status = session::wait(&s.client, &target);
+    for r in recorders {
+        let _ = r.join();
+    }
+    let clean = status.is_ok();
+    let note = session::stop(s, clean).unwrap_or_default();
+    let status = match status.map_err(|e| session::with_vmm_note(e, &note)) {
+        Ok(code) => copy_back(&entry, &request)
+            .map(|()| Status::Exited { code })
+            .unwrap_or_else(|e| Status::Failed {
+                error: format!("exited {code}, but {e:#}"),
+            }),
+        Err(e) => Status::Failed {
+            error: format!("{e:#}"),
+        },
+    };
+    // The disks are of no more use; the record and the log stay until `cocoon rm`.
+    let _ = std::fs::remove_file(session::rootfs_disk(&entry));
+    if request.remove_on_exit {
+        return entry.remove();
+    }
+    entry.update(|r| {
+        r.status = status;
+        r.finished = Some(state::now());
+    })
+}
+
+/// Creates and starts the container with stdout and stderr recorded in its log.
+fn start_logged(
+    entry: &Entry,
+    session: &Session,
+    request: &Request,
+) -> Result<Vec<std::thread::JoinHandle<()>>> {
+    let stdio = ProcessStdio::bind(&entry.vsock(), MAIN_STDIO_PORT, false, false)?;
+    session::create(session, request, stdio.ports())?;
+    let streams = stdio.accept()?;
+    let log = Arc::new(Mutex::new(
+        File::create(entry.log()).context("creating the container's log")?,
+    ));
+    let mut recorders = Vec::new();
+    if let Some(out) = streams.stdout {
+        recorders.push(logs::record(out, logs::Stream::Stdout, log.clone()));
+    }
+    if let Some(err) = streams.stderr {
+        recorders.push(logs::record(err, logs::Stream::Stderr, log));
+    }
+    session.client.call(Operation::Start {
+        container_id: CONTAINER_ID.into(),
+    })?;
+    Ok(recorders)
+}
+
+/// Points stdout at /dev/null, closing the parent's pipe (it is waiting for EOF or a line).
+fn detach_stdout() {
+    if let Ok(null) = File::options().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2(2) of an open descriptor onto stdout.
+        unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) };
     }
 }

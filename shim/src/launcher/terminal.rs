@@ -6,6 +6,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use cocoon_protocol::Operation;
 use cocoon_sandbox::AgentClient;
+
+use super::session::Target;
 use nix::sys::termios::{self, SetArg, Termios};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
 use signal_hook::iterator::{Handle, Signals};
@@ -57,26 +59,25 @@ impl Forwarder {
     }
 }
 
-/// SIGINT, SIGTERM and SIGHUP go to the container's process; a second SIGINT stops the VM
-/// (`vmm_pid`). With a tty, SIGWINCH resizes the container's terminal.
+/// SIGINT, SIGTERM and SIGHUP go to the target process; a second SIGINT stops the VM
+/// (`vmm_pid`, when given). With a tty, SIGWINCH resizes the container's terminal.
 pub fn forward_signals(
     client: Arc<AgentClient>,
-    container_id: &str,
+    target: Target,
     tty: bool,
     vmm_pid: Option<u32>,
 ) -> Result<Forwarder> {
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP, SIGWINCH]).context("installing signal handlers")?;
     let handle = signals.handle();
-    let id = container_id.to_string();
     std::thread::spawn(move || {
         let mut interrupts = 0;
         for signal in signals.forever() {
             if signal == SIGWINCH {
                 if let (true, Some((rows, cols))) = (tty, size()) {
                     let _ = client.call(Operation::ResizeTty {
-                        container_id: id.clone(),
-                        exec_id: None,
+                        container_id: target.container_id.clone(),
+                        exec_id: target.exec_id.clone(),
                         rows,
                         cols,
                     });
@@ -85,7 +86,7 @@ pub fn forward_signals(
             }
             if signal == SIGINT {
                 interrupts += 1;
-                if interrupts > 1 {
+                if interrupts > 1 && vmm_pid.is_some() {
                     eprintln!("cocoon: interrupted twice: stopping the microVM");
                     if let Some(pid) = vmm_pid {
                         // SAFETY: kill(2) of the VMM we started and have not reaped.
@@ -95,8 +96,8 @@ pub fn forward_signals(
                 }
             }
             let _ = client.call(Operation::Signal {
-                container_id: id.clone(),
-                exec_id: None,
+                container_id: target.container_id.clone(),
+                exec_id: target.exec_id.clone(),
                 signal,
                 all: false,
             });

@@ -774,6 +774,45 @@ fn case_latency(s: &Session) -> Result<String> {
 
 fn main() -> Result<()> {
     let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("pty") {
+        // `pty ROWS COLS ROWS2 COLS2 MARKER CMD...`: CMD on a terminal, resized after MARKER.
+        let num = |i: usize| -> Result<u16> {
+            argv.get(i)
+                .and_then(|v| v.parse().ok())
+                .context("usage: cocoon-agent-e2e pty ROWS COLS ROWS2 COLS2 MARKER CMD...")
+        };
+        let (output, code) = cocoon_tests::pty::run_on_pty(
+            argv.get(7..)
+                .filter(|c| !c.is_empty())
+                .context("no command")?,
+            (num(2)?, num(3)?),
+            argv.get(6).context("no marker")?,
+            (num(4)?, num(5)?),
+        )?;
+        print!("{output}");
+        println!("pty-exit={code}");
+        return Ok(());
+    }
+    if argv.get(1).map(String::as_str) == Some("as-user") {
+        // `as-user UID GID CMD...`: CMD as that user, with no supplementary groups.
+        use std::os::unix::process::CommandExt;
+        let id = |i: usize| -> Result<u32> {
+            argv.get(i)
+                .and_then(|v| v.parse().ok())
+                .context("usage: cocoon-agent-e2e as-user UID GID CMD...")
+        };
+        let command = argv
+            .get(4..)
+            .filter(|c| !c.is_empty())
+            .context("no command")?;
+        let status = std::process::Command::new(&command[0])
+            .args(&command[1..])
+            .uid(id(2)?)
+            .gid(id(3)?)
+            .status()
+            .with_context(|| format!("running {}", command[0]))?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
     if argv.len() < 5 {
         bail!("usage: cocoon-agent-e2e VMM KERNEL INITRD ROOTFS_EXT4 [--bench-only]");
     }
@@ -790,6 +829,7 @@ fn main() -> Result<()> {
         disks: vec![(argv[4].clone().into(), true)],
         cid: 3,
         extra_cmdline: String::new(),
+        runtime_dir: None,
     };
     let booted = Instant::now();
     let mut vm = Vm::spawn(&options)?;

@@ -1,0 +1,139 @@
+//! `cocoon run --emulated`: for machines without hardware virtualization. `cocoon-emuhost` boots
+//! an emulated KVM host (qemu TCG with `-cpu max`, which offers AMD SVM to its guest, Debian's
+//! cloud kernel and KVM modules) and runs this same `cocoon run` inside it, where /dev/kvm is
+//! real. Output comes back through the emulated host's console, so stdin, terminals, detached
+//! runs and host volumes are not available there.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use super::image::DEFAULT_IMAGE;
+use super::RunArgs;
+
+/// Quotes `word` for sh.
+fn quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+fn emuhost() -> Result<PathBuf> {
+    let path = std::env::var_os("COCOON_EMUHOST")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|d| d.join("cocoon-emuhost")))
+        });
+    match path {
+        Some(p) if p.is_file() => Ok(p),
+        _ => bail!("--emulated needs cocoon-emuhost next to cocoon (build it with `make build`) or COCOON_EMUHOST"),
+    }
+}
+
+/// The `cocoon run` command line to run inside the emulated host.
+fn inner_command(args: &RunArgs) -> Result<String> {
+    let refuse = |what: &str| -> Result<String> {
+        bail!("--emulated cannot take {what}: the emulated host only returns output (run without --emulated on a machine with hardware virtualization)")
+    };
+    if args.detach {
+        return refuse("-d");
+    }
+    if args.interactive || args.tty {
+        return refuse("-i or -t");
+    }
+    if !args.volumes.is_empty() {
+        return refuse("-v");
+    }
+    if args.image != DEFAULT_IMAGE {
+        return refuse("images other than 'default'");
+    }
+    if args.kernel.is_some() || args.initrd.is_some() {
+        return refuse("--kernel or --initrd (it boots `make guest`'s)");
+    }
+    if args.command.is_empty() {
+        bail!("no command to run: give one after the image (cocoon run IMAGE -- CMD [ARGS...])");
+    }
+    let mut words = vec![
+        r#""$COCOON" run --rm --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD""#.to_string(),
+        format!("--cpus {}", args.cpus),
+        format!("--memory {}", quote(&args.memory)),
+    ];
+    for e in &args.env {
+        words.push(format!("-e {}", quote(e)));
+    }
+    if let Some(w) = &args.workdir {
+        words.push(format!("-w {}", quote(w)));
+    }
+    if let Some(u) = &args.user {
+        words.push(format!("-u {}", quote(u)));
+    }
+    if let Some(n) = &args.name {
+        words.push(format!("--name {}", quote(n)));
+    }
+    words.push(format!("{DEFAULT_IMAGE} --"));
+    words.extend(args.command.iter().map(|w| quote(w)));
+    Ok(words.join(" "))
+}
+
+/// Runs `args` inside the emulated KVM host; the container's exit code.
+pub fn run(args: &RunArgs) -> Result<i32> {
+    let command = inner_command(args)?;
+    let emuhost = emuhost()?;
+    eprintln!("cocoon: --emulated: running inside an emulated KVM host (qemu TCG); expect seconds where hardware takes milliseconds");
+    let status = Command::new(&emuhost)
+        .arg("--cpus")
+        .arg(args.cpus.max(2).to_string())
+        .arg(command)
+        .status()
+        .with_context(|| format!("running {}", emuhost.display()))?;
+    match status.code() {
+        Some(code) => Ok(code),
+        None => bail!("{} was killed by a signal", emuhost.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(line: &[&str]) -> RunArgs {
+        Cli::parse_from(std::iter::once("cocoon").chain(line.iter().copied())).run
+    }
+
+    #[test]
+    fn the_inner_command_quotes_every_word() {
+        let cmd = inner_command(&args(&[
+            "--emulated",
+            "-e",
+            "A=it's",
+            "default",
+            "--",
+            "sh",
+            "-c",
+            "echo $A",
+        ]))
+        .unwrap();
+        assert!(cmd.contains(r"-e 'A=it'\''s'"), "{cmd}");
+        assert!(cmd.ends_with("default -- 'sh' '-c' 'echo $A'"), "{cmd}");
+    }
+
+    #[test]
+    fn what_cannot_cross_the_console_is_refused() {
+        for line in [
+            &["--emulated", "-i", "default", "cat"][..],
+            &["--emulated", "-d", "default", "true"],
+            &["--emulated", "/some/dir", "true"],
+        ] {
+            let err = inner_command(&args(line)).err().unwrap().to_string();
+            assert!(err.starts_with("--emulated cannot take"), "{line:?}: {err}");
+        }
+    }
+}
