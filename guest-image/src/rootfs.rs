@@ -137,24 +137,28 @@ pub fn own_by_root(dir: &Path, image: &Path) -> Result<()> {
     }
     let script = image.with_extension("debugfs");
     std::fs::write(&script, commands)?;
-    let out = Command::new("debugfs")
-        .arg("-w")
-        .arg("-f")
-        .arg(&script)
-        .arg(image)
-        .output();
+    let result = debugfs(image, &["-w".as_ref(), "-f".as_ref(), script.as_os_str()]);
     let _ = std::fs::remove_file(&script);
-    let out = out.context("running debugfs (apt-get install e2fsprogs)")?;
+    result.with_context(|| format!("making {}'s files root's", image.display()))
+}
+
+/// Runs `debugfs ARGS IMAGE`. debugfs reports most failures on stderr with exit status 0, so
+/// any stderr line beyond its banner is an error.
+pub fn debugfs(image: &Path, args: &[&std::ffi::OsStr]) -> Result<()> {
+    let out = Command::new("debugfs")
+        .args(args)
+        .arg(image)
+        .output()
+        .context("running debugfs (apt-get install e2fsprogs)")?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // debugfs echoes its commands and reports failures on stderr, with exit status 0.
-    let failure = stderr
+    let complaint = stderr
         .lines()
         .find(|l| !l.starts_with("debugfs ") && !l.trim().is_empty());
-    if !out.status.success() || failure.is_some() {
+    if !out.status.success() || complaint.is_some() {
         bail!(
-            "making {}'s files root's: {}",
+            "debugfs on {}: {}",
             image.display(),
-            failure.unwrap_or("debugfs failed")
+            complaint.unwrap_or("failed")
         );
     }
     Ok(())

@@ -78,6 +78,123 @@ fn runc_run(runc: &Path, bundle: &Path, id: &str) -> Result<(usize, f64)> {
     Ok((total, started.elapsed().as_secs_f64()))
 }
 
+/// Resident memory (KiB) of `root` and all its descendants now, from /proc.
+fn tree_rss_kib(root: u32) -> u64 {
+    let mut parents = Vec::new();
+    let mut rss = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        };
+        if let Some(ppid) = field("PPid:") {
+            parents.push((pid, ppid as u32));
+        }
+        rss.insert(pid, field("VmRSS:").unwrap_or(0));
+    }
+    let mut tree = vec![root];
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for (pid, ppid) in &parents {
+            if tree.contains(ppid) && !tree.contains(pid) {
+                tree.push(*pid);
+                grew = true;
+            }
+        }
+    }
+    tree.iter().map(|p| rss.get(p).copied().unwrap_or(0)).sum()
+}
+
+/// Runs `cmd` to the end, sampling its process tree's memory: (wall seconds, peak RSS in KiB).
+pub fn measure_tree(mut cmd: Command) -> Result<(f64, u64)> {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the measured command")?;
+    let mut peak = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        peak = peak.max(tree_rss_kib(child.id()));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let secs = started.elapsed().as_secs_f64();
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        bail!("{cmd:?} failed ({status}): {err}");
+    }
+    Ok((secs, peak))
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// RUNS runs of the command `make(i)` builds: median wall milliseconds and peak RSS in MiB.
+fn sampled(mut make: impl FnMut(usize) -> Command) -> Result<(f64, f64)> {
+    let (mut walls, mut peaks) = (Vec::new(), Vec::new());
+    for i in 0..RUNS {
+        let (secs, peak) = measure_tree(make(i))?;
+        walls.push(secs * 1000.0);
+        peaks.push(peak as f64 / 1024.0);
+    }
+    Ok((median(walls), median(peaks)))
+}
+
+/// `cocoon run --rm default -- true` and `runc run` of the same busybox tree, each RUNS times:
+/// wall time and the peak resident memory of everything each started on the host. The launcher
+/// finds its kernel, initramfs and default image through COCOON_KERNEL, COCOON_INITRD and
+/// COCOON_DEFAULT_IMAGE.
+pub fn measure_launcher(cocoon: &Path, runc: Option<&Path>) -> Result<()> {
+    let root = tempfile::Builder::new()
+        .prefix("cocoon-bench-root-")
+        .tempdir()?;
+    let (wall, rss) = sampled(|_| {
+        let mut cmd = Command::new(cocoon);
+        cmd.arg("--root")
+            .arg(root.path())
+            .args(["run", "--rm", "default", "--", "true"]);
+        cmd
+    })?;
+    println!("{METRIC}launcher_run_true {wall:.0} ms");
+    println!("{METRIC}launcher_peak_rss {rss:.1} MiB");
+    let Some(runc) = runc else {
+        return Ok(());
+    };
+    ensure_cgroup2()?;
+    let dir = tempfile::Builder::new().prefix("cocoon-runc-").tempdir()?;
+    let bundle = dir.path();
+    cocoon_guest_image::rootfs::busybox_rootfs(&bundle.join("rootfs"), Path::new("/bin/busybox"))?;
+    write_bundle(bundle, &args(&["true"]))?;
+    let (wall, rss) = sampled(|i| {
+        let mut cmd = Command::new(runc);
+        cmd.args(["run", "--no-pivot", "-b"])
+            .arg(bundle)
+            .arg(format!("bench-launcher-{i}"));
+        cmd
+    })?;
+    println!("{METRIC}runc_run_true {wall:.0} ms");
+    println!("{METRIC}runc_peak_rss {rss:.1} MiB");
+    Ok(())
+}
+
 /// Runs the runc side (inside the emulated host, or directly) and prints its metrics.
 pub fn measure_runc(runc: &Path) -> Result<()> {
     ensure_cgroup2()?;
@@ -148,5 +265,21 @@ pub fn print_table(mode: &str, output: &str) {
         "stdout throughput, 64 MiB",
         get("stdout_throughput"),
         get("runc_stdout_throughput")
+    );
+    println!();
+    println!("launcher — {mode}; `cocoon run --rm default -- true` (a microVM: 1 vCPU, 256 MiB) vs `runc run` of the same busybox tree, median of {RUNS}");
+    println!("| {:<44} | {:>18} | {:>18} |", "", "cocoon run", "runc run");
+    println!("|{:-<46}|{:->20}|{:->20}|", "", "", "");
+    println!(
+        "| {:<44} | {:>18} | {:>18} |",
+        "wall time, command start → exit",
+        get("launcher_run_true"),
+        get("runc_run_true")
+    );
+    println!(
+        "| {:<44} | {:>18} | {:>18} |",
+        "peak host RSS of everything it started",
+        get("launcher_peak_rss"),
+        get("runc_peak_rss")
     );
 }

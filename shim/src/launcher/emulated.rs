@@ -39,7 +39,7 @@ fn inner_command(args: &RunArgs) -> Result<String> {
     if args.detach {
         return refuse("-d");
     }
-    if args.interactive || args.tty {
+    if args.process.wants_stdin() {
         return refuse("-i or -t");
     }
     if !args.volumes.is_empty() {
@@ -59,13 +59,13 @@ fn inner_command(args: &RunArgs) -> Result<String> {
         format!("--cpus {}", args.cpus),
         format!("--memory {}", quote(&args.memory)),
     ];
-    for e in &args.env {
+    for e in &args.process.env {
         words.push(format!("-e {}", quote(e)));
     }
-    if let Some(w) = &args.workdir {
+    if let Some(w) = &args.process.workdir {
         words.push(format!("-w {}", quote(w)));
     }
-    if let Some(u) = &args.user {
+    if let Some(u) = &args.process.user {
         words.push(format!("-u {}", quote(u)));
     }
     if let Some(n) = &args.name {

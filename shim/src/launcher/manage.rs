@@ -12,7 +12,7 @@ use cocoon_sandbox::AgentClient;
 use nix::sys::signal::Signal;
 
 use super::logs as log_file;
-use super::request::{self, ProcessRequest};
+use super::request::ProcessFlags;
 use super::session::{self, Stdio, Target, CONTAINER_ID};
 use super::state::{self, Entry, Liveness, Record, Root};
 
@@ -22,21 +22,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {
-    /// Keep stdin open and pass it to the process.
-    #[arg(short, long)]
-    pub interactive: bool,
-    /// Give the process a terminal.
-    #[arg(short, long)]
-    pub tty: bool,
-    /// Environment variable for the process (repeatable).
-    #[arg(short, long = "env", value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
-    /// Working directory.
-    #[arg(short, long, value_name = "DIR")]
-    pub workdir: Option<String>,
-    /// User (and group) to run as, numeric.
-    #[arg(short, long, value_name = "UID[:GID]")]
-    pub user: Option<String>,
+    #[command(flatten)]
+    pub process: ProcessFlags,
     /// The running container.
     pub name: String,
     /// The command and its arguments.
@@ -98,26 +85,18 @@ fn connect_running(root: &Root, name: &str) -> Result<(Entry, AgentClient)> {
 
 /// Runs a process in a running container; its exit code.
 pub fn exec(root: Option<&Path>, args: &ExecArgs) -> Result<i32> {
-    request::check_env(&args.env)?;
-    let user = args.user.as_deref().map(request::parse_user).transpose()?;
+    let process = args.process.process(&args.command)?;
     let root = Root::locate(root)?;
     let (entry, client) = connect_running(&root, &args.name)?;
     let client = Arc::new(client);
-    let process = ProcessRequest {
-        args: args.command.clone(),
-        env: args.env.clone(),
-        cwd: args.workdir.clone(),
-        user,
-        terminal: args.tty,
-    };
     let exec_id = format!("exec-{}", std::process::id());
     // Each exec takes its own ports (several may run at once).
     let first_port = 2000 + (std::process::id() % 20_000) * 3;
     let stdio = Stdio::bind(
         &entry.vsock(),
         first_port,
-        args.interactive || args.tty,
-        args.tty,
+        args.process.wants_stdin(),
+        args.process.tty,
     )?;
     client.call(Operation::Exec {
         container_id: CONTAINER_ID.into(),
@@ -133,7 +112,7 @@ pub fn exec(root: Option<&Path>, args: &ExecArgs) -> Result<i32> {
             exec_id: Some(exec_id),
         },
         streams,
-        args.tty,
+        args.process.tty,
         None,
         None,
     );

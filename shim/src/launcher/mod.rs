@@ -27,7 +27,7 @@ use clap::Args;
 use cocoon_protocol::Operation;
 
 pub use manage::{exec, kill, logs, ps, rm, ExecArgs, KillArgs, LogsArgs, PsArgs, RmArgs};
-use request::{ProcessRequest, Request};
+use request::{ProcessFlags, Request};
 use session::{Session, Stdio as ProcessStdio, Target, CONTAINER_ID};
 use state::{Entry, Record, Root, Status};
 
@@ -46,21 +46,8 @@ pub struct RunArgs {
     /// Run in the background: print the container's name and leave it running.
     #[arg(short, long)]
     pub detach: bool,
-    /// Keep stdin open and pass it to the container.
-    #[arg(short, long)]
-    pub interactive: bool,
-    /// Give the container a terminal (with window-size changes).
-    #[arg(short, long)]
-    pub tty: bool,
-    /// Environment variable for the container (repeatable).
-    #[arg(short, long = "env", value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
-    /// Working directory inside the container.
-    #[arg(short, long, value_name = "DIR")]
-    pub workdir: Option<String>,
-    /// User (and group) to run as, numeric.
-    #[arg(short, long, value_name = "UID[:GID]")]
-    pub user: Option<String>,
+    #[command(flatten)]
+    pub process: ProcessFlags,
     /// A host directory in the container (repeatable). The guest gets an ext4 image of it on its
     /// own disk: `:ro` is read-only; writable volumes are copied back into the host directory
     /// when the container ends (the host directory stays the source of truth; changes made on
@@ -97,12 +84,11 @@ pub struct RunArgs {
 /// Checks the command line; what the image adds comes later.
 fn request_from(args: &RunArgs) -> Result<Request> {
     let memory_mib = request::parse_memory(&args.memory)?;
-    let user = args.user.as_deref().map(request::parse_user).transpose()?;
+    let process = args.process.process(&args.command)?;
     if args.cpus == 0 {
         bail!("--cpus must be at least 1");
     }
-    request::check_env(&args.env)?;
-    if args.detach && (args.interactive || args.tty) {
+    if args.detach && args.process.wants_stdin() {
         bail!("-d cannot be combined with -i or -t (cocoon has no attach): run detached, then use `cocoon exec -it NAME sh`");
     }
     let volumes = request::parse_volumes(&args.volumes)?;
@@ -110,14 +96,8 @@ fn request_from(args: &RunArgs) -> Result<Request> {
     guest::check_kvm()?;
     Ok(Request {
         image: args.image.clone(),
-        process: ProcessRequest {
-            args: args.command.clone(),
-            env: args.env.clone(),
-            cwd: args.workdir.clone(),
-            user,
-            terminal: args.tty,
-        },
-        interactive: args.interactive,
+        process,
+        interactive: args.process.interactive,
         hostname: String::new(),
         vcpus: args.cpus,
         memory_mib,

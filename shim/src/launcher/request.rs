@@ -11,6 +11,45 @@ use super::image::ImageConfig;
 use super::volume::{self, Volume};
 
 const MIN_MEMORY_MIB: u64 = 64;
+
+/// How a process runs: the flags `cocoon run` and `cocoon exec` share.
+#[derive(clap::Args, Debug, Default)]
+pub struct ProcessFlags {
+    /// Keep stdin open and pass it to the process.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the process a terminal (with window-size changes).
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Environment variable (repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User (and group) to run as, numeric.
+    #[arg(short, long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
+}
+
+impl ProcessFlags {
+    /// The process these flags describe, checked, running `command`.
+    pub fn process(&self, command: &[String]) -> Result<ProcessRequest> {
+        check_env(&self.env)?;
+        Ok(ProcessRequest {
+            args: command.to_vec(),
+            env: self.env.clone(),
+            cwd: self.workdir.clone(),
+            user: self.user.as_deref().map(parse_user).transpose()?,
+            terminal: self.tty,
+        })
+    }
+
+    /// Whether the process gets a stdin stream.
+    pub fn wants_stdin(&self) -> bool {
+        self.interactive || self.tty
+    }
+}
 const MAX_VOLUMES: usize = 16;
 const FILE: &str = "request.json";
 

@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -95,29 +94,14 @@ impl Volume {
 }
 
 fn debugfs(image: &Path, write: bool, request: &str) -> Result<()> {
-    let mut cmd = Command::new("debugfs");
+    use std::ffi::OsStr;
+    let mut args: Vec<&OsStr> = Vec::new();
     if write {
-        cmd.arg("-w");
+        args.push(OsStr::new("-w"));
     }
-    let out = cmd
-        .arg("-R")
-        .arg(request)
-        .arg(image)
-        .output()
-        .context("running debugfs (apt-get install e2fsprogs)")?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // debugfs prints its banner on stderr and reports most failures there with exit status 0.
-    let complaint = stderr
-        .lines()
-        .find(|l| !l.starts_with("debugfs ") && !l.trim().is_empty());
-    if !out.status.success() || complaint.is_some() {
-        bail!(
-            "debugfs '{request}' on {}: {}",
-            image.display(),
-            complaint.unwrap_or("failed")
-        );
-    }
-    Ok(())
+    args.extend([OsStr::new("-R"), OsStr::new(request)]);
+    cocoon_guest_image::rootfs::debugfs(image, &args)
+        .with_context(|| format!("debugfs '{request}'"))
 }
 
 /// Makes `to` a copy of `from`: new and changed entries copied, entries `from` lacks removed.
@@ -235,7 +219,11 @@ mod tests {
 
     #[test]
     fn an_image_round_trips_to_the_host_directory() {
-        if Command::new("debugfs").arg("-V").output().is_err() {
+        if std::process::Command::new("debugfs")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
             eprintln!("skipped: no debugfs here (apt-get install e2fsprogs)");
             return;
         }

@@ -503,6 +503,17 @@ fn host_main(runs: usize) -> Result<()> {
                     .output()?;
                 output.push_str(&String::from_utf8_lossy(&out.stdout));
             }
+            let cocoon = workspace_binary("cocoon").map_err(anyhow::Error::msg)?;
+            let out = Command::new(std::env::current_exe()?)
+                .arg("measure-launcher")
+                .arg(cocoon)
+                .arg(find_runc().unwrap_or_else(|| "-".into()))
+                .env("COCOON_VMM", &args.vmm)
+                .env("COCOON_KERNEL", &args.kernel)
+                .env("COCOON_INITRD", &args.initrd)
+                .env("COCOON_DEFAULT_IMAGE", &rootfs)
+                .output()?;
+            output.push_str(&String::from_utf8_lossy(&out.stdout));
             cocoon_tests::container_bench::print_table(
                 "direct KVM (hardware virtualization)",
                 &output,
@@ -519,6 +530,8 @@ fn host_main(runs: usize) -> Result<()> {
             let me = host.add_binary(&std::env::current_exe()?)?;
             let e2e = workspace_binary("cocoon-agent-e2e").map_err(anyhow::Error::msg)?;
             let e2e_in_host = host.add_binary(&e2e)?;
+            let cocoon = workspace_binary("cocoon").map_err(anyhow::Error::msg)?;
+            let cocoon_in_host = host.add_binary(&cocoon)?;
             let runc_in_host = match find_runc() {
                 Some(runc) => host.add_binary(&runc)?,
                 None => "-".into(),
@@ -539,7 +552,8 @@ fn host_main(runs: usize) -> Result<()> {
                  cp \"$COCOON_FILES/rootfs.ext4\" /tmp/rootfs.ext4\n\
                  for attempt in 1 2; do {e2e_in_host} \"$COCOON_VMM\" \"$GUEST_BZIMAGE\" \"$GUEST_INITRD\" /tmp/rootfs.ext4 --bench-only > /tmp/e2e.out 2>&1; \
                  grep -q 'guest crashed' /tmp/e2e.out || break; echo '@@CASE RETRIED: the guest crashed under the emulated host'; done; cat /tmp/e2e.out\n\
-                 [ {runc_in_host} = - ] || {me} measure-runc {runc_in_host}"
+                 [ {runc_in_host} = - ] || {me} measure-runc {runc_in_host}\n\
+                 COCOON_KERNEL=\"$GUEST_BZIMAGE\" COCOON_INITRD=\"$GUEST_INITRD\" COCOON_DEFAULT_IMAGE=\"$COCOON_FILES/rootfs.ext4\" {me} measure-launcher {cocoon_in_host} {runc_in_host}"
             );
             let finished = host.run(&script, Duration::from_secs(1500), |line, _| {
                 if line.starts_with(RESULT)
@@ -608,6 +622,12 @@ fn main() -> ExitCode {
         }
         Some("measure-runc") if args.len() == 2 => {
             cocoon_tests::container_bench::measure_runc(Path::new(&args[1]))
+        }
+        Some("measure-launcher") if args.len() == 3 => {
+            cocoon_tests::container_bench::measure_launcher(
+                Path::new(&args[1]),
+                (args[2] != "-").then(|| Path::new(&args[2])),
+            )
         }
         Some("--runs") => match args.get(1).and_then(|r| r.parse().ok()) {
             Some(runs) => host_main(runs),
