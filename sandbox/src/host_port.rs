@@ -80,3 +80,56 @@ impl Drop for HostPort {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// A process's stdio as host ports, bound before the agent is asked to connect each stream.
+pub struct ProcessPorts {
+    pub stdin: Option<HostPort>,
+    pub stdout: Option<HostPort>,
+    pub stderr: Option<HostPort>,
+}
+
+/// A process's connected stdio streams.
+pub struct ProcessStreams {
+    pub stdin: Option<UnixStream>,
+    pub stdout: Option<UnixStream>,
+    pub stderr: Option<UnixStream>,
+}
+
+impl ProcessPorts {
+    /// Free ports from `first` on for the wanted streams (stdin, stdout, stderr).
+    pub fn bind(uds: &Path, first: u32, wanted: [bool; 3]) -> io::Result<Self> {
+        let mut next = first;
+        let mut bind = |on: bool| -> io::Result<Option<HostPort>> {
+            if !on {
+                return Ok(None);
+            }
+            let port = HostPort::bind_free(uds, next)?;
+            next = port.port + 1;
+            Ok(Some(port))
+        };
+        Ok(Self {
+            stdin: bind(wanted[0])?,
+            stdout: bind(wanted[1])?,
+            stderr: bind(wanted[2])?,
+        })
+    }
+
+    /// The ports to name in the agent request.
+    pub fn ports(&self) -> cocoon_protocol::StdioPorts {
+        cocoon_protocol::StdioPorts {
+            stdin: self.stdin.as_ref().map(|p| p.port),
+            stdout: self.stdout.as_ref().map(|p| p.port),
+            stderr: self.stderr.as_ref().map(|p| p.port),
+        }
+    }
+
+    /// Waits (each at most `timeout`) for the agent to connect every bound stream.
+    pub fn accept(self, timeout: Duration) -> io::Result<ProcessStreams> {
+        let accept = |p: Option<HostPort>| p.map(|p| p.accept(timeout)).transpose();
+        Ok(ProcessStreams {
+            stdin: accept(self.stdin)?,
+            stdout: accept(self.stdout)?,
+            stderr: accept(self.stderr)?,
+        })
+    }
+}

@@ -9,5 +9,5 @@ pub mod spec;
 pub mod vm;
 
 pub use client::{AgentClient, ClientError};
-pub use host_port::HostPort;
+pub use host_port::{HostPort, ProcessPorts, ProcessStreams};
 pub use vm::{Vm, VmOptions};

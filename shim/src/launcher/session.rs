@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use cocoon_protocol::{Operation, Reply, Rootfs, SandboxMount, StdioPorts};
 use cocoon_sandbox::spec::container_spec;
-use cocoon_sandbox::{AgentClient, HostPort, Vm, VmOptions};
+use cocoon_sandbox::{AgentClient, ProcessPorts, ProcessStreams, Vm, VmOptions};
 use oci_spec::runtime::Mount;
 
 use super::request::Request;
@@ -96,58 +96,29 @@ fn set_up(entry: &Entry, request: &Request, vm: &Vm) -> Result<Arc<AgentClient>>
 }
 
 /// The process's stdio as host ports the agent connects to.
-pub struct Stdio {
-    stdin: Option<HostPort>,
-    stdout: Option<HostPort>,
-    stderr: Option<HostPort>,
-}
+pub struct Stdio(ProcessPorts);
 
 /// The connected streams.
-pub struct Streams {
-    pub stdin: Option<UnixStream>,
-    pub stdout: Option<UnixStream>,
-    pub stderr: Option<UnixStream>,
-}
+pub type Streams = ProcessStreams;
 
 impl Stdio {
     /// Ports from `first` on; a terminal carries stdout and stderr together.
     pub fn bind(uds: &Path, first: u32, stdin: bool, tty: bool) -> Result<Self> {
-        let mut next = first;
-        let mut bind = |on: bool| -> Result<Option<HostPort>> {
-            if !on {
-                return Ok(None);
-            }
-            let port = HostPort::bind_free(uds, next).context("binding a stdio socket")?;
-            next = port.port + 1;
-            Ok(Some(port))
-        };
-        Ok(Self {
-            stdin: bind(stdin)?,
-            stdout: bind(true)?,
-            stderr: bind(!tty)?,
-        })
+        Ok(Self(
+            ProcessPorts::bind(uds, first, [stdin, true, !tty])
+                .context("binding a stdio socket")?,
+        ))
     }
 
     pub fn ports(&self) -> StdioPorts {
-        StdioPorts {
-            stdin: self.stdin.as_ref().map(|p| p.port),
-            stdout: self.stdout.as_ref().map(|p| p.port),
-            stderr: self.stderr.as_ref().map(|p| p.port),
-        }
+        self.0.ports()
     }
 
     /// Waits for the agent to connect each stream.
     pub fn accept(self) -> Result<Streams> {
-        let accept = |p: Option<HostPort>| -> Result<Option<UnixStream>> {
-            p.map(|p| p.accept(STDIO_TIMEOUT))
-                .transpose()
-                .context("connecting the container's stdio")
-        };
-        Ok(Streams {
-            stdin: accept(self.stdin)?,
-            stdout: accept(self.stdout)?,
-            stderr: accept(self.stderr)?,
-        })
+        self.0
+            .accept(STDIO_TIMEOUT)
+            .context("connecting the container's stdio")
     }
 }
 
