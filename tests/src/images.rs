@@ -49,6 +49,22 @@ pub fn docker_archive() -> Vec<u8> {
             .unwrap();
     }
     let upper = upper.into_inner().unwrap().finish().unwrap();
+    // containerd checks each layer's uncompressed digest against the config's diff_ids.
+    let diff_id = |tar: &[u8]| {
+        use sha2::Digest;
+        let digest: String = sha2::Sha256::digest(tar)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("sha256:{digest}")
+    };
+    let upper_plain = {
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&upper[..]), &mut plain)
+            .unwrap();
+        plain
+    };
+    let diff_ids = [diff_id(&lower), diff_id(&upper_plain)];
 
     let config = serde_json::json!({
         "architecture": "amd64",
@@ -58,7 +74,7 @@ pub fn docker_archive() -> Vec<u8> {
             "Cmd": ["sh", "-c", "echo image-cmd=$FOO:$(pwd):$(cat /srv/lower /srv/upper | tr '\\n' ,):$(ls /etc/gone 2>/dev/null | wc -l)"],
             "WorkingDir": "/srv"
         },
-        "rootfs": {"type": "layers", "diff_ids": []}
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}
     });
     let manifest = serde_json::json!([{
         "Config": "config.json",

@@ -32,10 +32,14 @@ fn find(flag: Option<&Path>, env: &str, beside: &str, what: &str, fix: &str) -> 
 }
 
 impl GuestFiles {
-    pub fn locate(kernel: Option<&Path>, initrd: Option<&Path>) -> Result<Self> {
+    pub fn locate(
+        vmm: Option<&Path>,
+        kernel: Option<&Path>,
+        initrd: Option<&Path>,
+    ) -> Result<Self> {
         Ok(Self {
             vmm: find(
-                None,
+                vmm,
                 "COCOON_VMM",
                 "cocoon-vmm",
                 "VMM",

@@ -81,6 +81,22 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// The VMM, guest kernel and initramfs: the given paths, else `$COCOON_VMM`/`$COCOON_KERNEL`/
+/// `$COCOON_INITRD`, else next to this binary and in `../guest` (where `make` puts them).
+pub fn guest_files(
+    vmm: Option<&Path>,
+    kernel: Option<&Path>,
+    initrd: Option<&Path>,
+) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let files = guest::GuestFiles::locate(vmm, kernel, initrd)?;
+    Ok((files.vmm, files.kernel, files.initrd))
+}
+
+/// Refuses, in one line, where a microVM cannot boot (no vmx/svm, no /dev/kvm access).
+pub fn check_kvm() -> Result<()> {
+    guest::check_kvm()
+}
+
 /// Checks the command line; what the image adds comes later.
 fn request_from(args: &RunArgs) -> Result<Request> {
     let memory_mib = request::parse_memory(&args.memory)?;
@@ -92,7 +108,7 @@ fn request_from(args: &RunArgs) -> Result<Request> {
         bail!("-d cannot be combined with -i or -t (cocoon has no attach): run detached, then use `cocoon exec -it NAME sh`");
     }
     let volumes = request::parse_volumes(&args.volumes)?;
-    let files = guest::GuestFiles::locate(args.kernel.as_deref(), args.initrd.as_deref())?;
+    let files = guest::GuestFiles::locate(None, args.kernel.as_deref(), args.initrd.as_deref())?;
     guest::check_kvm()?;
     Ok(Request {
         image: args.image.clone(),

@@ -1,0 +1,1007 @@
+//! containerd's task API v2, served for the containers of one sandbox (one microVM) by forwarding
+//! to the guest agent.
+
+use std::collections::HashMap;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use cocoon_protocol::{AgentError, ErrorKind, Operation, Reply, Rootfs, StdioPorts};
+use cocoon_sandbox::{AgentClient, ClientError, ProcessPorts, Vm, VmOptions};
+use containerd_shim::api;
+use containerd_shim::protos::events::task as events;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::topics;
+use containerd_shim::protos::ttrpc::{self, Code};
+use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use super::config::Config;
+use super::events::Events;
+use super::rootfs::{self, RootMount};
+use super::spawner::Spawner;
+use super::stdio::{self, Target};
+
+const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
+const STDIO_TIMEOUT: Duration = Duration::from_secs(30);
+const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// Mount types that exist inside the guest by themselves; others name host paths.
+const GUEST_MOUNT_TYPES: &[&str] = &[
+    "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
+];
+
+/// Where a process is in its life.
+#[derive(Clone, Debug, PartialEq)]
+enum Phase {
+    Created,
+    Running,
+    Paused,
+    Stopped { status: u32, at: Timestamp },
+}
+
+/// An exit that waiters block on.
+#[derive(Default)]
+struct ExitCell {
+    phase: Mutex<Option<(u32, Timestamp)>>,
+    changed: Condvar,
+}
+
+struct Process {
+    pid: u32,
+    phase: Phase,
+    stdio: [String; 3],
+    terminal: bool,
+    exit: Arc<ExitCell>,
+    /// The agent's end of stdin, to close on CloseIO.
+    stdin: Option<UnixStream>,
+    /// stdout/stderr copiers, joined before the exit is published.
+    copiers: Vec<JoinHandle<()>>,
+    /// An exec's process spec until Start.
+    pending: Option<oci_spec::runtime::Process>,
+}
+
+struct Container {
+    bundle: String,
+    sandbox: Arc<Sandbox>,
+    init: Process,
+    execs: HashMap<String, Process>,
+}
+
+/// One microVM and its agent.
+struct Sandbox {
+    id: String,
+    vm: Mutex<Option<Vm>>,
+    client: Arc<AgentClient>,
+    dir: PathBuf,
+    uds: PathBuf,
+}
+
+pub struct TaskService {
+    /// The cocoon config, or why it could not be read (said at every Create).
+    config: Result<Config, String>,
+    namespace: String,
+    containers: Mutex<HashMap<String, Container>>,
+    events: Events,
+    spawner: Spawner,
+    exit: Arc<ExitSignal>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn rpc_error(code: Code, message: impl ToString) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.to_string()))
+}
+
+/// An error for containerd, with the agent's error kinds mapped to gRPC codes.
+fn to_rpc(error: anyhow::Error) -> ttrpc::Error {
+    let code = match error
+        .downcast_ref::<ClientError>()
+        .and_then(|e| match e {
+            ClientError::Agent(AgentError { kind, .. }) => Some(*kind),
+            _ => None,
+        })
+        .or_else(|| error.downcast_ref::<AgentError>().map(|e| e.kind))
+    {
+        Some(ErrorKind::NotFound) => Code::NOT_FOUND,
+        Some(ErrorKind::AlreadyExists) => Code::ALREADY_EXISTS,
+        Some(ErrorKind::InvalidArgument) => Code::INVALID_ARGUMENT,
+        Some(ErrorKind::FailedPrecondition) => Code::FAILED_PRECONDITION,
+        Some(ErrorKind::Unimplemented) => Code::UNIMPLEMENTED,
+        Some(ErrorKind::Internal) | None => Code::UNKNOWN,
+    };
+    log::error!("{error:#}");
+    rpc_error(code, format!("{error:#}"))
+}
+
+fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+/// The VM's private directory: short, for the Unix socket paths inside it.
+fn sandbox_dir(namespace: &str, id: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let key: String = Sha256::digest(format!("{namespace}/{id}"))
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    PathBuf::from("/run/cocoon/ctr").join(key)
+}
+
+/// The spec as the guest can run it: no host namespaces, cgroup path, hooks or host bind
+/// mounts (logged), rootfs at the bundle's `rootfs`.
+fn guest_spec(mut spec: Spec) -> Spec {
+    if let Some(mut linux) = spec.linux().clone() {
+        if let Some(namespaces) = linux.namespaces().clone() {
+            linux.set_namespaces(Some(
+                namespaces
+                    .into_iter()
+                    .filter(|n| n.typ() != LinuxNamespaceType::Network && n.path().is_none())
+                    .collect(),
+            ));
+        }
+        linux.set_cgroups_path(None);
+        spec.set_linux(Some(linux));
+    }
+    spec.set_hooks(None);
+    if let Some(mounts) = spec.mounts().clone() {
+        let (kept, dropped): (Vec<_>, Vec<_>) = mounts.into_iter().partition(|m| {
+            m.typ()
+                .as_deref()
+                .is_some_and(|t| GUEST_MOUNT_TYPES.contains(&t))
+        });
+        for m in dropped {
+            log::warn!(
+                "not mounting {} into the container: host paths do not reach the microVM yet",
+                m.destination().display()
+            );
+        }
+        spec.set_mounts(Some(kept));
+    }
+    if let Some(mut root) = spec.root().clone() {
+        root.set_path("rootfs".into());
+        spec.set_root(Some(root));
+    }
+    spec
+}
+
+/// The agent's streams for a process, bound before the agent connects them.
+struct Ports(ProcessPorts);
+
+impl Ports {
+    fn bind(uds: &Path, first: u32, stdio: &[Target; 3], terminal: bool) -> Result<Self> {
+        let wanted = [
+            stdio[0].is_some(),
+            stdio[1].is_some(),
+            stdio[2].is_some() && !terminal,
+        ];
+        Ok(Self(
+            ProcessPorts::bind(uds, first, wanted).context("binding a stdio socket")?,
+        ))
+    }
+
+    fn ports(&self) -> StdioPorts {
+        self.0.ports()
+    }
+
+    /// Connects containerd's FIFOs to the agent's streams once it has connected them.
+    fn wire(self, stdio: &[Target; 3]) -> Result<(Option<UnixStream>, Vec<JoinHandle<()>>)> {
+        let streams = self
+            .0
+            .accept(STDIO_TIMEOUT)
+            .context("the agent did not connect a stdio stream")?;
+        let mut copiers = Vec::new();
+        let mut stdin_handle = None;
+        if let (Some(stream), Some(fifo)) = (streams.stdin, stdio::open_input(&stdio[0])?) {
+            stdin_handle = Some(stream.try_clone()?);
+            // Not joined: it may block on containerd's FIFO long after the process is gone.
+            drop(stdio::copy_in(fifo, stream));
+        }
+        if let (Some(stream), Some(fifo)) = (streams.stdout, stdio::open_output(&stdio[1])?) {
+            copiers.push(stdio::copy_out(stream, fifo));
+        }
+        if let (Some(stream), Some(fifo)) = (streams.stderr, stdio::open_output(&stdio[2])?) {
+            copiers.push(stdio::copy_out(stream, fifo));
+        }
+        Ok((stdin_handle, copiers))
+    }
+}
+
+fn targets(stdin: &str, stdout: &str, stderr: &str) -> Result<[Target; 3]> {
+    Ok([
+        Target::parse(stdin)?,
+        Target::parse(stdout)?,
+        Target::parse(stderr)?,
+    ])
+}
+
+impl TaskService {
+    pub fn new(
+        config: Result<Config, String>,
+        namespace: String,
+        events: Events,
+        exit: Arc<ExitSignal>,
+    ) -> Self {
+        Self {
+            config,
+            namespace,
+            containers: Mutex::default(),
+            events,
+            spawner: Spawner::start(),
+            exit,
+        }
+    }
+
+    fn boot(&self, id: &str, spec: &Spec, disk: PathBuf, dir: &Path) -> Result<Arc<Sandbox>> {
+        let config = self
+            .config
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("the cocoon config: {e}"))?;
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let size = config.size_for(&annotations)?;
+        let files = super::guest_files(config)?;
+        let vm = self.spawner.spawn(VmOptions {
+            vmm: files.0,
+            kernel: files.1,
+            initrd: files.2,
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+            disks: vec![(disk, false)],
+            cid: 3,
+            extra_cmdline: String::new(),
+            runtime_dir: Some(dir.to_path_buf()),
+        })?;
+        let uds = vm.uds();
+        let client = match AgentClient::connect(&uds, AGENT_TIMEOUT) {
+            Ok(client) => Arc::new(client),
+            Err(e) => {
+                let mut vm = vm;
+                let (code, stderr) = vm.shut_down(Duration::from_millis(500))?;
+                bail!("{e} [cocoon-vmm exit {code:?}: {}]", stderr.trim());
+            }
+        };
+        client.call(Operation::CreateSandbox {
+            hostname: spec.hostname().clone().unwrap_or_default(),
+            dns: Vec::new(),
+            mounts: Vec::new(),
+        })?;
+        Ok(Arc::new(Sandbox {
+            id: id.to_string(),
+            vm: Mutex::new(Some(vm)),
+            client,
+            dir: dir.to_path_buf(),
+            uds,
+        }))
+    }
+
+    fn create_container(&self, req: &api::CreateTaskRequest) -> Result<u32> {
+        if lock(&self.containers).contains_key(&req.id) {
+            bail!(AgentError::new(
+                ErrorKind::AlreadyExists,
+                format!("task {} exists", req.id)
+            ));
+        }
+        let bundle = Path::new(&req.bundle);
+        let spec =
+            Spec::load(bundle.join("config.json")).context("reading the bundle's config.json")?;
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        if annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("container") {
+            let pod = annotations.get(SANDBOX_ID).cloned().unwrap_or_default();
+            bail!(AgentError::new(
+                ErrorKind::Unimplemented,
+                format!("adding container {} to the running microVM of pod {pod} needs disk hot-plug, which cocoon-vmm does not have yet", req.id)
+            ));
+        }
+        // Before anything costly: where no microVM can boot, say so at once.
+        crate::launcher::check_kvm()?;
+        let dir = sandbox_dir(&self.namespace, &req.id);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("container-id"), &req.id)?;
+        let result = self.create_in(req, &spec, &dir);
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    fn create_in(&self, req: &api::CreateTaskRequest, spec: &Spec, dir: &Path) -> Result<u32> {
+        let mounts: Vec<RootMount> = req
+            .rootfs
+            .iter()
+            .map(|m| RootMount {
+                fstype: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        let disk = dir.join("rootfs.ext4");
+        rootfs::make_disk(&mounts, Path::new(&req.bundle), &disk)?;
+        let sandbox = self.boot(&req.id, spec, disk, dir)?;
+        let stdio = targets(&req.stdin, &req.stdout, &req.stderr)?;
+        let result = (|| -> Result<(u32, Option<UnixStream>, Vec<JoinHandle<()>>)> {
+            let ports = Ports::bind(&sandbox.uds, 1000, &stdio, req.terminal)?;
+            let reply = sandbox.client.call(Operation::CreateContainer {
+                container_id: req.id.clone(),
+                spec: Box::new(guest_spec(spec.clone())),
+                rootfs: Rootfs::BlockDevice {
+                    device: "/dev/vda".into(),
+                    fstype: "ext4".into(),
+                    read_only: false,
+                },
+                stdio: ports.ports(),
+            })?;
+            let pid = match reply {
+                Reply::Started { pid } => pid,
+                other => bail!("the agent answered {other:?} to create"),
+            };
+            let (stdin, copiers) = ports.wire(&stdio)?;
+            Ok((pid, stdin, copiers))
+        })();
+        let (pid, stdin, copiers) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.destroy(&sandbox);
+                return Err(e);
+            }
+        };
+        lock(&self.containers).insert(
+            req.id.clone(),
+            Container {
+                bundle: req.bundle.clone(),
+                sandbox,
+                init: Process {
+                    pid,
+                    phase: Phase::Created,
+                    stdio: [req.stdin.clone(), req.stdout.clone(), req.stderr.clone()],
+                    terminal: req.terminal,
+                    exit: Arc::default(),
+                    stdin,
+                    copiers,
+                    pending: None,
+                },
+                execs: HashMap::new(),
+            },
+        );
+        self.events.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            events::TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(events::TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                }),
+                pid,
+                ..Default::default()
+            },
+        );
+        Ok(pid)
+    }
+
+    /// Stops the sandbox's VM and removes its directory.
+    fn destroy(&self, sandbox: &Sandbox) {
+        let _ = sandbox.client.call(Operation::DestroySandbox);
+        sandbox.client.close();
+        if let Some(mut vm) = lock(&sandbox.vm).take() {
+            let _ = vm.shut_down(Duration::from_secs(10));
+        }
+        let _ = std::fs::remove_dir_all(&sandbox.dir);
+        log::info!("sandbox {} stopped", sandbox.id);
+    }
+
+    /// Watches a started process: waits for its exit, drains its output, records and publishes
+    /// the exit. A VM that dies ends every process in it with status 255.
+    fn watch(
+        &self,
+        id: &str,
+        exec_id: Option<String>,
+        client: Arc<AgentClient>,
+        exit: Arc<ExitCell>,
+        copiers: Vec<JoinHandle<()>>,
+        pid: u32,
+    ) {
+        let events = self.events.clone();
+        let id = id.to_string();
+        std::thread::spawn(move || {
+            let status = match client.call(Operation::Wait {
+                container_id: id.clone(),
+                exec_id: exec_id.clone(),
+            }) {
+                Ok(Reply::Exited { status }) => status.code() as u32,
+                Ok(other) => {
+                    log::error!("the agent answered {other:?} to wait for {id}");
+                    255
+                }
+                Err(e) => {
+                    log::error!("{id}: the microVM went away: {e}");
+                    255
+                }
+            };
+            for copier in copiers {
+                let _ = copier.join();
+            }
+            let at = now();
+            *lock(&exit.phase) = Some((status, at.clone()));
+            exit.changed.notify_all();
+            events.publish(
+                topics::TASK_EXIT_EVENT_TOPIC,
+                events::TaskExit {
+                    container_id: id.clone(),
+                    id: exec_id.unwrap_or_else(|| id.clone()),
+                    pid,
+                    exit_status: status,
+                    exited_at: MessageField::some(at),
+                    ..Default::default()
+                },
+            );
+        });
+    }
+
+    fn start_process(&self, req: &api::StartRequest) -> Result<u32> {
+        let mut containers = lock(&self.containers);
+        let container = containers
+            .get_mut(&req.id)
+            .ok_or_else(|| AgentError::new(ErrorKind::NotFound, format!("no task {}", req.id)))?;
+        let client = container.sandbox.client.clone();
+        if req.exec_id.is_empty() {
+            client.call(Operation::Start {
+                container_id: req.id.clone(),
+            })?;
+            let process = &mut container.init;
+            process.phase = Phase::Running;
+            let pid = process.pid;
+            self.watch(
+                &req.id,
+                None,
+                client,
+                process.exit.clone(),
+                std::mem::take(&mut process.copiers),
+                pid,
+            );
+            self.events.publish(
+                topics::TASK_START_EVENT_TOPIC,
+                events::TaskStart {
+                    container_id: req.id.clone(),
+                    pid,
+                    ..Default::default()
+                },
+            );
+            return Ok(pid);
+        }
+        let uds = container.sandbox.uds.clone();
+        let process = container.execs.get_mut(&req.exec_id).ok_or_else(|| {
+            AgentError::new(
+                ErrorKind::NotFound,
+                format!("no exec {} in {}", req.exec_id, req.id),
+            )
+        })?;
+        let spec = process.pending.take().ok_or_else(|| {
+            AgentError::new(
+                ErrorKind::FailedPrecondition,
+                format!("exec {} already started", req.exec_id),
+            )
+        })?;
+        let stdio = targets(&process.stdio[0], &process.stdio[1], &process.stdio[2])?;
+        let ports = Ports::bind(&uds, 2000, &stdio, process.terminal)?;
+        let pid = match client.call(Operation::Exec {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            process: Box::new(spec),
+            stdio: ports.ports(),
+        })? {
+            Reply::Started { pid } => pid,
+            other => bail!("the agent answered {other:?} to exec"),
+        };
+        let (stdin, copiers) = ports.wire(&stdio)?;
+        process.pid = pid;
+        process.stdin = stdin;
+        process.phase = Phase::Running;
+        self.watch(
+            &req.id,
+            Some(req.exec_id.clone()),
+            client,
+            process.exit.clone(),
+            copiers,
+            pid,
+        );
+        self.events.publish(
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            events::TaskExecStarted {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                pid,
+                ..Default::default()
+            },
+        );
+        Ok(pid)
+    }
+
+    /// Runs `f` on the process `id`/`exec_id`.
+    fn with_process<T>(
+        &self,
+        id: &str,
+        exec_id: &str,
+        f: impl FnOnce(&mut Process, &Arc<Sandbox>) -> Result<T>,
+    ) -> Result<T> {
+        let mut containers = lock(&self.containers);
+        let container = containers
+            .get_mut(id)
+            .ok_or_else(|| AgentError::new(ErrorKind::NotFound, format!("no task {id}")))?;
+        let sandbox = container.sandbox.clone();
+        let process = if exec_id.is_empty() {
+            &mut container.init
+        } else {
+            container.execs.get_mut(exec_id).ok_or_else(|| {
+                AgentError::new(ErrorKind::NotFound, format!("no exec {exec_id} in {id}"))
+            })?
+        };
+        // A process whose exit was recorded is stopped, whatever it was before.
+        if let Some((status, at)) = lock(&process.exit.phase).clone() {
+            process.phase = Phase::Stopped { status, at };
+        }
+        f(process, &sandbox)
+    }
+
+    fn delete_process(&self, req: &api::DeleteRequest) -> Result<api::DeleteResponse> {
+        let (pid, status, at) =
+            self.with_process(&req.id, &req.exec_id, |p, _| match &p.phase {
+                Phase::Stopped { status, at } => Ok((p.pid, *status, at.clone())),
+                Phase::Created if !req.exec_id.is_empty() => Ok((0, 0, now())),
+                Phase::Created => Ok((p.pid, 0, now())),
+                _ => bail!(AgentError::new(
+                    ErrorKind::FailedPrecondition,
+                    format!("{} is still running: kill it first", req.id)
+                )),
+            })?;
+        if !req.exec_id.is_empty() {
+            if let Some(c) = lock(&self.containers).get_mut(&req.id) {
+                c.execs.remove(&req.exec_id);
+            }
+        } else {
+            let container = lock(&self.containers).remove(&req.id);
+            if let Some(container) = container {
+                let _ = container.sandbox.client.call(Operation::Delete {
+                    container_id: req.id.clone(),
+                });
+                self.destroy(&container.sandbox);
+                self.events.publish(
+                    topics::TASK_DELETE_EVENT_TOPIC,
+                    events::TaskDelete {
+                        container_id: req.id.clone(),
+                        id: req.id.clone(),
+                        pid,
+                        exit_status: status,
+                        exited_at: MessageField::some(at.clone()),
+                        ..Default::default()
+                    },
+                );
+                let _ = container.bundle;
+            }
+        }
+        Ok(api::DeleteResponse {
+            pid,
+            exit_status: status,
+            exited_at: MessageField::some(at),
+            ..Default::default()
+        })
+    }
+
+    fn call(&self, id: &str, op: Operation) -> Result<Reply> {
+        let client = {
+            let containers = lock(&self.containers);
+            containers
+                .get(id)
+                .ok_or_else(|| AgentError::new(ErrorKind::NotFound, format!("no task {id}")))?
+                .sandbox
+                .client
+                .clone()
+        };
+        Ok(client.call(op)?)
+    }
+}
+
+/// After a shim died: its VMM (if still there) and its directory go.
+pub fn clean_up_after(namespace: &str, id: &str) {
+    let dir = sandbox_dir(namespace, id);
+    let needle = dir.display().to_string();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            // SAFETY: kill(2) of a process whose command line names this sandbox's directory.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn status_of(phase: &Phase) -> api::Status {
+    match phase {
+        Phase::Created => api::Status::CREATED,
+        Phase::Running => api::Status::RUNNING,
+        Phase::Paused => api::Status::PAUSED,
+        Phase::Stopped { .. } => api::Status::STOPPED,
+    }
+}
+
+impl Task for TaskService {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        log::info!("create {} (bundle {})", req.id, req.bundle);
+        let pid = self.create_container(&req).map_err(to_rpc)?;
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        let pid = self.start_process(&req).map_err(to_rpc)?;
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        let bundle = lock(&self.containers)
+            .get(&req.id)
+            .map(|c| c.bundle.clone())
+            .unwrap_or_default();
+        self.with_process(&req.id, &req.exec_id, |p, _| {
+            let (exit_status, exited_at) = match &p.phase {
+                Phase::Stopped { status, at } => (*status, MessageField::some(at.clone())),
+                _ => (0, MessageField::none()),
+            };
+            Ok(api::StateResponse {
+                id: req.id.clone(),
+                bundle,
+                pid: p.pid,
+                status: status_of(&p.phase).into(),
+                stdin: p.stdio[0].clone(),
+                stdout: p.stdio[1].clone(),
+                stderr: p.stdio[2].clone(),
+                terminal: p.terminal,
+                exit_status,
+                exited_at,
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            })
+        })
+        .map_err(to_rpc)
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        let exit = self
+            .with_process(&req.id, &req.exec_id, |p, _| Ok(p.exit.clone()))
+            .map_err(to_rpc)?;
+        let mut phase = lock(&exit.phase);
+        while phase.is_none() {
+            phase = exit.changed.wait(phase).unwrap_or_else(|p| p.into_inner());
+        }
+        let (status, at) = phase.clone().expect("exited");
+        Ok(api::WaitResponse {
+            exit_status: status,
+            exited_at: MessageField::some(at),
+            ..Default::default()
+        })
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        let stopped = self
+            .with_process(&req.id, &req.exec_id, |p, _| {
+                Ok(matches!(p.phase, Phase::Stopped { .. }))
+            })
+            .map_err(to_rpc)?;
+        if stopped {
+            return Ok(api::Empty::default());
+        }
+        self.call(
+            &req.id,
+            Operation::Signal {
+                container_id: req.id.clone(),
+                exec_id: (!req.exec_id.is_empty()).then(|| req.exec_id.clone()),
+                signal: req.signal as i32,
+                all: req.all,
+            },
+        )
+        .map_err(to_rpc)?;
+        Ok(api::Empty::default())
+    }
+
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        self.delete_process(&req).map_err(to_rpc)
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        let process: oci_spec::runtime::Process =
+            serde_json::from_slice(&req.spec.value).map_err(|e| {
+                rpc_error(
+                    Code::INVALID_ARGUMENT,
+                    format!("exec {}: the process spec is not valid: {e}", req.exec_id),
+                )
+            })?;
+        {
+            let mut containers = lock(&self.containers);
+            let container = containers
+                .get_mut(&req.id)
+                .ok_or_else(|| rpc_error(Code::NOT_FOUND, format!("no task {}", req.id)))?;
+            if container.execs.contains_key(&req.exec_id) {
+                return Err(rpc_error(
+                    Code::ALREADY_EXISTS,
+                    format!("exec {} exists", req.exec_id),
+                ));
+            }
+            container.execs.insert(
+                req.exec_id.clone(),
+                Process {
+                    pid: 0,
+                    phase: Phase::Created,
+                    stdio: [req.stdin.clone(), req.stdout.clone(), req.stderr.clone()],
+                    terminal: req.terminal,
+                    exit: Arc::default(),
+                    stdin: None,
+                    copiers: Vec::new(),
+                    pending: Some(process),
+                },
+            );
+        }
+        self.events.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            events::TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(api::Empty::default())
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        match self
+            .call(
+                &req.id,
+                Operation::ListPids {
+                    container_id: req.id.clone(),
+                },
+            )
+            .map_err(to_rpc)?
+        {
+            Reply::Pids { pids } => Ok(api::PidsResponse {
+                processes: pids
+                    .into_iter()
+                    .map(|pid| containerd_shim::protos::api::ProcessInfo {
+                        pid,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            other => Err(rpc_error(
+                Code::UNKNOWN,
+                format!("the agent answered {other:?} to pids"),
+            )),
+        }
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        self.call(
+            &req.id,
+            Operation::Pause {
+                container_id: req.id.clone(),
+            },
+        )
+        .map_err(to_rpc)?;
+        let _ = self.with_process(&req.id, "", |p, _| {
+            p.phase = Phase::Paused;
+            Ok(())
+        });
+        self.events.publish(
+            topics::TASK_PAUSED_EVENT_TOPIC,
+            events::TaskPaused {
+                container_id: req.id.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(api::Empty::default())
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        self.call(
+            &req.id,
+            Operation::Resume {
+                container_id: req.id.clone(),
+            },
+        )
+        .map_err(to_rpc)?;
+        let _ = self.with_process(&req.id, "", |p, _| {
+            if p.phase == Phase::Paused {
+                p.phase = Phase::Running;
+            }
+            Ok(())
+        });
+        self.events.publish(
+            topics::TASK_RESUMED_EVENT_TOPIC,
+            events::TaskResumed {
+                container_id: req.id.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(api::Empty::default())
+    }
+
+    fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(rpc_error(
+            Code::UNIMPLEMENTED,
+            format!(
+                "checkpoint of {}: cocoon microVMs cannot be checkpointed",
+                req.id
+            ),
+        ))
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        if req.stdin {
+            self.with_process(&req.id, &req.exec_id, |p, _| {
+                if let Some(stdin) = p.stdin.take() {
+                    let _ = stdin.shutdown(std::net::Shutdown::Write);
+                }
+                Ok(())
+            })
+            .map_err(to_rpc)?;
+        }
+        Ok(api::Empty::default())
+    }
+
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        self.call(
+            &req.id,
+            Operation::ResizeTty {
+                container_id: req.id.clone(),
+                exec_id: (!req.exec_id.is_empty()).then(|| req.exec_id.clone()),
+                rows: req.height.min(u16::MAX as u32) as u16,
+                cols: req.width.min(u16::MAX as u32) as u16,
+            },
+        )
+        .map_err(to_rpc)?;
+        Ok(api::Empty::default())
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        let resources: oci_spec::runtime::LinuxResources =
+            serde_json::from_slice(&req.resources.value).map_err(|e| {
+                rpc_error(
+                    Code::INVALID_ARGUMENT,
+                    format!("update {}: resources are not valid: {e}", req.id),
+                )
+            })?;
+        self.call(
+            &req.id,
+            Operation::UpdateResources {
+                container_id: req.id.clone(),
+                resources: Box::new(resources),
+            },
+        )
+        .map_err(to_rpc)?;
+        Ok(api::Empty::default())
+    }
+
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        use containerd_shim::protos::cgroups_v2::metrics::{
+            CPUStat, MemoryStat, Metrics, PidsStat,
+        };
+        let stats = match self
+            .call(
+                &req.id,
+                Operation::Stats {
+                    container_id: req.id.clone(),
+                },
+            )
+            .map_err(to_rpc)?
+        {
+            Reply::Stats { stats } => stats,
+            other => {
+                return Err(rpc_error(
+                    Code::UNKNOWN,
+                    format!("the agent answered {other:?} to stats"),
+                ))
+            }
+        };
+        let metrics = Metrics {
+            pids: MessageField::some(PidsStat {
+                current: stats.pids_current,
+                ..Default::default()
+            }),
+            cpu: MessageField::some(CPUStat {
+                usage_usec: stats.cpu_usage_usec,
+                ..Default::default()
+            }),
+            memory: MessageField::some(MemoryStat {
+                usage: stats.memory_current_bytes,
+                usage_limit: stats.memory_limit_bytes.unwrap_or(0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let any = containerd_shim::util::convert_to_any(Box::new(metrics))
+            .map_err(|e| rpc_error(Code::UNKNOWN, e))?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
+    }
+
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = lock(&self.containers)
+            .get(&req.id)
+            .map(|c| c.init.pid)
+            .unwrap_or(0);
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        let empty = lock(&self.containers).is_empty();
+        if empty || req.now {
+            log::info!("shutting down (now: {})", req.now);
+            let sandboxes: Vec<Arc<Sandbox>> = lock(&self.containers)
+                .drain()
+                .map(|(_, c)| c.sandbox)
+                .collect();
+            for sandbox in sandboxes {
+                self.destroy(&sandbox);
+            }
+            self.exit.signal();
+        }
+        Ok(api::Empty::default())
+    }
+}
