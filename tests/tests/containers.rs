@@ -119,7 +119,7 @@ echo "leftovers=$(ls /tmp | grep -c '^cocoon-') state=$(ls "$COCOON_ROOT" | wc -
             "/sbin/debugfs",
         ],
         2,
-        Duration::from_secs(1200),
+        Duration::from_secs(720),
     )
 });
 
