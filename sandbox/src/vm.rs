@@ -124,6 +124,19 @@ impl Vm {
         self.child.as_ref().map(std::process::Child::id)
     }
 
+    /// [`Self::shut_down`], summed up for an error message: empty after a clean exit, else
+    /// ` [cocoon-vmm exit CODE: first stderr line]`.
+    pub fn shut_down_note(&mut self, timeout: Duration) -> Result<String> {
+        let (code, stderr) = self.shut_down(timeout)?;
+        Ok(
+            match (code, stderr.lines().find(|l| !l.trim().is_empty())) {
+                (_, Some(line)) => format!(" [cocoon-vmm exit {code:?}: {}]", line.trim()),
+                (Some(0) | Some(143) | None, None) => String::new(),
+                (Some(other), None) => format!(" [cocoon-vmm exit {other}]"),
+            },
+        )
+    }
+
     /// Waits up to `timeout` for the VMM to exit on its own (after the guest powered off), then
     /// stops it. Returns its exit status and what it printed on stderr.
     pub fn shut_down(&mut self, timeout: Duration) -> Result<(Option<i32>, String)> {

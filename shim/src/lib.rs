@@ -3,3 +3,13 @@
 
 pub mod containerd;
 pub mod launcher;
+
+/// The first 8 bytes of `bytes`' SHA-256, in hex: names for cache entries and VM directories.
+pub(crate) fn short_hash(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,16 +1,23 @@
 //! Disk images the end-to-end scenarios give their guests.
 
-/// The default container image (busybox-static), as an ext4 disk image made on this host.
-pub fn default_rootfs_image() -> Vec<u8> {
+/// A scratch directory holding the busybox root filesystem tree at `tree`.
+fn busybox_tree() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::Builder::new()
         .prefix("cocoon-rootfs-")
         .tempdir()
         .expect("creating a scratch directory");
     let tree = dir.path().join("tree");
-    let image = dir.path().join("rootfs.ext4");
     cocoon_guest_image::rootfs::busybox_rootfs(&tree, std::path::Path::new("/bin/busybox"))
-        .and_then(|()| cocoon_guest_image::rootfs::ext4_image(&tree, &image, 0))
-        .expect("building the default rootfs image (make deps installs busybox-static, e2fsprogs)");
+        .expect("building the busybox tree (make deps installs busybox-static)");
+    (dir, tree)
+}
+
+/// The default container image (busybox-static), as an ext4 disk image made on this host.
+pub fn default_rootfs_image() -> Vec<u8> {
+    let (dir, tree) = busybox_tree();
+    let image = dir.path().join("rootfs.ext4");
+    cocoon_guest_image::rootfs::ext4_image(&tree, &image, 0)
+        .expect("building the default rootfs image (make deps installs e2fsprogs)");
     std::fs::read(&image).expect("reading the rootfs image")
 }
 
@@ -19,13 +26,7 @@ pub fn default_rootfs_image() -> Vec<u8> {
 /// /etc/gone and adds /srv/upper. The config sets FOO, the working directory /srv and a command
 /// that reports them.
 pub fn docker_archive() -> Vec<u8> {
-    let dir = tempfile::Builder::new()
-        .prefix("cocoon-archive-")
-        .tempdir()
-        .expect("creating a scratch directory");
-    let tree = dir.path().join("tree");
-    cocoon_guest_image::rootfs::busybox_rootfs(&tree, std::path::Path::new("/bin/busybox"))
-        .expect("building the busybox tree (make deps installs busybox-static)");
+    let (_dir, tree) = busybox_tree();
     std::fs::create_dir_all(tree.join("srv")).unwrap();
     std::fs::write(tree.join("srv/lower"), "lower\n").unwrap();
     std::fs::write(tree.join("etc/gone"), "whited out\n").unwrap();

@@ -126,13 +126,7 @@ fn now() -> Timestamp {
 
 /// The VM's private directory: short, for the Unix socket paths inside it.
 fn sandbox_dir(namespace: &str, id: &str) -> PathBuf {
-    use sha2::{Digest, Sha256};
-    let key: String = Sha256::digest(format!("{namespace}/{id}"))
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    PathBuf::from("/run/cocoon/ctr").join(key)
+    PathBuf::from("/run/cocoon/ctr").join(crate::short_hash(format!("{namespace}/{id}").as_bytes()))
 }
 
 /// The spec as the guest can run it: no host namespaces, cgroup path, hooks or host bind
@@ -263,8 +257,8 @@ impl TaskService {
             Ok(client) => Arc::new(client),
             Err(e) => {
                 let mut vm = vm;
-                let (code, stderr) = vm.shut_down(Duration::from_millis(500))?;
-                bail!("{e} [cocoon-vmm exit {code:?}: {}]", stderr.trim());
+                let note = vm.shut_down_note(Duration::from_millis(500))?;
+                bail!("{e}{note}");
             }
         };
         client.call(Operation::CreateSandbox {
@@ -587,7 +581,6 @@ impl TaskService {
                         ..Default::default()
                     },
                 );
-                let _ = container.bundle;
             }
         }
         Ok(api::DeleteResponse {

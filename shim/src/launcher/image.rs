@@ -8,9 +8,9 @@ mod progress;
 
 use std::path::{Path, PathBuf};
 
+use crate::short_hash;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub use archive::ImageConfig;
 
@@ -26,14 +26,6 @@ fn cache_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(std::env::temp_dir)
         .join("cocoon/images")
-}
-
-fn short_hash(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The built-in image, built once from this host's busybox-static and cached by its hash.

@@ -63,7 +63,7 @@ pub fn boot(entry: &Entry, request: &Request) -> Result<Session> {
     match set_up(entry, request, &vm) {
         Ok(client) => Ok(Session { vm, client }),
         Err(e) => {
-            let note = vmm_note(&mut vm, Duration::from_millis(500))?;
+            let note = vm.shut_down_note(Duration::from_millis(500))?;
             Err(with_vmm_note(e, &note))
         }
     }
@@ -249,19 +249,7 @@ pub fn stop(mut session: Session, clean: bool) -> Result<String> {
     } else {
         Duration::from_millis(500)
     };
-    vmm_note(&mut session.vm, grace)
-}
-
-/// Stops the VMM (after `grace` for it to end by itself); what it said, if anything unusual.
-fn vmm_note(vm: &mut Vm, grace: Duration) -> Result<String> {
-    let (code, stderr) = vm.shut_down(grace)?;
-    Ok(
-        match (code, stderr.lines().find(|l| !l.trim().is_empty())) {
-            (_, Some(line)) => format!(" [cocoon-vmm exit {code:?}: {}]", line.trim()),
-            (Some(0) | Some(143) | None, None) => String::new(),
-            (Some(other), None) => format!(" [cocoon-vmm exit {other}]"),
-        },
-    )
+    session.vm.shut_down_note(grace)
 }
 
 /// `error`, followed by what the VMM said.
