@@ -83,6 +83,23 @@ pub struct HostTools {
     pub busybox: PathBuf,
 }
 
+impl HostTools {
+    /// A module of the host kernel, by its path under `/lib/modules/VERSION/kernel`.
+    pub fn module_path(&self, relative: &str) -> PathBuf {
+        let version = self
+            .kernel
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .trim_start_matches("vmlinuz-")
+            .to_string();
+        Path::new("/lib/modules")
+            .join(version)
+            .join("kernel")
+            .join(relative)
+    }
+}
+
 fn find_in_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?

@@ -23,7 +23,18 @@ pub const GUEST_DIR: &str = "/cocoon/guest";
 pub const FILES_DIR: &str = "/cocoon/files";
 pub const SCRIPT: &str = "/cocoon/script.sh";
 
+/// Marks a host whose init first moves into a tmpfs root (see [`EmulatedHost::real_root`]).
+const REAL_ROOT_MARK: &str = "/cocoon/real-root";
+
 const HOST_INIT: &str = r#"#!/bin/busybox sh
+if [ -e /cocoon/real-root ] && [ -z "$COCOON_SWITCHED" ]; then
+  # pivot_root (runc, containerd) cannot leave the initramfs: copy it into a tmpfs and switch there.
+  /bin/busybox mkdir /newroot
+  /bin/busybox mount -t tmpfs -o mode=755 tmpfs /newroot
+  for entry in /*; do [ "$entry" = /newroot ] || /bin/busybox cp -a "$entry" /newroot/; done
+  export COCOON_SWITCHED=1
+  exec /bin/busybox switch_root /newroot /init
+fi
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/cocoon/bin
 mkdir -p /proc /sys /dev /tmp /run
@@ -34,6 +45,7 @@ mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 for m in irqbypass kvm; do insmod /modules/$m.ko || echo "@@COCOON-HOST-ERROR insmod $m failed"; done
+for m in /modules/extra/*.ko; do [ -e "$m" ] && { insmod "$m" || echo "@@COCOON-HOST-ERROR insmod $m failed"; }; done
 # vgif=0: with virtual GIF, qemu 7.2's TCG delivers host interrupts right after #VMEXIT while GIF
 # is still clear (seen as a stack-guard crash in __svm_vcpu_run, and as guests reset mid-run).
 insmod /modules/kvm-amd.ko vgif=0 2>/dev/null || insmod /modules/kvm-intel.ko 2>/dev/null
@@ -65,6 +77,9 @@ pub struct EmulatedHost {
     /// Emulated CPUs: at least as many as the largest guest has vCPUs (fewer hung the host).
     pub cpus: u8,
     pub memory_mib: u32,
+    /// Move from the initramfs into a tmpfs root before anything runs, so pivot_root works
+    /// (containerd's runc needs it); costs a copy of the image at boot.
+    pub real_root: bool,
 }
 
 /// Shared libraries `ldd` says a dynamically linked binary needs, as absolute paths.
@@ -136,6 +151,7 @@ impl EmulatedHost {
             env: Vec::new(),
             cpus: 2,
             memory_mib: 1536,
+            real_root: false,
         })
     }
 
@@ -155,6 +171,18 @@ impl EmulatedHost {
         let dest = format!("{BIN_DIR}/{name}");
         self.image.file_bytes(&dest, stripped(binary)?, 0o755);
         Ok(dest)
+    }
+
+    /// Adds a kernel module of the host kernel (`fs/overlayfs/overlay.ko`), loaded at boot after
+    /// the KVM modules.
+    pub fn add_module(&mut self, relative: &str) -> Result<()> {
+        let module = self.tools.module_path(relative);
+        let name = module.file_name().context("module has no file name")?;
+        let dest = format!("/modules/extra/{}", name.to_string_lossy());
+        self.image
+            .file_from(&dest, &module, 0o644)
+            .with_context(|| format!("adding the module {}", module.display()))?;
+        Ok(())
     }
 
     /// Adds a file at an absolute path inside the host.
@@ -185,6 +213,9 @@ impl EmulatedHost {
                 bail!("environment value for {k} contains a quote");
             }
             env.push_str(&format!("export {k}='{v}'\n"));
+        }
+        if self.real_root {
+            self.image.file_bytes(REAL_ROOT_MARK, Vec::new(), 0o644);
         }
         self.image
             .file_bytes("/cocoon/env.sh", env.into_bytes(), 0o644)

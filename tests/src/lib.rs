@@ -15,4 +15,6 @@ pub mod process;
 pub mod pty;
 pub mod suite;
 
-pub use suite::{run_suite, Scenario, ScenarioResult, SuiteError, SuiteRun};
+pub use suite::{
+    run_suite, run_suite_with, HostNeeds, Scenario, ScenarioResult, SuiteError, SuiteRun,
+};

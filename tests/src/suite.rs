@@ -237,6 +237,18 @@ pub struct SuiteFile {
     pub contents: Vec<u8>,
 }
 
+/// What a suite needs of the emulated host beyond the usual (ignored in direct mode, where the
+/// machine itself has it).
+#[derive(Clone, Debug, Default)]
+pub struct HostNeeds {
+    /// A tmpfs root instead of the initramfs, so pivot_root works (containerd's runc).
+    pub real_root: bool,
+    /// Host kernel modules to load, by path under `/lib/modules/VERSION/kernel`.
+    pub modules: Vec<String>,
+    /// Memory of the emulated host, when more than its default.
+    pub memory_mib: Option<u32>,
+}
+
 /// Runs `scenarios` under real KVM, directly or in one emulated-host boot.
 ///
 /// `binaries` are more workspace binaries the scenarios run, each in `$<NAME>` (upper case, `-` as
@@ -248,6 +260,25 @@ pub fn run_suite(
     binaries: &[&str],
     guest_vcpus_max: u8,
     deadline: Duration,
+) -> Result<SuiteRun, SuiteError> {
+    run_suite_with(
+        scenarios,
+        files,
+        binaries,
+        guest_vcpus_max,
+        deadline,
+        &HostNeeds::default(),
+    )
+}
+
+/// [`run_suite`] with more of the emulated host.
+pub fn run_suite_with(
+    scenarios: &[Scenario],
+    files: Vec<SuiteFile>,
+    binaries: &[&str],
+    guest_vcpus_max: u8,
+    deadline: Duration,
+    needs: &HostNeeds,
 ) -> Result<SuiteRun, SuiteError> {
     let unavailable = SuiteError::Unavailable;
     let vmm = workspace_binary("cocoon-vmm").map_err(unavailable)?;
@@ -322,6 +353,11 @@ pub fn run_suite(
                     host.set_env(env, &in_host);
                 }
                 host.cpus = host.cpus.max(guest_vcpus_max);
+                host.real_root = needs.real_root;
+                host.memory_mib = needs.memory_mib.unwrap_or(host.memory_mib);
+                for module in &needs.modules {
+                    host.add_module(module).map_err(failed)?;
+                }
                 let slot = ready_at.clone();
                 let on_line = move |line: &str, at: Duration| {
                     if line.starts_with(HOST_READY) {
