@@ -161,6 +161,12 @@ impl AgentClient {
     pub fn next_event(&self, timeout: Duration) -> Option<Event> {
         lock(&self.events).recv_timeout(timeout).ok()
     }
+
+    /// The next event the agent pushes, however long that takes; None once the channel closed
+    /// (the agent or VM went away, or [`close`](Self::close)).
+    pub fn wait_event(&self) -> Option<Event> {
+        lock(&self.events).recv().ok()
+    }
 }
 
 impl Drop for AgentClient {

@@ -229,6 +229,101 @@ pub fn measure_runc(runc: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The daemon of the shim binary `shim` that serves container `id` (`... -id ID ...`).
+fn shim_serving(shim: &str, id: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let is_shim = Path::new(args.first()?).file_name()? == shim;
+            let serves = args.windows(2).any(|w| w[0] == "-id" && w[1] == id);
+            (is_shim && serves).then_some(pid)
+        })
+}
+
+/// Through the containerd listening on `address` (the test image imported, in namespace
+/// `cocoon-test`), for cocoon's shim and runc's: `ctr run --rm IMAGE ID echo hello`, RUNS times
+/// (wall time of ctr), and the resident memory of one idle container's shim and everything under
+/// it (for cocoon, the VMM with the guest memory it touched; for runc, the container's process).
+pub fn measure_ctr(address: &Path) -> Result<()> {
+    let ctr = |args: &[&str]| {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(address)
+            .args(["--namespace", "cocoon-test"])
+            .args(args);
+        cmd
+    };
+    let image = crate::containerd::IMAGE;
+    for (name, runtime, shim) in [
+        (
+            "cocoon",
+            "io.containerd.cocoon.v2",
+            "containerd-shim-cocoon-v2",
+        ),
+        ("runc", "io.containerd.runc.v2", "containerd-shim-runc-v2"),
+    ] {
+        let (wall, _) = sampled(|i| {
+            let id = format!("bench-{name}-{i}");
+            ctr(&[
+                "run",
+                "--rm",
+                "--runtime",
+                runtime,
+                image,
+                &id,
+                "echo",
+                "hello",
+            ])
+        })?;
+        println!("{METRIC}ctr_run_echo_{name} {wall:.0} ms");
+
+        let id = format!("bench-{name}-idle");
+        let started = ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            image,
+            &id,
+            "sleep",
+            "1000",
+        ])
+        .stdin(Stdio::null())
+        .output()?;
+        if !started.status.success() {
+            bail!(
+                "ctr run -d with {runtime}: {}",
+                String::from_utf8_lossy(&started.stderr)
+            );
+        }
+        // Let the just-started container settle before reading its footprint.
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let rss = shim_serving(shim, &id).map(tree_rss_kib);
+        let _ = ctr(&["task", "rm", "-f", &id]).output();
+        let _ = ctr(&["containers", "rm", &id]).output();
+        let rss = rss.with_context(|| format!("no {shim} serves {id}"))?;
+        println!("{METRIC}ctr_idle_rss_{name} {:.1} MiB", rss as f64 / 1024.0);
+    }
+    Ok(())
+}
+
+/// Shell that starts a private containerd in the current directory, imports
+/// `$COCOON_FILES/image.tar` and runs `BENCH measure-ctr` against it (`bench` is the path of
+/// cocoon-bench where the script runs).
+pub fn ctr_script(bench: &str) -> String {
+    format!(
+        "{setup}\nc images import \"$COCOON_FILES/image.tar\" > /dev/null && {bench} measure-ctr \"$containerd_sock\"\nstop_containerd\n",
+        setup = crate::containerd::SETUP
+    )
+}
+
 fn metrics(output: &str) -> BTreeMap<String, String> {
     output
         .lines()
@@ -281,5 +376,32 @@ pub fn print_table(mode: &str, output: &str) {
         "peak host RSS of everything it started",
         get("launcher_peak_rss"),
         get("runc_peak_rss")
+    );
+}
+
+/// The containerd table (`ctr run` through both runtimes) from [`measure_ctr`]'s metric lines.
+pub fn print_ctr_table(mode: &str, output: &str) {
+    let m = metrics(output);
+    let get = |k: &str| m.get(k).cloned().unwrap_or_else(|| "FAILED".into());
+    if !crate::containerd::installed() {
+        println!();
+        println!("containerd — not measured: containerd and ctr are not installed (make deps installs them)");
+        return;
+    }
+    println!();
+    println!("containerd — {mode}; Debian's containerd 1.6 + ctr, the same imported busybox image; cocoon: io.containerd.cocoon.v2 (a microVM: 1 vCPU, 256 MiB); runc: io.containerd.runc.v2");
+    println!("| {:<44} | {:>18} | {:>18} |", "", "cocoon", "runc");
+    println!("|{:-<46}|{:->20}|{:->20}|", "", "", "");
+    println!(
+        "| {:<44} | {:>18} | {:>18} |",
+        format!("`ctr run --rm ... echo hello` (median of {RUNS})"),
+        get("ctr_run_echo_cocoon"),
+        get("ctr_run_echo_runc")
+    );
+    println!(
+        "| {:<44} | {:>18} | {:>18} |",
+        "RSS of an idle container's shim tree",
+        get("ctr_idle_rss_cocoon"),
+        get("ctr_idle_rss_runc")
     );
 }

@@ -9,6 +9,7 @@
 
 pub mod artifacts;
 pub mod container_bench;
+pub mod containerd;
 pub mod emuhost;
 pub mod images;
 pub mod process;

@@ -3,7 +3,7 @@
 //! The suite runs a private containerd under real KVM (directly where the CPU has vmx/svm, else
 //! inside the emulated KVM host, given a tmpfs root so runc's pivot_root works, overlay.ko and
 //! cgroup2), imports a locally built image, and runs containers in cocoon microVMs: output and
-//! exit codes, the image's config and layers, `run -d` + `task exec`/`ps`/`metrics`/`pause`/
+//! exit codes, the image's config and layers, an OOM kill (TaskOOM), `run -d` + `task exec`/`ps`/`metrics`/`pause`/
 //! `resume`/`kill`, `run -t`, a VMM killed under a running task, the order of events, runc beside
 //! it in the same host, and nothing left behind.
 //!
@@ -18,10 +18,10 @@ use std::sync::LazyLock;
 
 use cocoon_tests::artifacts::workspace_binary;
 use cocoon_tests::suite::{e2e_required, report_skip, scenario_result, SuiteFile};
-use cocoon_tests::{run_suite_with, HostNeeds, Scenario, SuiteError, SuiteRun};
+use cocoon_tests::{containerd, run_suite_with, Scenario, SuiteError, SuiteRun};
 
 const NAMESPACE: &str = "cocoon-test";
-const IMAGE: &str = "docker.io/library/cocoon-test:latest";
+const IMAGE: &str = containerd::IMAGE;
 const SHIM: &str = "containerd-shim-cocoon-v2";
 
 struct Containerd {
@@ -148,9 +148,7 @@ fn text(bytes: &[u8]) -> String {
 #[test]
 fn ctr_runs_through_the_cocoon_shim_and_leaves_nothing() {
     let test = "ctr_runs_through_the_cocoon_shim_and_leaves_nothing";
-    let tools = ["containerd", "ctr"]
-        .iter()
-        .all(|t| Command::new(t).arg("--version").output().is_ok());
+    let tools = containerd::installed();
     // SAFETY: geteuid(2) cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     if !tools || !root {
@@ -243,34 +241,27 @@ fn ctr_runs_through_the_cocoon_shim_and_leaves_nothing() {
     assert!(vm_dirs.is_empty(), "VM directories left: {vm_dirs:?}");
 }
 
-/// The ctr scenario: a private containerd in the scratch directory, then one step per line of
-/// output (`key=value`), which the tests below read.
-const CTR_SCRIPT: &str = r#"
-root=$PWD
+/// The ctr scenario's steps, after [`containerd::SETUP`] started a private containerd in the
+/// scratch directory: one step per line of output (`key=value`), which the tests below read.
+const CTR_STEPS: &str = r#"
 cmdlines() { for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)"; done; }
 ours() { cmdlines | grep -c '^[0-9]* [^ ]*containerd-shim-cocoon-v2 \|^[0-9]* [^ ]*cocoon-vmm .*/run/cocoon/ctr/'; }
 processes_before=$(ours) tmp_before=$(ls /tmp | grep -c '^cocoon-') vm_dirs_before=$(ls /run/cocoon/ctr 2>/dev/null | wc -l)
-export PATH="$(dirname "$CONTAINERD_SHIM_COCOON_V2"):$PATH"
-grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts || { mkdir -p /sys/fs/cgroup; mount -t cgroup2 none /sys/fs/cgroup; }
-printf 'vmm = "%s"\nkernel = "%s"\ninitrd = "%s"\nlog_level = "debug"\n' "$COCOON_VMM" "$GUEST_BZIMAGE" "$GUEST_INITRD" > cocoon.toml
-export COCOON_CONFIG="$root/cocoon.toml"
-printf 'version = 2\nroot = "%s/root"\nstate = "%s/state"\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "%s/containerd.sock"\n[ttrpc]\n  address = "%s/containerd.sock.ttrpc"\n' "$root" "$root" "$root" "$root" > containerd.toml
-containerd --config containerd.toml > containerd.log 2>&1 &
-containerd_pid=$!
-i=0; while [ ! -S containerd.sock ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
-c() { ctr --address "$root/containerd.sock" --namespace cocoon-test "$@"; }
 now() { cut -d' ' -f1 /proc/uptime; }
 status_of() { c task ls | awk -v id="$1" '$1 == id { print $3 }'; }
 wait_status() { i=0; while [ "$(status_of "$1")" != "$2" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done; status_of "$1"; }
 c events > events.log 2>&1 &
 events_pid=$!
-IMG=docker.io/library/cocoon-test:latest
+IMG=$COCOON_TEST_IMAGE
 R="--runtime io.containerd.cocoon.v2"
 c images import "$COCOON_FILES/image.tar" > import.out 2>&1; echo "import=$? $(tail -n 1 import.out)"
 
 t0=$(now); out=$(c run --rm $R $IMG t-echo echo hello from cocoon 2>&1); echo "echo=$? $out"; echo "echo-secs=$t0 $(now)"
-c run --rm $R $IMG t-exit sh -c 'exit 3' 2>&1; echo "exit=$?"
+printf 'hosts-from-host\n' > hosts.in; printf 'note\n' > note.in
+out=$(c run --rm --mount "type=bind,src=$root/hosts.in,dst=/etc/hosts,options=rbind:ro" --mount "type=bind,src=$root/note.in,dst=/opt/cocoon/note,options=rbind:ro" $R $IMG t-exit sh -c 'cat /etc/hosts /opt/cocoon/note; exit 3' 2>&1)
+echo "exit=$?"; echo "file-binds=$(echo "$out" | tr '\n' ' ')"
 echo "image=$(c run --rm $R $IMG t-image 2>&1)"
+c run --rm --memory-limit 33554432 $R $IMG t-oom tail /dev/zero > /dev/null 2>&1; echo "oom-exit=$?"
 t0=$(now); out=$(c run --rm $IMG t-runc echo hello from runc 2>&1); echo "runc=$? $out"; echo "runc-secs=$t0 $(now)"
 
 c run -d $R $IMG t-bg sh -c 'trap "exit 0" TERM; while :; do sleep 0.2; done' > bg.out 2>&1; echo "detached=$? $(cat bg.out) $(status_of t-bg)"
@@ -286,7 +277,7 @@ wait $paused_exec; echo "exec-after-resume=$?"
 c task kill t-bg; echo "kill=$? $(wait_status t-bg STOPPED)"
 c task rm t-bg > /dev/null; c containers rm t-bg; echo "removed=$? $(c containers ls -q | grep -c t-bg)"
 
-"$COCOON_AGENT_E2E" pty 33 101 40 120 "33 101" ctr --address "$root/containerd.sock" --namespace cocoon-test run -t --rm $R $IMG t-tty sh -c 'stty size; tty; while [ "$(stty size)" = "33 101" ]; do sleep 0.1; done; stty size; exit 5' > tty.out 2>&1
+"$COCOON_AGENT_E2E" pty 33 101 40 120 "33 101" ctr --address "$containerd_sock" --namespace cocoon-test run -t --rm $R $IMG t-tty sh -c 'stty size; tty; while [ "$(stty size)" = "33 101" ]; do sleep 0.1; done; stty size; exit 5' > tty.out 2>&1
 echo "tty=$(tr '\n' ' ' < tty.out)"
 
 c run -d $R $IMG t-die sleep 1000 > /dev/null 2>&1
@@ -299,22 +290,20 @@ c task rm t-die > /dev/null 2>&1; c containers rm t-die; echo "died-removed=$?"
 sleep 1
 kill $events_pid
 echo "events-echo=$(awk '/"t-echo"/ { for (i = 1; i <= NF; i++) if ($i ~ /^\/tasks\//) print $i }' events.log | tr '\n' ' ')"
+echo "events-oom=$(grep '/tasks/oom' events.log | grep -c '"t-oom"')"
 echo "events-die=$(grep '/tasks/exit' events.log | grep '"t-die"' | grep -o '"exit_status":[0-9]*')"
 
 echo "tasks-left=$(c task ls -q | wc -l) containers-left=$(c containers ls -q | wc -l)"
 i=0; while [ "$(ours)" -gt "$processes_before" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 echo "processes-left=$(($(ours) - processes_before))"
 echo "mounts-left=$(grep -c "$root/state" /proc/mounts) vm-dirs-left=$(($(ls /run/cocoon/ctr 2>/dev/null | wc -l) - vm_dirs_before)) tmp-left=$(($(ls /tmp | grep -c '^cocoon-') - tmp_before))"
-kill $containerd_pid; wait $containerd_pid
+stop_containerd
 echo "--- containerd log (errors) ---"
 grep -i 'level=error' containerd.log | tail -n 20
 "#;
 
 static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
-    let has_tools = ["containerd", "ctr"]
-        .iter()
-        .all(|t| Command::new(t).arg("--version").output().is_ok());
-    if !has_tools {
+    if !containerd::installed() {
         return Err(SuiteError::Unavailable(
             "containerd and ctr are not installed (make deps installs them)".into(),
         ));
@@ -323,26 +312,20 @@ static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
         name: "image.tar".into(),
         contents: cocoon_tests::images::docker_archive(),
     }];
-    let needs = HostNeeds {
-        real_root: true,
-        modules: vec!["fs/overlayfs/overlay.ko".into()],
-        memory_mib: Some(2048),
-    };
+    let script = format!(
+        "export COCOON_TEST_IMAGE={}\n{}\n{CTR_STEPS}",
+        containerd::IMAGE,
+        containerd::SETUP
+    );
+    let mut binaries = vec![SHIM, "cocoon-agent-e2e"];
+    binaries.extend(containerd::TOOLS);
     run_suite_with(
-        &[Scenario::new("ctr", CTR_SCRIPT)],
+        &[Scenario::new("ctr", &script)],
         files,
-        &[
-            SHIM,
-            "cocoon-agent-e2e",
-            "/usr/bin/containerd",
-            "/usr/bin/ctr",
-            "/usr/bin/containerd-shim-runc-v2",
-            "/usr/sbin/runc",
-            "/sbin/mkfs.ext4",
-        ],
+        &binaries,
         1,
         Duration::from_secs(900),
-        &needs,
+        &containerd::host_needs(),
     )
 });
 
@@ -365,6 +348,15 @@ fn ctr_run_prints_and_returns_the_exit_code() {
     assert!(value(&out, "import=").starts_with("0 "), "{out}");
     assert_eq!(value(&out, "echo="), "0 hello from cocoon", "{out}");
     assert_eq!(value(&out, "exit="), "3", "{out}");
+}
+
+#[test]
+fn host_files_bound_into_the_container_are_there() {
+    let Some(out) = ctr_output("host_files_bound_into_the_container_are_there") else {
+        return;
+    };
+    // /etc/hosts replaced, /opt/cocoon made for the note.
+    assert_eq!(value(&out, "file-binds="), "hosts-from-host note ", "{out}");
 }
 
 #[test]
@@ -440,6 +432,15 @@ fn task_events_arrive_in_order() {
         ],
         "{out}"
     );
+}
+
+#[test]
+fn a_container_over_its_memory_limit_raises_task_oom() {
+    let Some(out) = ctr_output("a_container_over_its_memory_limit_raises_task_oom") else {
+        return;
+    };
+    assert_eq!(value(&out, "oom-exit="), "137", "{out}");
+    assert_eq!(value(&out, "events-oom="), "1", "{out}");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! `containerd-shim` 0.11 crate). Each sandbox is one microVM, booted from the cocoon config's
 //! kernel and initramfs, its containers run by the guest agent.
 
+mod binds;
 mod config;
 mod events;
 mod rootfs;

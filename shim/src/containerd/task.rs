@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use cocoon_protocol::{AgentError, ErrorKind, Operation, Reply, Rootfs, StdioPorts};
+use cocoon_protocol::{AgentError, ErrorKind, Event, Operation, Reply, Rootfs, StdioPorts};
 use cocoon_sandbox::{AgentClient, ClientError, ProcessPorts, Vm, VmOptions};
 use containerd_shim::api;
 use containerd_shim::protos::events::task as events;
@@ -20,6 +20,7 @@ use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
+use super::binds;
 use super::config::Config;
 use super::events::Events;
 use super::rootfs::{self, RootMount};
@@ -129,8 +130,17 @@ fn sandbox_dir(namespace: &str, id: &str) -> PathBuf {
     PathBuf::from("/run/cocoon/ctr").join(crate::short_hash(format!("{namespace}/{id}").as_bytes()))
 }
 
-/// The spec as the guest can run it: no host namespaces, cgroup path, hooks or host bind
-/// mounts (logged), rootfs at the bundle's `rootfs`.
+/// True for mounts the guest makes by itself (proc, tmpfs, ...); others name host paths.
+fn made_in_guest(mount: &oci_spec::runtime::Mount) -> bool {
+    mount
+        .typ()
+        .as_deref()
+        .is_some_and(|t| GUEST_MOUNT_TYPES.contains(&t))
+}
+
+/// The spec as the guest can run it: no host namespaces, cgroup path, hooks or host mounts (host
+/// files are copied into the root disk, directories left out with a warning), rootfs at the
+/// bundle's `rootfs`.
 fn guest_spec(mut spec: Spec) -> Spec {
     if let Some(mut linux) = spec.linux().clone() {
         if let Some(namespaces) = linux.namespaces().clone() {
@@ -146,14 +156,13 @@ fn guest_spec(mut spec: Spec) -> Spec {
     }
     spec.set_hooks(None);
     if let Some(mounts) = spec.mounts().clone() {
-        let (kept, dropped): (Vec<_>, Vec<_>) = mounts.into_iter().partition(|m| {
-            m.typ()
-                .as_deref()
-                .is_some_and(|t| GUEST_MOUNT_TYPES.contains(&t))
-        });
+        let (kept, dropped): (Vec<_>, Vec<_>) = mounts.into_iter().partition(made_in_guest);
         for m in dropped {
+            if matches!(binds::file_bind(&m), Ok(Some(_))) {
+                continue; // copied into the root disk
+            }
             log::warn!(
-                "not mounting {} into the container: host paths do not reach the microVM yet",
+                "not mounting {} into the container: host directories do not reach the microVM yet",
                 m.destination().display()
             );
         }
@@ -266,6 +275,7 @@ impl TaskService {
             dns: Vec::new(),
             mounts: Vec::new(),
         })?;
+        self.forward_events(&client);
         Ok(Arc::new(Sandbox {
             id: id.to_string(),
             vm: Mutex::new(Some(vm)),
@@ -316,8 +326,17 @@ impl TaskService {
                 options: m.options.clone(),
             })
             .collect();
+        let host_mounts: Vec<_> = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .filter(|m| !made_in_guest(m))
+            .cloned()
+            .collect();
+        let file_binds = binds::file_binds(&host_mounts)?;
         let disk = dir.join("rootfs.ext4");
         rootfs::make_disk(&mounts, Path::new(&req.bundle), &disk)?;
+        binds::copy_into(&disk, &file_binds, dir)?;
         let sandbox = self.boot(&req.id, spec, disk, dir)?;
         let stdio = targets(&req.stdin, &req.stdout, &req.stderr)?;
         let result = (|| -> Result<(u32, Option<UnixStream>, Vec<JoinHandle<()>>)> {
@@ -382,6 +401,32 @@ impl TaskService {
             },
         );
         Ok(pid)
+    }
+
+    /// Publishes what the agent reports unasked (a container's cgroup hit its memory limit and
+    /// the OOM killer ran: TaskOOM) until the agent's channel closes.
+    fn forward_events(&self, client: &Arc<AgentClient>) {
+        let events = self.events.clone();
+        let client = Arc::downgrade(client);
+        std::thread::spawn(move || loop {
+            // A weak handle: the sandbox owns the client, and closing it ends this loop.
+            let Some(event) = client.upgrade().and_then(|c| c.wait_event()) else {
+                return;
+            };
+            match event {
+                Event::Oom { container_id } => {
+                    log::warn!("{container_id}: out of memory, the OOM killer ran");
+                    events.publish(
+                        topics::TASK_OOM_EVENT_TOPIC,
+                        events::TaskOOM {
+                            container_id,
+                            ..Default::default()
+                        },
+                    );
+                }
+                other => log::debug!("agent event {other:?}"),
+            }
+        });
     }
 
     /// Stops the sandbox's VM and removes its directory.

@@ -4,6 +4,10 @@
 //! Without hardware virtualization it boots the emulated KVM host once and runs the measurements
 //! inside it (`cocoon-bench measure`), where both VMMs use the same nested /dev/kvm. Figures there
 //! are inflated by the emulation for both; compare the ratio, not the absolute numbers.
+//!
+//! Then containers (the agent against runc, `cocoon run` against `runc run`) and containerd: `ctr
+//! run` through cocoon's shim and through runc's, in an emulated host of its own (a tmpfs root
+//! for runc's pivot_root). `cocoon-bench --containerd` prints only that last table.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -450,6 +454,93 @@ fn find_runc() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// `measure-ctr` against a private containerd on this host; its output.
+fn ctr_direct(vmm: &Path, guest: &cocoon_tests::artifacts::GuestImages) -> Result<String> {
+    let scratch = tempfile::Builder::new()
+        .prefix("cocoon-bench-ctr-")
+        .tempdir()?;
+    std::fs::write(
+        scratch.path().join("image.tar"),
+        cocoon_tests::images::docker_archive(),
+    )?;
+    let shim = workspace_binary("containerd-shim-cocoon-v2").map_err(anyhow::Error::msg)?;
+    let me = std::env::current_exe()?.display().to_string();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cocoon_tests::container_bench::ctr_script(&me))
+        .current_dir(scratch.path())
+        .env("COCOON_VMM", vmm)
+        .env("GUEST_BZIMAGE", &guest.bzimage)
+        .env("GUEST_INITRD", &guest.initrd)
+        .env("COCOON_FILES", scratch.path())
+        .env("CONTAINERD_SHIM_COCOON_V2", shim)
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `cocoon-bench --containerd`: only the containerd table.
+fn containerd_main() -> Result<()> {
+    if !cocoon_tests::containerd::installed() {
+        bail!("containerd and ctr are not installed (make deps installs them)");
+    }
+    let vmm = workspace_binary("cocoon-vmm").map_err(anyhow::Error::msg)?;
+    let guest = guest_images().map_err(anyhow::Error::msg)?;
+    let (mode, tools) = choose_mode()?;
+    let (name, output) = match mode {
+        KvmMode::Direct => (
+            "direct KVM (hardware virtualization)",
+            ctr_direct(&vmm, &guest)?,
+        ),
+        KvmMode::EmulatedHost => (
+            "emulated KVM host (qemu TCG -cpu max, nested SVM)",
+            ctr_in_emulated_host(tools.expect("tools"), &vmm, &guest)?,
+        ),
+    };
+    cocoon_tests::container_bench::print_ctr_table(name, &output);
+    Ok(())
+}
+
+/// `measure-ctr` inside an emulated host that can run containerd; its output.
+fn ctr_in_emulated_host(
+    tools: cocoon_tests::artifacts::HostTools,
+    vmm: &Path,
+    guest: &cocoon_tests::artifacts::GuestImages,
+) -> Result<String> {
+    let files = vec![cocoon_tests::suite::SuiteFile {
+        name: "image.tar".into(),
+        contents: cocoon_tests::images::docker_archive(),
+    }];
+    let mut host = cocoon_host(tools, vmm, guest, files)?;
+    let needs = cocoon_tests::containerd::host_needs();
+    host.real_root = needs.real_root;
+    host.memory_mib = needs.memory_mib.unwrap_or(host.memory_mib);
+    for module in &needs.modules {
+        host.add_module(module)?;
+    }
+    for tool in cocoon_tests::containerd::TOOLS {
+        host.add_binary(Path::new(tool))?;
+    }
+    let shim = workspace_binary("containerd-shim-cocoon-v2").map_err(anyhow::Error::msg)?;
+    let shim_in_host = host.add_binary(&shim)?;
+    host.set_env("CONTAINERD_SHIM_COCOON_V2", &shim_in_host);
+    let me = host.add_binary(&std::env::current_exe()?)?;
+    let script = format!(
+        "mkdir -p /tmp/ctr-bench && cd /tmp/ctr-bench || exit 1\n{}",
+        cocoon_tests::container_bench::ctr_script(&me)
+    );
+    let finished = host.run(&script, Duration::from_secs(900), |line, _| {
+        if line.starts_with("@@METRIC") {
+            eprintln!("{line}");
+        }
+    })?;
+    if !finished.output.contains(SCRIPT_EXIT) {
+        let tail: Vec<&str> = finished.output.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!("the emulated host did not finish:\n{}", tail.join("\n"));
+    }
+    Ok(finished.output)
+}
+
 fn host_main(runs: usize) -> Result<()> {
     let vmm = workspace_binary("cocoon-vmm").map_err(anyhow::Error::msg)?;
     let guest = guest_images().map_err(anyhow::Error::msg)?;
@@ -514,7 +605,14 @@ fn host_main(runs: usize) -> Result<()> {
                 .env("COCOON_DEFAULT_IMAGE", &rootfs)
                 .output()?;
             output.push_str(&String::from_utf8_lossy(&out.stdout));
+            if cocoon_tests::containerd::installed() {
+                output.push_str(&ctr_direct(&args.vmm, &guest)?);
+            }
             cocoon_tests::container_bench::print_table(
+                "direct KVM (hardware virtualization)",
+                &output,
+            );
+            cocoon_tests::container_bench::print_ctr_table(
                 "direct KVM (hardware virtualization)",
                 &output,
             );
@@ -522,11 +620,12 @@ fn host_main(runs: usize) -> Result<()> {
         }
         KvmMode::EmulatedHost => {
             eprintln!("cocoon-bench: no vmx/svm here: measuring inside the emulated KVM host (qemu TCG, -cpu max); this takes a few minutes");
+            let tools = tools.expect("tools");
             let files = vec![cocoon_tests::suite::SuiteFile {
                 name: "rootfs.ext4".into(),
                 contents: cocoon_tests::images::default_rootfs_image(),
             }];
-            let mut host = cocoon_host(tools.expect("tools"), &vmm, &guest, files)?;
+            let mut host = cocoon_host(tools.clone(), &vmm, &guest, files)?;
             let me = host.add_binary(&std::env::current_exe()?)?;
             let e2e = workspace_binary("cocoon-agent-e2e").map_err(anyhow::Error::msg)?;
             let e2e_in_host = host.add_binary(&e2e)?;
@@ -550,10 +649,10 @@ fn host_main(runs: usize) -> Result<()> {
             let script = format!(
                 "{me} measure \"$COCOON_VMM\" {qemu_in_host} \"$GUEST_BZIMAGE\" \"$GUEST_VMLINUX\" \"$GUEST_INITRD\" {runs} || exit 1\n\
                  cp \"$COCOON_FILES/rootfs.ext4\" /tmp/rootfs.ext4\n\
-                 for attempt in 1 2; do {e2e_in_host} \"$COCOON_VMM\" \"$GUEST_BZIMAGE\" \"$GUEST_INITRD\" /tmp/rootfs.ext4 --bench-only > /tmp/e2e.out 2>&1; \
+                 for attempt in 1 2; do timeout 300 {e2e_in_host} \"$COCOON_VMM\" \"$GUEST_BZIMAGE\" \"$GUEST_INITRD\" /tmp/rootfs.ext4 --bench-only > /tmp/e2e.out 2>&1; \
                  grep -q 'guest crashed' /tmp/e2e.out || break; echo '@@CASE RETRIED: the guest crashed under the emulated host'; done; cat /tmp/e2e.out\n\
                  [ {runc_in_host} = - ] || {me} measure-runc {runc_in_host}\n\
-                 COCOON_KERNEL=\"$GUEST_BZIMAGE\" COCOON_INITRD=\"$GUEST_INITRD\" COCOON_DEFAULT_IMAGE=\"$COCOON_FILES/rootfs.ext4\" {me} measure-launcher {cocoon_in_host} {runc_in_host}"
+                 COCOON_KERNEL=\"$GUEST_BZIMAGE\" COCOON_INITRD=\"$GUEST_INITRD\" COCOON_DEFAULT_IMAGE=\"$COCOON_FILES/rootfs.ext4\" timeout 600 {me} measure-launcher {cocoon_in_host} {runc_in_host}; true"
             );
             let finished = host.run(&script, Duration::from_secs(1500), |line, _| {
                 if line.starts_with(RESULT)
@@ -585,6 +684,20 @@ fn host_main(runs: usize) -> Result<()> {
             cocoon_tests::container_bench::print_table(
                 "emulated KVM host (qemu TCG -cpu max, nested SVM)",
                 &finished.output,
+            );
+            // containerd gets a host of its own (a tmpfs root, overlayfs, more memory), so that a
+            // fault of the emulated host there cannot cost the figures above.
+            let ctr_output = if cocoon_tests::containerd::installed() {
+                ctr_in_emulated_host(tools, &vmm, &guest).unwrap_or_else(|e| {
+                    eprintln!("cocoon-bench: containerd measurements failed: {e:#}");
+                    String::new()
+                })
+            } else {
+                String::new()
+            };
+            cocoon_tests::container_bench::print_ctr_table(
+                "emulated KVM host (qemu TCG -cpu max, nested SVM)",
+                &ctr_output,
             );
             if cocoon_tests::artifacts::dev_kvm_usable() {
                 native_start_table(&MeasureArgs {
@@ -623,6 +736,9 @@ fn main() -> ExitCode {
         Some("measure-runc") if args.len() == 2 => {
             cocoon_tests::container_bench::measure_runc(Path::new(&args[1]))
         }
+        Some("measure-ctr") if args.len() == 2 => {
+            cocoon_tests::container_bench::measure_ctr(Path::new(&args[1]))
+        }
         Some("measure-launcher") if args.len() == 3 => {
             cocoon_tests::container_bench::measure_launcher(
                 Path::new(&args[1]),
@@ -631,10 +747,11 @@ fn main() -> ExitCode {
         }
         Some("--runs") => match args.get(1).and_then(|r| r.parse().ok()) {
             Some(runs) => host_main(runs),
-            None => Err(anyhow!("usage: cocoon-bench [--runs N]")),
+            None => Err(anyhow!("usage: cocoon-bench [--runs N] | --containerd")),
         },
+        Some("--containerd") if args.len() == 1 => containerd_main(),
         None => host_main(3),
-        _ => Err(anyhow!("usage: cocoon-bench [--runs N]")),
+        _ => Err(anyhow!("usage: cocoon-bench [--runs N] | --containerd")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

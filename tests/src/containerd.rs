@@ -1,0 +1,58 @@
+//! A private containerd for scenarios and the benchmark: Debian's containerd, its ctr, runc and
+//! runc's shim, with cocoon's shim on its PATH, in the current directory (directly, or inside the
+//! emulated KVM host, which then needs [`host_needs`]).
+
+use crate::suite::HostNeeds;
+
+/// Host tools a containerd scenario carries into the emulated host (with their libraries).
+pub const TOOLS: [&str; 6] = [
+    "/usr/bin/containerd",
+    "/usr/bin/ctr",
+    "/usr/bin/containerd-shim-runc-v2",
+    "/usr/sbin/runc",
+    "/sbin/mkfs.ext4",
+    "/sbin/debugfs",
+];
+
+/// The image [`crate::images::docker_archive`] holds, as `ctr images import` names it.
+pub const IMAGE: &str = "docker.io/library/cocoon-test:latest";
+
+/// What containerd needs of the emulated host: a root pivot_root can leave (runc), overlayfs (the
+/// snapshotter and the shim's rootfs), and room for both runtimes.
+pub fn host_needs() -> HostNeeds {
+    HostNeeds {
+        real_root: true,
+        modules: vec!["fs/overlayfs/overlay.ko".into()],
+        memory_mib: Some(2048),
+    }
+}
+
+/// True when containerd and ctr are installed here.
+pub fn installed() -> bool {
+    ["containerd", "ctr"].iter().all(|t| {
+        std::process::Command::new(t)
+            .arg("--version")
+            .output()
+            .is_ok()
+    })
+}
+
+/// Shell that starts containerd with its root, state and sockets in `$PWD`, the shim configured
+/// by `cocoon.toml` there (from `$COCOON_VMM`, `$GUEST_BZIMAGE`, `$GUEST_INITRD`; the shim from
+/// `$CONTAINERD_SHIM_COCOON_V2`), mounts cgroup2 if it is not, and defines `c` (ctr in namespace
+/// `cocoon-test`) and `stop_containerd`. `$containerd_sock` is the socket.
+pub const SETUP: &str = r#"
+root=$PWD
+containerd_sock="$root/containerd.sock"
+export PATH="$(dirname "$CONTAINERD_SHIM_COCOON_V2"):$PATH"
+grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts || { mkdir -p /sys/fs/cgroup; mount -t cgroup2 none /sys/fs/cgroup; }
+printf 'vmm = "%s"\nkernel = "%s"\ninitrd = "%s"\nlog_level = "debug"\n' "$COCOON_VMM" "$GUEST_BZIMAGE" "$GUEST_INITRD" > cocoon.toml
+export COCOON_CONFIG="$root/cocoon.toml"
+printf 'version = 2\nroot = "%s/root"\nstate = "%s/state"\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "%s"\n[ttrpc]\n  address = "%s.ttrpc"\n' "$root" "$root" "$containerd_sock" "$containerd_sock" > containerd.toml
+containerd --config containerd.toml > containerd.log 2>&1 &
+containerd_pid=$!
+i=0; while [ ! -S "$containerd_sock" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+[ -S "$containerd_sock" ] || { echo "containerd did not start:"; tail -n 20 containerd.log; }
+c() { ctr --address "$containerd_sock" --namespace cocoon-test "$@"; }
+stop_containerd() { kill $containerd_pid; wait $containerd_pid; }
+"#;
