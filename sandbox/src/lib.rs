@@ -10,4 +10,5 @@ pub mod vm;
 
 pub use client::{AgentClient, ClientError};
 pub use host_port::{HostPort, ProcessPorts, ProcessStreams};
+pub use vm::cpu_has_virtualization;
 pub use vm::{Vm, VmOptions};

@@ -170,3 +170,15 @@ impl Drop for Vm {
         }
     }
 }
+
+/// Whether the CPU offers hardware virtualization (an Intel VT-x `vmx` or AMD-V `svm` flag in
+/// /proc/cpuinfo): without it a microVM cannot boot under this machine's KVM.
+pub fn cpu_has_virtualization() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|info| {
+            info.lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+        })
+        .unwrap_or(false)
+}

@@ -249,8 +249,7 @@ pub struct HostNeeds {
     pub memory_mib: Option<u32>,
 }
 
-/// Runs `scenarios` under real KVM, directly or in one emulated-host boot. With
-/// `COCOON_SUITE_ECHO=1` every output line is echoed to stderr as it comes, with its time.
+/// Runs `scenarios` under real KVM, directly or in one emulated-host boot.
 ///
 /// `binaries` are more workspace binaries the scenarios run, each in `$<NAME>` (upper case, `-` as
 /// `_`: `cocoon-agent-e2e` is `$COCOON_AGENT_E2E`); absolute paths are tools of this host, which
@@ -306,13 +305,9 @@ pub fn run_suite_with(
 
     let ready_at = std::sync::Arc::new(std::sync::Mutex::new(None::<f64>));
     let ready_slot = ready_at.clone();
-    let echo = std::env::var("COCOON_SUITE_ECHO").is_ok_and(|v| v == "1");
     let on_line = move |line: &str, at: Duration| {
         if line.starts_with(HOST_READY) {
             *ready_slot.lock().unwrap() = Some(at.as_secs_f64());
-        }
-        if echo {
-            eprintln!("[{:7.1}s] {line}", at.as_secs_f64());
         }
     };
 
@@ -367,9 +362,6 @@ pub fn run_suite_with(
                 let on_line = move |line: &str, at: Duration| {
                     if line.starts_with(HOST_READY) {
                         *slot.lock().unwrap() = Some(at.as_secs_f64());
-                    }
-                    if echo {
-                        eprintln!("[{:7.1}s] {line}", at.as_secs_f64());
                     }
                 };
                 let finished = host.run(&script, deadline, on_line).map_err(failed)?;

@@ -63,20 +63,11 @@ impl GuestFiles {
     }
 }
 
-/// Whether the CPU offers hardware virtualization (Intel VT-x or AMD-V).
-pub fn hardware_virtualization() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .map(|info| {
-            info.lines()
-                .filter(|l| l.starts_with("flags"))
-                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
-        })
-        .unwrap_or(false)
-}
-
 /// Refuses early, in one line, where a microVM cannot boot.
 pub fn check_kvm() -> Result<()> {
-    if !hardware_virtualization() && std::env::var_os("COCOON_SKIP_HW_CHECK").is_none() {
+    if !cocoon_sandbox::cpu_has_virtualization()
+        && std::env::var_os("COCOON_SKIP_HW_CHECK").is_none()
+    {
         bail!("this CPU has no hardware virtualization (no vmx or svm flag in /proc/cpuinfo), so a microVM cannot boot here: add --emulated to run inside an emulated KVM host (qemu TCG; much slower)");
     }
     if let Err(e) = std::fs::OpenOptions::new()
