@@ -245,6 +245,9 @@ status_of() { c task ls | awk -v id="$1" '$1 == id { print $3 }'; }
 wait_status() { i=0; while [ "$(status_of "$1")" != "$2" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done; status_of "$1"; }
 c events > events.log 2>&1 &
 events_pid=$!
+# If a step stalls, say where before the suite's deadline ends it all.
+( sleep 300; echo "@@STALL: the ctr scenario has run 300 s; containerd's log and the processes:"; tail -n 40 containerd.log; cmdlines | grep -v '^[0-9]* $' ) &
+watchdog_pid=$!
 IMG=$COCOON_TEST_IMAGE
 R="--runtime io.containerd.cocoon.v2"
 c images import "$COCOON_FILES/image.tar" > import.out 2>&1; echo "import=$? $(tail -n 1 import.out)"
@@ -281,7 +284,7 @@ echo "vmm-died=$(wait_status t-die STOPPED)"
 c task rm t-die > /dev/null 2>&1; c containers rm t-die; echo "died-removed=$?"
 
 sleep 1
-kill $events_pid
+kill $events_pid $watchdog_pid
 echo "events-echo=$(awk '/"t-echo"/ { for (i = 1; i <= NF; i++) if ($i ~ /^\/tasks\//) print $i }' events.log | tr '\n' ' ')"
 echo "events-oom=$(grep '/tasks/oom' events.log | grep -c '"t-oom"')"
 echo "events-die=$(grep '/tasks/exit' events.log | grep '"t-die"' | grep -o '"exit_status":[0-9]*')"

@@ -4,8 +4,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 
@@ -44,18 +42,6 @@ impl Target {
     }
 }
 
-fn clear_nonblocking(file: &File) -> Result<()> {
-    // SAFETY: fcntl(2) on a descriptor we own, changing only its O_NONBLOCK flag.
-    unsafe {
-        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-        if flags < 0 || libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0
-        {
-            return Err(std::io::Error::last_os_error().into());
-        }
-    }
-    Ok(())
-}
-
 /// Opens where output goes. A FIFO is opened read-write so the open never blocks, even before
 /// containerd's reader is there.
 pub fn open_output(target: &Target) -> Result<Option<File>> {
@@ -76,22 +62,13 @@ pub fn open_output(target: &Target) -> Result<Option<File>> {
     }
 }
 
-/// Opens where input comes from (without blocking on a FIFO's writer).
-pub fn open_input(target: &Target) -> Result<Option<File>> {
+/// Checks that where input comes from is there (the copier opens it later, see [`copy_in`]).
+pub fn check_input(target: &Target) -> Result<()> {
     match target {
-        Target::None => Ok(None),
-        Target::Fifo(path) => {
-            let file = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(path)
-                .with_context(|| format!("opening the input FIFO {path}"))?;
-            clear_nonblocking(&file)?;
-            Ok(Some(file))
-        }
-        Target::File(path) => File::open(path)
-            .map(Some)
-            .with_context(|| format!("opening the input file {path}")),
+        Target::None => Ok(()),
+        Target::Fifo(path) | Target::File(path) => std::fs::metadata(path)
+            .map(|_| ())
+            .with_context(|| format!("the input {path}")),
     }
 }
 
@@ -108,10 +85,24 @@ pub fn copy_out(mut from: UnixStream, mut to: File) -> JoinHandle<()> {
 }
 
 /// Copies containerd's input to the process; at its end (or on CloseIO) the process sees EOF.
-pub fn copy_in(mut from: File, to: UnixStream) -> JoinHandle<()> {
+///
+/// A FIFO is opened here, in the copier, blocking until containerd's writer has opened it: a
+/// FIFO read while no writer has it open reads end-of-file, so a reader opened and read earlier
+/// could end the process's input before containerd wrote any.
+pub fn copy_in(from: Target, to: UnixStream) -> JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut to_writer = &to;
-        let _ = std::io::copy(&mut from, &mut to_writer);
+        let opened = match &from {
+            Target::None => return,
+            Target::Fifo(path) => OpenOptions::new().read(true).open(path),
+            Target::File(path) => File::open(path),
+        };
+        match opened {
+            Ok(mut file) => {
+                let mut to_writer = &to;
+                let _ = std::io::copy(&mut file, &mut to_writer);
+            }
+            Err(e) => log::warn!("opening the input {from:?}: {e}"),
+        }
         let _ = to.shutdown(std::net::Shutdown::Write);
     })
 }
@@ -154,12 +145,17 @@ mod tests {
 
         let fifo_in = dir.path().join("in");
         nix::unistd::mkfifo(&fifo_in, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let input = open_input(&Target::Fifo(fifo_in.display().to_string()))
-            .unwrap()
-            .unwrap();
-        let mut writer = OpenOptions::new().write(true).open(&fifo_in).unwrap();
+        let input = Target::Fifo(fifo_in.display().to_string());
+        check_input(&input).unwrap();
+        assert!(check_input(&Target::Fifo(
+            dir.path().join("absent").display().to_string()
+        ))
+        .is_err());
+        // The copier starts before containerd's writer has opened the FIFO, and must wait for it.
         let (stream, mut process) = UnixStream::pair().unwrap();
         let copier = copy_in(input, stream);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut writer = OpenOptions::new().write(true).open(&fifo_in).unwrap();
         writer.write_all(b"typed").unwrap();
         drop(writer);
         let mut got = String::new();

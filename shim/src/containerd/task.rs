@@ -202,10 +202,11 @@ impl Ports {
             .context("the agent did not connect a stdio stream")?;
         let mut copiers = Vec::new();
         let mut stdin_handle = None;
-        if let (Some(stream), Some(fifo)) = (streams.stdin, stdio::open_input(&stdio[0])?) {
+        if let Some(stream) = streams.stdin.filter(|_| stdio[0].is_some()) {
+            stdio::check_input(&stdio[0])?;
             stdin_handle = Some(stream.try_clone()?);
             // Not joined: it may block on containerd's FIFO long after the process is gone.
-            drop(stdio::copy_in(fifo, stream));
+            drop(stdio::copy_in(stdio[0].clone(), stream));
         }
         if let (Some(stream), Some(fifo)) = (streams.stdout, stdio::open_output(&stdio[1])?) {
             copiers.push(stdio::copy_out(stream, fifo));

@@ -196,8 +196,15 @@ impl VsockHandler {
             return;
         };
         let mut used = false;
-        while self.backend.has_rx_work() {
+        'fill: while self.backend.has_rx_work() {
             let Some(mut chain) = active.rx.pop_descriptor_chain(&active.mem) else {
+                // Out of receive buffers with data still owed: ask the driver to kick when it adds
+                // some (with EVENT_IDX that moves avail_event up to here; without it the driver
+                // only kicks when asked) and look again, in case it added some meanwhile. Without
+                // this the guest refills silently and both sides wait for each other.
+                if active.rx.enable_notification(&active.mem).unwrap_or(false) {
+                    continue 'fill;
+                }
                 break;
             };
             let head = chain.head_index();
@@ -216,7 +223,7 @@ impl VsockHandler {
                             }
                             None => {
                                 active.rx.go_to_previous_position();
-                                break;
+                                break 'fill;
                             }
                         }
                     }
@@ -402,6 +409,12 @@ mod tests {
 
     impl<'a> Fixture<'a> {
         fn new(mem: &'a GuestMemoryMmap) -> Self {
+            Self::negotiated(mem, false)
+        }
+
+        /// With VIRTIO_RING_F_EVENT_IDX negotiated (as Linux does): the driver kicks only when its
+        /// avail index passes the avail_event the device wrote.
+        fn negotiated(mem: &'a GuestMemoryMmap, event_idx: bool) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let (mut device, builder) = Vsock::new(GUEST_CID, &dir.path().join("v.sock")).unwrap();
             let events = (0..3)
@@ -411,11 +424,14 @@ mod tests {
             let rx = MockSplitQueue::create(mem, GuestAddress(RX_AT), QSIZE);
             let tx = MockSplitQueue::create(mem, GuestAddress(TX_AT), QSIZE);
             let ev = MockSplitQueue::create(mem, GuestAddress(EV_AT), QSIZE);
-            let queues = vec![
+            let mut queues: Vec<Queue> = vec![
                 rx.create_queue().unwrap(),
                 tx.create_queue().unwrap(),
                 ev.create_queue().unwrap(),
             ];
+            for q in &mut queues {
+                q.set_event_idx(event_idx);
+            }
             let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
             device
                 .activate(
@@ -529,6 +545,12 @@ mod tests {
             out
         }
 
+        /// The avail_event the device last wrote for RX (after the used ring's entries).
+        fn rx_avail_event(&self) -> u16 {
+            let at = self.rx.used_addr().0 + 4 + 8 * u64::from(QSIZE);
+            self.mem.read_obj::<u16>(GuestAddress(at)).unwrap()
+        }
+
         fn tx_used(&self) -> u16 {
             self.tx.used().idx().load()
         }
@@ -589,6 +611,32 @@ mod tests {
         assert_eq!(ops(&f.received()), [OP_RST]);
         assert_eq!(f.handler.backend.connection_count(), 0);
         assert_eq!(host.read(&mut buf).unwrap(), 0, "host end sees EOF");
+    }
+
+    #[test]
+    fn out_of_receive_buffers_the_device_asks_for_a_kick() {
+        let m = mem();
+        let mut f = Fixture::negotiated(&m, true);
+        let mut path = f.uds().into_os_string();
+        path.push("_5000");
+        let listener = UnixListener::bind(&path).unwrap();
+        // One receive buffer: the connection's response takes it.
+        f.add_rx_buffers(1);
+        f.send(&guest_header(OP_REQUEST, 1111, 5000, 0), &[]);
+        f.serve();
+        assert_eq!(ops(&f.received()), [OP_RESPONSE]);
+        let (mut host, _) = listener.accept().unwrap();
+        host.write_all(b"owed").unwrap();
+        f.serve();
+        assert!(f.received().is_empty(), "no buffer to put it in");
+        // The device must have asked to be kicked at the next buffer (avail_event = 1); a guest
+        // that refills without a kick would otherwise wait for data forever.
+        assert_eq!(f.rx_avail_event(), f.rx_added);
+        f.add_rx_buffers(1);
+        f.serve();
+        let got = f.received();
+        assert_eq!(ops(&got), [OP_RW]);
+        assert_eq!(got[0].1, b"owed");
     }
 
     #[test]
