@@ -173,6 +173,16 @@ impl EmulatedHost {
         Ok(dest)
     }
 
+    /// Gives the host what a suite needs beyond the usual (a tmpfs root, modules, memory).
+    pub fn meet(&mut self, needs: &crate::suite::HostNeeds) -> Result<()> {
+        self.real_root = needs.real_root;
+        self.memory_mib = needs.memory_mib.unwrap_or(self.memory_mib);
+        for module in &needs.modules {
+            self.add_module(module)?;
+        }
+        Ok(())
+    }
+
     /// Adds a kernel module of the host kernel (`fs/overlayfs/overlay.ko`), loaded at boot after
     /// the KVM modules.
     pub fn add_module(&mut self, relative: &str) -> Result<()> {

@@ -353,11 +353,7 @@ pub fn run_suite_with(
                     host.set_env(env, &in_host);
                 }
                 host.cpus = host.cpus.max(guest_vcpus_max);
-                host.real_root = needs.real_root;
-                host.memory_mib = needs.memory_mib.unwrap_or(host.memory_mib);
-                for module in &needs.modules {
-                    host.add_module(module).map_err(failed)?;
-                }
+                host.meet(needs).map_err(failed)?;
                 let slot = ready_at.clone();
                 let on_line = move |line: &str, at: Duration| {
                     if line.starts_with(HOST_READY) {
@@ -460,6 +456,15 @@ pub fn scenario_result<'a>(
         }
         Err(e) => panic!("{e}"),
     }
+}
+
+/// The rest of the line of `output` that starts with `key` (scenarios print `key=value` lines);
+/// panics, showing the output, where there is none.
+pub fn value<'a>(output: &'a str, key: &str) -> &'a str {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in:\n{output}"))
 }
 
 /// `cocoon-agent-e2e` -> `COCOON_AGENT_E2E`.

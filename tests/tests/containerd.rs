@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use std::sync::LazyLock;
 
 use cocoon_tests::artifacts::workspace_binary;
-use cocoon_tests::suite::{e2e_required, report_skip, scenario_result, SuiteFile};
+use cocoon_tests::suite::{e2e_required, report_skip, scenario_result, value, SuiteFile};
 use cocoon_tests::{containerd, run_suite_with, Scenario, SuiteError, SuiteRun};
 
 const NAMESPACE: &str = "cocoon-test";
@@ -329,12 +329,6 @@ static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
 /// The ctr scenario's output, or None after saying why it cannot run here.
 fn ctr_output(test: &str) -> Option<String> {
     scenario_result(&SUITE, test, "ctr").map(|r| r.output.clone())
-}
-
-fn value<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in:\n{out}"))
 }
 
 #[test]

@@ -9,7 +9,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use cocoon_tests::suite::{scenario_result, SuiteFile};
+use cocoon_tests::suite::{scenario_result, value, SuiteFile};
 use cocoon_tests::{run_suite, Scenario, SuiteError, SuiteRun};
 
 static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
@@ -235,12 +235,6 @@ fn destroying_the_sandbox_stops_the_vm_and_leaves_nothing() {
 /// The launcher scenario's output.
 fn launcher_output(test: &str) -> Option<String> {
     scenario_result(&SUITE, test, "launcher").map(|r| r.output.clone())
-}
-
-fn value<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in:\n{out}"))
 }
 
 #[test]

@@ -511,12 +511,7 @@ fn ctr_in_emulated_host(
         contents: cocoon_tests::images::docker_archive(),
     }];
     let mut host = cocoon_host(tools, vmm, guest, files)?;
-    let needs = cocoon_tests::containerd::host_needs();
-    host.real_root = needs.real_root;
-    host.memory_mib = needs.memory_mib.unwrap_or(host.memory_mib);
-    for module in &needs.modules {
-        host.add_module(module)?;
-    }
+    host.meet(&cocoon_tests::containerd::host_needs())?;
     for tool in cocoon_tests::containerd::TOOLS {
         host.add_binary(Path::new(tool))?;
     }
