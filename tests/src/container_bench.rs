@@ -335,47 +335,56 @@ fn metrics(output: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A table's header: an empty label column and the two sides.
+fn header(left: &str, right: &str) {
+    println!("| {:<44} | {:>18} | {:>18} |", "", left, right);
+    println!("|{:-<46}|{:->20}|{:->20}|", "", "", "");
+}
+
+/// One row of a side-by-side table.
+fn row(label: impl std::fmt::Display, left: impl std::fmt::Display, right: impl std::fmt::Display) {
+    println!(
+        "| {:<44} | {:>18} | {:>18} |",
+        label.to_string(),
+        left,
+        right
+    );
+}
+
 /// The side-by-side table from both sides' metric lines.
 pub fn print_table(mode: &str, output: &str) {
     let m = metrics(output);
     let get = |k: &str| m.get(k).cloned().unwrap_or_else(|| "FAILED".into());
     println!();
     println!("containers — {mode}; busybox rootfs, same OCI spec; cocoon: one microVM (2 vCPUs, 256 MiB), agent over vsock; runc: on the same host");
-    println!("| {:<44} | {:>18} | {:>18} |", "", "cocoon", "runc");
-    println!("|{:-<46}|{:->20}|{:->20}|", "", "", "");
-    println!(
-        "| {:<44} | {:>18} | {:>18} |",
+    header("cocoon", "runc");
+    row(
         "VMM start → agent answering",
         get("agent_ready"),
-        "n/a (no VM)"
+        "n/a (no VM)",
     );
-    println!(
-        "| {:<44} | {:>18} | {:>18} |",
+    row(
         format!("create+start+exit of `true` (median of {RUNS})"),
         get("container_run_true"),
-        get("runc_container_run_true")
+        get("runc_container_run_true"),
     );
-    println!(
-        "| {:<44} | {:>18} | {:>18} |",
+    row(
         "stdout throughput, 64 MiB",
         get("stdout_throughput"),
-        get("runc_stdout_throughput")
+        get("runc_stdout_throughput"),
     );
     println!();
     println!("launcher — {mode}; `cocoon run --rm default -- true` (a microVM: 1 vCPU, 256 MiB) vs `runc run` of the same busybox tree, median of {RUNS}");
-    println!("| {:<44} | {:>18} | {:>18} |", "", "cocoon run", "runc run");
-    println!("|{:-<46}|{:->20}|{:->20}|", "", "", "");
-    println!(
-        "| {:<44} | {:>18} | {:>18} |",
+    header("cocoon run", "runc run");
+    row(
         "wall time, command start → exit",
         get("launcher_run_true"),
-        get("runc_run_true")
+        get("runc_run_true"),
     );
-    println!(
-        "| {:<44} | {:>18} | {:>18} |",
+    row(
         "peak host RSS of everything it started",
         get("launcher_peak_rss"),
-        get("runc_peak_rss")
+        get("runc_peak_rss"),
     );
 }
 
@@ -390,18 +399,15 @@ pub fn print_ctr_table(mode: &str, output: &str) {
     }
     println!();
     println!("containerd — {mode}; Debian's containerd 1.6 + ctr, the same imported busybox image; cocoon: io.containerd.cocoon.v2 (a microVM: 1 vCPU, 256 MiB); runc: io.containerd.runc.v2");
-    println!("| {:<44} | {:>18} | {:>18} |", "", "cocoon", "runc");
-    println!("|{:-<46}|{:->20}|{:->20}|", "", "", "");
-    println!(
-        "| {:<44} | {:>18} | {:>18} |",
+    header("cocoon", "runc");
+    row(
         format!("`ctr run --rm ... echo hello` (median of {RUNS})"),
         get("ctr_run_echo_cocoon"),
-        get("ctr_run_echo_runc")
+        get("ctr_run_echo_runc"),
     );
-    println!(
-        "| {:<44} | {:>18} | {:>18} |",
+    row(
         "RSS of an idle container's shim tree",
         get("ctr_idle_rss_cocoon"),
-        get("ctr_idle_rss_runc")
+        get("ctr_idle_rss_runc"),
     );
 }
