@@ -123,8 +123,10 @@ pub struct VsockConfig {
     pub uds: PathBuf,
 }
 
-/// Unix socket paths hold 107 bytes; `<uds>_<port>` must fit too.
-pub const MAX_VSOCK_UDS_LEN: usize = 107 - 11;
+/// Unix socket paths hold 107 bytes.
+pub const MAX_SOCKET_PATH_LEN: usize = 107;
+/// `<uds>_<port>` must fit too.
+pub const MAX_VSOCK_UDS_LEN: usize = MAX_SOCKET_PATH_LEN - 11;
 
 impl FromStr for VsockConfig {
     type Err = String;
@@ -177,9 +179,16 @@ pub struct VmConfig {
     /// Disks, in the order the guest sees them (vda, vdb, ...).
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// Empty writable disks after `disks`, whose images are attached and detached while the VM
+    /// runs, through the API socket (a pod's containers join its VM this way).
+    #[serde(default)]
+    pub disk_slots: u8,
     /// A virtio-vsock device, if any.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// The VMM's API socket: one JSON request per line, one JSON answer per line.
+    #[serde(default)]
+    pub api_socket: Option<PathBuf>,
     /// If set, the kernel image must have this sha256 (hex) or the VMM refuses to boot it.
     #[serde(default)]
     pub kernel_sha256: Option<String>,
@@ -209,8 +218,16 @@ pub enum ConfigError {
     BadSha256 { what: &'static str, value: String },
     #[error("disk {path}: {reason} (pass --disk path=FILE[,ro] with a raw image file)")]
     Disk { path: PathBuf, reason: String },
-    #[error("at most {0} disks with this configuration, got {1}")]
+    #[error("at most {0} disks (slots included) with this configuration, got {1}")]
     TooManyDisks(usize, usize),
+    #[error(
+        "disk slots are filled through the API socket: pass --api-socket PATH with --disk-slots"
+    )]
+    SlotsWithoutApi,
+    #[error(
+        "API socket {path}: {reason} (pass --api-socket with a new path in an existing directory)"
+    )]
+    ApiSocket { path: PathBuf, reason: String },
     #[error("vsock cid {0} is reserved: use 3 or more (each VM on a host needs its own)")]
     VsockCid(u32),
     #[error("vsock socket {path}: {reason} (pass --vsock cid=N,uds=PATH with a new path in an existing directory)")]
@@ -227,6 +244,26 @@ fn check_readable_file(path: &Path) -> Result<(), String> {
     std::fs::File::open(path)
         .map(drop)
         .map_err(|e| e.to_string())
+}
+
+/// A Unix socket the VMM will create: short enough, not there yet, in an existing directory.
+fn check_new_socket(path: &Path, max_len: usize) -> Result<(), String> {
+    if path.as_os_str().len() > max_len {
+        return Err(format!(
+            "longer than {max_len} bytes (Unix socket paths are short)"
+        ));
+    }
+    if path.symlink_metadata().is_ok() {
+        return Err(
+            "already exists (another VM uses it, or a stale socket from a VMM that was killed: remove it)"
+                .into(),
+        );
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if parent.is_some_and(|p| !p.is_dir()) {
+        return Err("its directory does not exist".into());
+    }
+    Ok(())
 }
 
 fn check_sha256(what: &'static str, value: &Option<String>) -> Result<(), ConfigError> {
@@ -260,7 +297,9 @@ impl VmConfig {
             memory_mib: DEFAULT_MEMORY_MIB,
             console: ConsoleConfig::default(),
             disks: Vec::new(),
+            disk_slots: 0,
             vsock: None,
+            api_socket: None,
             kernel_sha256: None,
             initrd_sha256: None,
         }
@@ -309,31 +348,30 @@ impl VmConfig {
             return Err(ConfigError::CmdlineNul);
         }
         let max_disks = MAX_DISKS - usize::from(self.vsock.is_some());
-        if self.disks.len() > max_disks {
-            return Err(ConfigError::TooManyDisks(max_disks, self.disks.len()));
+        let disks = self.disks.len() + usize::from(self.disk_slots);
+        if disks > max_disks {
+            return Err(ConfigError::TooManyDisks(max_disks, disks));
+        }
+        match &self.api_socket {
+            None if self.disk_slots > 0 => return Err(ConfigError::SlotsWithoutApi),
+            None => {}
+            Some(path) => check_new_socket(path, MAX_SOCKET_PATH_LEN).map_err(|reason| {
+                ConfigError::ApiSocket {
+                    path: path.clone(),
+                    reason,
+                }
+            })?,
         }
         if let Some(vsock) = &self.vsock {
             if vsock.cid < 3 || vsock.cid == u32::MAX {
                 return Err(ConfigError::VsockCid(vsock.cid));
             }
-            let uds_error = |reason: &str| ConfigError::VsockUds {
-                path: vsock.uds.clone(),
-                reason: reason.into(),
-            };
-            if vsock.uds.as_os_str().len() > MAX_VSOCK_UDS_LEN {
-                return Err(uds_error(&format!(
-                    "longer than {MAX_VSOCK_UDS_LEN} bytes (Unix socket paths are short)"
-                )));
-            }
-            if vsock.uds.symlink_metadata().is_ok() {
-                return Err(uds_error(
-                    "already exists (another VM uses it, or a stale socket from a VMM that was killed: remove it)",
-                ));
-            }
-            let parent = vsock.uds.parent().filter(|p| !p.as_os_str().is_empty());
-            if parent.is_some_and(|p| !p.is_dir()) {
-                return Err(uds_error("its directory does not exist"));
-            }
+            check_new_socket(&vsock.uds, MAX_VSOCK_UDS_LEN).map_err(|reason| {
+                ConfigError::VsockUds {
+                    path: vsock.uds.clone(),
+                    reason,
+                }
+            })?;
         }
         for disk in &self.disks {
             check_readable_file(&disk.path).map_err(|reason| ConfigError::Disk {
@@ -471,5 +509,32 @@ mod tests {
         cfg.disks = vec![];
         cfg.kernel_sha256 = Some("abc".into());
         assert!(matches!(cfg.validate(), Err(ConfigError::BadSha256 { .. })));
+    }
+
+    #[test]
+    fn disk_slots_need_the_api_socket_and_count_as_disks() {
+        let k = kernel_file();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = VmConfig::new(k.path());
+        cfg.disk_slots = 2;
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(err, ConfigError::SlotsWithoutApi);
+        assert!(err.to_string().contains("--api-socket"));
+        cfg.api_socket = Some(dir.path().join("api.sock"));
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.disk_slots = MAX_DISKS as u8 + 1;
+        assert_eq!(
+            cfg.validate(),
+            Err(ConfigError::TooManyDisks(MAX_DISKS, MAX_DISKS + 1))
+        );
+        cfg.disk_slots = 1;
+        cfg.api_socket = Some(dir.path().to_path_buf());
+        let exists = cfg.validate().unwrap_err().to_string();
+        assert!(exists.contains("already exists"), "{exists}");
+        let parsed: VmConfig = serde_json::from_str(&format!(
+            r#"{{"kernel":"/k","disk_slots":3,"api_socket":"/run/x/api.sock"}}"#
+        ))
+        .unwrap();
+        assert_eq!(parsed.disk_slots, 3);
     }
 }

@@ -2,6 +2,7 @@
 //! guest (bzImage or ELF vmlinux) directly in 64-bit mode, without firmware, and gives it an 8250
 //! serial console. The guest is treated as hostile: nothing it does may panic the VMM.
 
+pub mod api;
 pub mod arch;
 pub mod config;
 pub mod devices;

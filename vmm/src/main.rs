@@ -19,9 +19,9 @@ use cocoon_vmm::{ConsoleConfig, RunOptions, VmConfig, VmOutcome};
 )]
 struct Cli {
     /// JSON configuration file (fields: kernel, initrd, cmdline, vcpus, memory_mib, console,
-    /// disks [{path, read_only}], vsock {cid, uds}, kernel_sha256, initrd_sha256). Cannot be mixed
-    /// with the VM flags below.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "console", "disks", "vsock", "kernel_sha256", "initrd_sha256"])]
+    /// disks [{path, read_only}], disk_slots, vsock {cid, uds}, api_socket, kernel_sha256,
+    /// initrd_sha256). Cannot be mixed with the VM flags below.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "console", "disks", "disk_slots", "vsock", "api_socket", "kernel_sha256", "initrd_sha256"])]
     config: Option<PathBuf>,
     /// Guest kernel: bzImage or ELF vmlinux.
     #[arg(long, value_name = "PATH", required_unless_present = "config")]
@@ -44,11 +44,19 @@ struct Cli {
     /// A raw disk image for the guest (virtio-blk): path=FILE[,ro]. Repeat for more disks.
     #[arg(long = "disk", value_name = "path=FILE[,ro]")]
     disks: Vec<cocoon_vmm::config::DiskConfig>,
+    /// Empty writable disks after the --disk ones, filled and emptied while the VM runs through
+    /// the API socket (needs --api-socket).
+    #[arg(long, value_name = "N")]
+    disk_slots: Option<u8>,
     /// A virtio-vsock device: guest context ID N (3 or more) and the Unix socket its host side
     /// listens on (Firecracker hybrid vsock: write `CONNECT <port>\n`, read `OK <host port>\n`;
     /// guest connections to host port P go to `PATH_P`).
     #[arg(long = "vsock", value_name = "cid=N,uds=PATH")]
     vsock: Option<cocoon_vmm::config::VsockConfig>,
+    /// The VMM's API socket, created at PATH: one JSON request per line, e.g.
+    /// {"op":"attach_disk","slot":0,"path":"/x.ext4"} or {"op":"detach_disk","slot":0}.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
     /// Refuse to boot unless the kernel image has this sha256.
     #[arg(long, value_name = "HEX")]
     kernel_sha256: Option<String>,
@@ -83,7 +91,9 @@ impl Cli {
             config.console = c;
         }
         config.disks = self.disks;
+        config.disk_slots = self.disk_slots.unwrap_or(0);
         config.vsock = self.vsock;
+        config.api_socket = self.api_socket;
         config.kernel_sha256 = self.kernel_sha256;
         config.initrd_sha256 = self.initrd_sha256;
         Ok(config)

@@ -19,6 +19,7 @@ use vm_memory::{
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use crate::api::{Api, ApiServer};
 use crate::arch::x86_64::layout::{
     ram_regions, CMDLINE_MAX_SIZE, EBDA_START, HIMEM_START, KVM_TSS_ADDRESS, MMIO_DEVICES_START,
 };
@@ -27,7 +28,7 @@ use crate::config::{ConsoleConfig, VmConfig};
 use crate::devices::console::ConsoleSink;
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::serial::{SerialDevice, COM1_BASE, COM1_IRQ, COM1_LEN};
-use crate::devices::virtio::block::Block;
+use crate::devices::virtio::block::{Block, BlockSlot};
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
@@ -223,6 +224,8 @@ struct VirtioDevices {
     handlers: Vec<Handler>,
     cmdline: String,
     count: usize,
+    /// The empty disk slots, for the API socket to fill.
+    slots: Vec<BlockSlot>,
 }
 
 /// First IO-APIC pin for virtio devices (0-4 are the PIT, keyboard, cascade, COM2, COM1).
@@ -272,7 +275,8 @@ impl VirtioDevices {
     }
 }
 
-/// Attaches the configured disks (virtio-blk, in order: vda, vdb, ...) and the vsock device.
+/// Attaches the configured disks (virtio-blk, in order: vda, vdb, ...), then the empty disk slots,
+/// then the vsock device.
 fn attach_virtio_devices(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
@@ -283,9 +287,20 @@ fn attach_virtio_devices(
         handlers: Vec::new(),
         cmdline: String::new(),
         count: 0,
+        slots: Vec::new(),
     };
-    for (index, disk) in config.disks.iter().enumerate() {
-        let block = Block::open(&disk.path, disk.read_only, &format!("cocoon-disk{index}"))?;
+    let disks = config.disks.iter().map(Some);
+    let slots = (0..config.disk_slots).map(|_| None);
+    for (index, disk) in disks.chain(slots).enumerate() {
+        let id = format!("cocoon-disk{index}");
+        let block = match disk {
+            Some(disk) => Block::open(&disk.path, disk.read_only, &id)?,
+            None => {
+                let block = Block::empty_slot(&id);
+                devices.slots.push(block.slot());
+                block
+            }
+        };
         let handle = block.handle();
         devices.attach(
             vm,
@@ -428,6 +443,14 @@ pub fn run(config: &VmConfig, options: RunOptions) -> Result<VmOutcome> {
     if config.console == ConsoleConfig::Stdout && ConsoleInput::stdin_is_pollable() {
         events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(serial.clone()))));
     }
+
+    // Started after the stop signals are blocked, so its thread inherits the mask; the socket goes
+    // when this function returns.
+    let _api = config
+        .api_socket
+        .as_deref()
+        .map(|path| ApiServer::start(path, Api::new(virtio.slots)))
+        .transpose()?;
 
     let (results_tx, results_rx) = mpsc::channel();
     let timer = Arc::new(options.boot_timer);

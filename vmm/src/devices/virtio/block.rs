@@ -1,6 +1,11 @@
 //! virtio-blk: a raw image file as a disk, read-only or read-write, with flush. Requests are checked
 //! descriptor by descriptor (direction, size, range): a malformed request fails alone with an error
 //! status, and a chain that cannot even take a status byte is returned with nothing written.
+//!
+//! A disk can also be an empty *slot* (capacity 0) whose image is attached and detached while the
+//! guest runs: virtio-mmio has no hot-plug, so pods boot with slots and fill them per container.
+//! A change of image updates the capacity and raises a configuration-change interrupt, on which
+//! Linux's virtio_blk resizes the disk.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -14,8 +19,8 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    ActivateError, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    ActivateError, Interrupt, VirtioDevice, INTERRUPT_CONFIG_CHANGE, INTERRUPT_USED_BUFFER,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::devices::lock;
 
@@ -54,9 +59,12 @@ struct Active {
 }
 
 struct State {
-    file: File,
+    /// The image; `None` for an empty slot.
+    file: Option<File>,
     read_only: bool,
     capacity_bytes: u64,
+    /// Bumped whenever the configuration space changes (the image was swapped).
+    config_generation: u32,
     id: [u8; ID_LEN],
     active: Option<Active>,
     /// The guest broke the queue itself (the used ring cannot be written): stop serving it.
@@ -67,7 +75,6 @@ struct State {
 pub struct Block {
     state: Arc<Mutex<State>>,
     features: u64,
-    config: [u8; 16],
 }
 
 /// The event-loop half: serves the queue when the driver notifies it.
@@ -79,20 +86,22 @@ pub struct BlockQueueHandler {
 impl Block {
     /// Opens `path` as a disk. Its size is rounded down to whole sectors.
     pub fn open(path: &Path, read_only: bool, id: &str) -> Result<Self, DiskError> {
-        let err = |reason: String| DiskError {
-            path: path.display().to_string(),
-            reason,
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|e| err(e.to_string()))?;
-        let meta = file.metadata().map_err(|e| err(e.to_string()))?;
-        if !meta.is_file() {
-            return Err(err("not a regular file".into()));
+        let (file, capacity_bytes) = open_image(path, read_only)?;
+        let block = Self::new(read_only, id);
+        {
+            let mut state = lock(&block.state);
+            state.file = Some(file);
+            state.capacity_bytes = capacity_bytes;
         }
-        let capacity_bytes = meta.len() & !(SECTOR_SIZE - 1);
+        Ok(block)
+    }
+
+    /// An empty, writable slot: capacity 0 until an image is attached through its [`BlockSlot`].
+    pub fn empty_slot(id: &str) -> Self {
+        Self::new(false, id)
+    }
+
+    fn new(read_only: bool, id: &str) -> Self {
         let mut features = VIRTIO_F_VERSION_1
             | VIRTIO_RING_F_EVENT_IDX
             | VIRTIO_BLK_F_FLUSH
@@ -100,25 +109,27 @@ impl Block {
         if read_only {
             features |= VIRTIO_BLK_F_RO;
         }
-        let mut config = [0u8; 16];
-        config[0..8].copy_from_slice(&(capacity_bytes >> SECTOR_SHIFT).to_le_bytes());
-        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         let mut id_bytes = [0u8; ID_LEN];
         for (d, s) in id_bytes.iter_mut().zip(id.bytes()) {
             *d = s;
         }
-        Ok(Self {
+        Self {
             state: Arc::new(Mutex::new(State {
-                file,
+                file: None,
                 read_only,
-                capacity_bytes,
+                capacity_bytes: 0,
+                config_generation: 0,
                 id: id_bytes,
                 active: None,
                 broken: false,
             })),
             features,
-            config,
-        })
+        }
+    }
+
+    /// The handle through which a slot's image is attached and detached while the VM runs.
+    pub fn slot(&self) -> BlockSlot {
+        BlockSlot(self.state.clone())
     }
 
     /// A handle on the device's state, from which the event-loop half is made once the transport
@@ -128,8 +139,62 @@ impl Block {
     }
 }
 
+/// Opens a disk image; returns it with its size rounded down to whole sectors.
+fn open_image(path: &Path, read_only: bool) -> Result<(File, u64), DiskError> {
+    let err = |reason: String| DiskError {
+        path: path.display().to_string(),
+        reason,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .open(path)
+        .map_err(|e| err(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(err("not a regular file".into()));
+    }
+    Ok((file, meta.len() & !(SECTOR_SIZE - 1)))
+}
+
 /// See [`Block::handle`].
 pub struct BlockHandle(Arc<Mutex<State>>);
+
+/// A disk slot's image, swapped while the guest runs. See [`Block::slot`].
+#[derive(Clone)]
+pub struct BlockSlot(Arc<Mutex<State>>);
+
+/// Why a slot's image could not be swapped.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    #[error("the slot already holds a disk image; detach it first")]
+    Busy,
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+}
+
+impl BlockSlot {
+    /// Puts the image at `path` into the empty slot and tells the guest its new capacity.
+    pub fn attach(&self, path: &Path) -> Result<u64, SlotError> {
+        let mut state = lock(&self.0);
+        if state.file.is_some() {
+            return Err(SlotError::Busy);
+        }
+        let (file, capacity_bytes) = open_image(path, state.read_only)?;
+        state.file = Some(file);
+        state.set_capacity(capacity_bytes);
+        Ok(capacity_bytes)
+    }
+
+    /// Empties the slot (requests still in flight fail) and tells the guest; true if it held an
+    /// image.
+    pub fn detach(&self) -> bool {
+        let mut state = lock(&self.0);
+        let held = state.file.take().is_some();
+        state.set_capacity(0);
+        held
+    }
+}
 
 impl BlockHandle {
     /// The handler to register with the event loop, listening on the queue's eventfd.
@@ -155,7 +220,15 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        super::read_config_space(&self.config, offset, data);
+        let capacity_sectors = lock(&self.state).capacity_bytes >> SECTOR_SHIFT;
+        let mut config = [0u8; 16];
+        config[0..8].copy_from_slice(&capacity_sectors.to_le_bytes());
+        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        super::read_config_space(&config, offset, data);
+    }
+
+    fn config_generation(&self) -> u32 {
+        lock(&self.state).config_generation
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
@@ -198,6 +271,15 @@ fn fail(status: u8) -> Done {
 }
 
 impl State {
+    /// A new capacity: the configuration space changed, and an active driver is told so.
+    fn set_capacity(&mut self, capacity_bytes: u64) {
+        self.capacity_bytes = capacity_bytes;
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if let Some(active) = &self.active {
+            let _ = active.interrupt.signal(INTERRUPT_CONFIG_CHANGE);
+        }
+    }
+
     fn check_range(&self, sector: u64, len: u64) -> bool {
         sector
             .checked_mul(SECTOR_SIZE)
@@ -207,6 +289,14 @@ impl State {
 
     fn execute(&self, mem: &GuestMemoryMmap, kind: u32, sector: u64, data: &[Descriptor]) -> Done {
         let total: u64 = data.iter().map(|d| u64::from(d.len())).sum();
+        let Some(file) = &self.file else {
+            // An empty slot: nothing to read, write or flush.
+            return if kind == T_GET_ID {
+                self.get_id(mem, data)
+            } else {
+                fail(S_IOERR)
+            };
+        };
         match kind {
             T_IN | T_OUT if total > MAX_REQUEST_BYTES || !self.check_range(sector, total) => {
                 fail(S_IOERR)
@@ -216,8 +306,7 @@ impl State {
                     return fail(S_IOERR);
                 }
                 let mut buf = vec![0u8; total as usize];
-                if self
-                    .file
+                if file
                     .read_exact_at(&mut buf, sector << SECTOR_SHIFT)
                     .is_err()
                 {
@@ -252,29 +341,31 @@ impl State {
                     }
                     at += len;
                 }
-                match self.file.write_all_at(&buf, sector << SECTOR_SHIFT) {
+                match file.write_all_at(&buf, sector << SECTOR_SHIFT) {
                     Ok(()) => fail(S_OK),
                     Err(_) => fail(S_IOERR),
                 }
             }
-            T_FLUSH => match self.file.sync_data() {
+            T_FLUSH => match file.sync_data() {
                 Ok(()) => fail(S_OK),
                 Err(_) => fail(S_IOERR),
             },
-            T_GET_ID => {
-                let Some(d) = data.first().filter(|d| d.is_write_only()) else {
-                    return fail(S_IOERR);
-                };
-                let len = (d.len() as usize).min(ID_LEN);
-                match mem.write_slice(&self.id[..len], d.addr()) {
-                    Ok(()) => Done {
-                        status: S_OK,
-                        written: len as u32,
-                    },
-                    Err(_) => fail(S_IOERR),
-                }
-            }
+            T_GET_ID => self.get_id(mem, data),
             _ => fail(S_UNSUPP),
+        }
+    }
+
+    fn get_id(&self, mem: &GuestMemoryMmap, data: &[Descriptor]) -> Done {
+        let Some(d) = data.first().filter(|d| d.is_write_only()) else {
+            return fail(S_IOERR);
+        };
+        let len = (d.len() as usize).min(ID_LEN);
+        match mem.write_slice(&self.id[..len], d.addr()) {
+            Ok(()) => Done {
+                status: S_OK,
+                written: len as u32,
+            },
+            Err(_) => fail(S_IOERR),
         }
     }
 
@@ -562,6 +653,65 @@ mod tests {
         let mut id = [0u8; 11];
         m.read_slice(&mut id, GuestAddress(0x20_0000)).unwrap();
         assert_eq!(&id, b"cocoon-disk");
+    }
+
+    fn capacity_sectors(block: &Block) -> u64 {
+        let mut cap = [0u8; 8];
+        block.read_config(0, &mut cap);
+        u64::from_le_bytes(cap)
+    }
+
+    #[test]
+    fn a_slot_takes_an_image_while_active_and_gives_it_back() {
+        let mut image = vec![0u8; 2048];
+        image[512..517].copy_from_slice(b"later");
+        let disk = Disk::new(&image);
+        let mut block = Block::empty_slot("slot0");
+        let slot = block.slot();
+        assert_eq!(
+            (capacity_sectors(&block), block.config_generation()),
+            (0, 0)
+        );
+        let m = mem();
+        header(&m, 0x10_0000, T_IN, 1);
+        let read = [
+            desc(0x10_0000, 16, 0),
+            desc(0x20_0000, 512, WRITE),
+            desc(0x30_0000, 1, WRITE),
+        ];
+        assert_eq!(run(&mut block, &m, &read, 0x30_0000).1, S_IOERR, "empty");
+
+        // The driver is active (run() activated it): attaching raises a config change.
+        let interrupt = lock(&block.state)
+            .active
+            .as_ref()
+            .unwrap()
+            .interrupt
+            .clone();
+        interrupt.acknowledge(u32::MAX);
+        assert_eq!(slot.attach(disk.path()).unwrap(), 2048);
+        assert_eq!(capacity_sectors(&block), 4);
+        assert_eq!(block.config_generation(), 1);
+        assert_eq!(
+            interrupt.status() & INTERRUPT_CONFIG_CHANGE,
+            INTERRUPT_CONFIG_CHANGE
+        );
+        assert!(matches!(slot.attach(disk.path()), Err(SlotError::Busy)));
+        assert_eq!(run(&mut block, &m, &read, 0x30_0000).1, S_OK);
+        let mut got = [0u8; 5];
+        m.read_slice(&mut got, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(&got, b"later");
+
+        assert!(slot.detach());
+        assert_eq!(
+            (capacity_sectors(&block), block.config_generation()),
+            (0, 2)
+        );
+        assert_eq!(run(&mut block, &m, &read, 0x30_0000).1, S_IOERR, "detached");
+        assert!(!slot.detach());
+        let missing = slot.attach(Path::new("/nonexistent/disk.img")).unwrap_err();
+        assert!(missing.to_string().contains("/nonexistent/disk.img"));
+        assert_eq!(capacity_sectors(&block), 0);
     }
 
     #[test]

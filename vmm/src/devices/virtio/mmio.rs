@@ -65,7 +65,6 @@ pub struct MmioTransport {
     driver_features_sel: u32,
     driver_features: u64,
     queue_sel: u32,
-    config_generation: u32,
     activated: bool,
 }
 
@@ -104,7 +103,6 @@ impl MmioTransport {
             driver_features_sel: 0,
             driver_features: 0,
             queue_sel: 0,
-            config_generation: 0,
             activated: false,
         })
     }
@@ -262,7 +260,7 @@ impl MmioTransport {
             REG_QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready().into()),
             REG_INTERRUPT_STATUS => self.interrupt.status(),
             REG_STATUS => self.status,
-            REG_CONFIG_GENERATION => self.config_generation,
+            REG_CONFIG_GENERATION => self.device.config_generation(),
             _ => 0,
         };
         data.copy_from_slice(&value.to_le_bytes());

@@ -84,6 +84,11 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device configuration space (most devices ignore writes).
     fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Changes whenever the device changes its configuration space by itself, so a driver reading
+    /// it in several accesses can tell it read one version.
+    fn config_generation(&self) -> u32 {
+        0
+    }
     /// Starts the device once the driver set DRIVER_OK. `queue_events` are signalled when the driver
     /// notifies the queue of the same index.
     fn activate(
