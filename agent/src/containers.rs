@@ -193,6 +193,9 @@ fn cgroup_dir(spec: &Spec) -> PathBuf {
     Path::new(CGROUP_ROOT).join(relative.strip_prefix("/").unwrap_or(&relative))
 }
 
+/// How long a rootfs disk attached while the VM runs may take to show its size.
+const MEDIA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn mount_rootfs(rootfs: &Rootfs, target: &Path) -> AgentResult<()> {
     let Rootfs::BlockDevice {
         device,
@@ -207,6 +210,7 @@ fn mount_rootfs(rootfs: &Rootfs, target: &Path) -> AgentResult<()> {
             ),
         ));
     }
+    wait_for_media(device)?;
     let mut flags = MsFlags::MS_NODEV;
     if *read_only {
         flags |= MsFlags::MS_RDONLY;
@@ -224,6 +228,33 @@ fn mount_rootfs(rootfs: &Rootfs, target: &Path) -> AgentResult<()> {
             format!("mounting the rootfs {device} ({fstype}): {e}"),
         )
     })
+}
+
+/// A disk slot filled while the VM runs reaches the guest as a resize of an empty disk, handled by
+/// the kernel a moment after the host attached it: waits for `/sys/block/<disk>/size` to be
+/// non-zero.
+fn wait_for_media(device: &str) -> AgentResult<()> {
+    let Some(name) = device.strip_prefix("/dev/") else {
+        return Ok(());
+    };
+    let size = Path::new("/sys/block").join(name).join("size");
+    if !size.exists() {
+        return Ok(()); // not a whole disk (a partition, a loop device): nothing to wait for
+    }
+    let deadline = std::time::Instant::now() + MEDIA_TIMEOUT;
+    while read_u64(&size).unwrap_or(0) == 0 {
+        if std::time::Instant::now() > deadline {
+            return Err(error(
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "rootfs device {device} is empty: no disk image was attached to it within {}s",
+                    MEDIA_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 /// Unmounts the rootfs and removes the bundle; used after failures and on delete.
