@@ -1,12 +1,19 @@
 //! One sandbox's VMM process (`cocoon-vmm`), with its vsock socket and console log in a private
 //! directory that goes away with it.
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The VMM's API socket in the runtime directory.
+const API_SOCKET: &str = "api";
 
 /// What to boot.
 #[derive(Clone, Debug)]
@@ -18,6 +25,8 @@ pub struct VmOptions {
     pub memory_mib: u32,
     /// Raw disk images, (path, read-only), seen by the guest as /dev/vda, /dev/vdb, ...
     pub disks: Vec<(PathBuf, bool)>,
+    /// Empty writable disks after `disks`, filled while the VM runs ([`Vm::attach_disk`]).
+    pub disk_slots: u8,
     /// The guest's vsock context ID.
     pub cid: u32,
     /// Appended to the kernel command line.
@@ -83,6 +92,12 @@ impl Vm {
             cmd.arg("--disk")
                 .arg(format!("path={}{ro}", path.display()));
         }
+        if options.disk_slots > 0 {
+            cmd.arg("--disk-slots")
+                .arg(options.disk_slots.to_string())
+                .arg("--api-socket")
+                .arg(dir.path().join(API_SOCKET));
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -108,6 +123,44 @@ impl Vm {
     /// The VMM's hybrid-vsock socket.
     pub fn uds(&self) -> PathBuf {
         self.dir.path().join("vsock")
+    }
+
+    /// Puts the raw image at `path` into the VM's empty disk slot `slot` (the guest's disk after
+    /// the boot disks); returns its size in bytes.
+    pub fn attach_disk(&self, slot: usize, path: &Path) -> Result<u64> {
+        let request = serde_json::json!({"op": "attach_disk", "slot": slot, "path": path});
+        let answer = self.api(&request)?;
+        Ok(answer["capacity_bytes"].as_u64().unwrap_or(0))
+    }
+
+    /// Empties the VM's disk slot `slot`.
+    pub fn detach_disk(&self, slot: usize) -> Result<()> {
+        self.api(&serde_json::json!({"op": "detach_disk", "slot": slot}))
+            .map(drop)
+    }
+
+    /// One request on the VMM's API socket.
+    fn api(&self, request: &serde_json::Value) -> Result<serde_json::Value> {
+        let path = self.dir.path().join(API_SOCKET);
+        let stream = UnixStream::connect(&path)
+            .with_context(|| format!("connecting to the VMM's API socket {}", path.display()))?;
+        stream.set_read_timeout(Some(API_TIMEOUT))?;
+        let mut line = request.to_string();
+        line.push('\n');
+        (&stream).write_all(line.as_bytes())?;
+        let mut answer = String::new();
+        BufReader::new(&stream)
+            .read_line(&mut answer)
+            .context("reading the VMM's API answer")?;
+        let answer: serde_json::Value = serde_json::from_str(&answer)
+            .with_context(|| format!("the VMM's API answered {answer:?}"))?;
+        if answer["ok"].as_bool() != Some(true) {
+            bail!(
+                "cocoon-vmm: {}",
+                answer["error"].as_str().unwrap_or("request refused")
+            );
+        }
+        Ok(answer)
     }
 
     pub fn runtime_dir(&self) -> &Path {

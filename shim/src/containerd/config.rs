@@ -26,9 +26,15 @@ pub struct Config {
     /// The most a pod's annotations may ask for.
     pub max_vcpus: u8,
     pub max_memory_mib: u32,
+    /// Empty disks a pod's VM boots with, one per container that may join it (virtio-mmio has no
+    /// hot-plug): the most containers a pod can hold besides its sandbox container.
+    pub pod_disk_slots: u8,
     /// error, warn, info, debug or trace.
     pub log_level: String,
 }
+
+/// cocoon-vmm takes 19 virtio devices: the sandbox's disk and the vsock device leave 17.
+pub const MAX_POD_DISK_SLOTS: u8 = 17;
 
 impl Default for Config {
     fn default() -> Self {
@@ -40,6 +46,7 @@ impl Default for Config {
             memory_mib: 256,
             max_vcpus: 8,
             max_memory_mib: 8192,
+            pod_disk_slots: 8,
             log_level: "info".into(),
         }
     }
@@ -82,6 +89,12 @@ impl Config {
                 "memory_mib = {} must be between 64 and max_memory_mib = {}",
                 config.memory_mib,
                 config.max_memory_mib
+            );
+        }
+        if config.pod_disk_slots > MAX_POD_DISK_SLOTS {
+            bail!(
+                "pod_disk_slots = {} is more than a VM has room for ({MAX_POD_DISK_SLOTS})",
+                config.pod_disk_slots
             );
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&config.log_level.as_str()) {
@@ -136,11 +149,12 @@ vcpus = 2
 memory_mib = 512
 max_vcpus = 4
 max_memory_mib = 2048
+pod_disk_slots = 4
 log_level = "debug"
 "#,
         )
         .unwrap();
-        assert_eq!(config.vcpus, 2);
+        assert_eq!((config.vcpus, config.pod_disk_slots), (2, 4));
         assert_eq!(
             config.kernel.as_deref(),
             Some(Path::new("/usr/share/cocoon/bzImage"))
@@ -153,6 +167,7 @@ log_level = "debug"
             "log_level = \"loud\"",
             "unknown = 1",
             "vcpus = \"two\"",
+            "pod_disk_slots = 18",
         ] {
             assert!(Config::parse(bad).is_err(), "{bad}");
         }

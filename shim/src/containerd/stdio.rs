@@ -3,9 +3,16 @@
 //! before the process's exit is published, so nothing written is lost.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use anyhow::{bail, Context, Result};
 
@@ -84,27 +91,78 @@ pub fn copy_out(mut from: UnixStream, mut to: File) -> JoinHandle<()> {
     })
 }
 
-/// Copies containerd's input to the process; at its end (or on CloseIO) the process sees EOF.
+/// CloseIO's request to a stdin copier: forward what containerd has written, then end the
+/// process's input.
+#[derive(Clone, Debug, Default)]
+pub struct InputCloser(Arc<AtomicBool>);
+
+impl InputCloser {
+    pub fn close(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    fn requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// How often (ms) an idle stdin copier looks for a close request.
+const INPUT_POLL_MS: u16 = 50;
+
+/// Copies containerd's input to the process; at its end, or on a close request once nothing more
+/// is waiting in the FIFO, the process sees EOF.
 ///
-/// A FIFO is opened here, in the copier, blocking until containerd's writer has opened it: a
-/// FIFO read while no writer has it open reads end-of-file, so a reader opened and read earlier
-/// could end the process's input before containerd wrote any.
-pub fn copy_in(from: Target, to: UnixStream) -> JoinHandle<()> {
+/// containerd's writer (ctr) sends CloseIO as soon as its own input ends, which can be before this
+/// copier has read what it wrote: ending the stream then would lose that input, so the request
+/// only ends the copy when the FIFO is drained. The FIFO is opened non-blocking and only read when
+/// poll says so: a read before containerd's writer has opened it would see end-of-file.
+pub fn copy_in(from: Target, to: UnixStream, closer: InputCloser) -> JoinHandle<()> {
     std::thread::spawn(move || {
-        let opened = match &from {
+        let copied = match &from {
             Target::None => return,
-            Target::Fifo(path) => OpenOptions::new().read(true).open(path),
-            Target::File(path) => File::open(path),
-        };
-        match opened {
-            Ok(mut file) => {
-                let mut to_writer = &to;
-                let _ = std::io::copy(&mut file, &mut to_writer);
+            Target::Fifo(path) => OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .and_then(|fifo| copy_fifo(fifo, &to, &closer)),
+            Target::File(path) => {
+                File::open(path).and_then(|mut file| std::io::copy(&mut file, &mut &to).map(drop))
             }
-            Err(e) => log::warn!("opening the input {from:?}: {e}"),
+        };
+        if let Err(e) = copied {
+            log::warn!("copying the input {from:?}: {e}");
         }
         let _ = to.shutdown(std::net::Shutdown::Write);
     })
+}
+
+fn copy_fifo(mut fifo: File, mut to: &UnixStream, closer: &InputCloser) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let mut fds = [
+            PollFd::new(fifo.as_fd(), PollFlags::POLLIN),
+            // Never readable but at its end: the process's side of the stream is gone.
+            PollFd::new(to.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::from(INPUT_POLL_MS)) {
+            Ok(0) if closer.requested() => return Ok(()), // drained
+            Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if fds[1].any().unwrap_or(false) {
+            return Ok(());
+        }
+        if !fds[0].any().unwrap_or(false) {
+            continue;
+        }
+        match fifo.read(&mut buf) {
+            Ok(0) => return Ok(()), // containerd's writer closed it
+            Ok(n) => to.write_all(&buf[..n])?,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -153,7 +211,7 @@ mod tests {
         .is_err());
         // The copier starts before containerd's writer has opened the FIFO, and must wait for it.
         let (stream, mut process) = UnixStream::pair().unwrap();
-        let copier = copy_in(input, stream);
+        let copier = copy_in(input.clone(), stream, InputCloser::default());
         std::thread::sleep(std::time::Duration::from_millis(200));
         let mut writer = OpenOptions::new().write(true).open(&fifo_in).unwrap();
         writer.write_all(b"typed").unwrap();
@@ -162,5 +220,23 @@ mod tests {
         process.read_to_string(&mut got).unwrap();
         copier.join().unwrap();
         assert_eq!(got, "typed");
+
+        // ctr's order: write, CloseIO, and only then close the FIFO. What was written arrives,
+        // and the close request ends the input while the writer still holds the FIFO.
+        let (stream, mut process) = UnixStream::pair().unwrap();
+        let closer = InputCloser::default();
+        let mut writer = OpenOptions::new()
+            .read(true) // keeps the open from blocking before the copier is there
+            .write(true)
+            .open(&fifo_in)
+            .unwrap();
+        writer.write_all(b"in flight").unwrap();
+        closer.close();
+        let copier = copy_in(input, stream, closer);
+        let mut got = String::new();
+        process.read_to_string(&mut got).unwrap();
+        copier.join().unwrap();
+        assert_eq!(got, "in flight");
+        drop(writer);
     }
 }

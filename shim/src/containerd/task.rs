@@ -2,7 +2,6 @@
 //! to the guest agent.
 
 use std::collections::HashMap;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -58,19 +57,37 @@ struct Process {
     stdio: [String; 3],
     terminal: bool,
     exit: Arc<ExitCell>,
-    /// The agent's end of stdin, to close on CloseIO.
-    stdin: Option<UnixStream>,
+    /// Ends the process's input on CloseIO, once what containerd wrote has been forwarded.
+    stdin: Option<stdio::InputCloser>,
     /// stdout/stderr copiers, joined before the exit is published.
     copiers: Vec<JoinHandle<()>>,
     /// An exec's process spec until Start.
     pending: Option<oci_spec::runtime::Process>,
 }
 
+impl Drop for Process {
+    /// A deleted process's input copier stops too, if containerd's writer is still there.
+    fn drop(&mut self) {
+        if let Some(stdin) = &self.stdin {
+            stdin.close();
+        }
+    }
+}
+
 struct Container {
     bundle: String,
     sandbox: Arc<Sandbox>,
+    /// Set for a container that joined a pod's VM: the disk slot its root disk fills.
+    member: Option<Member>,
     init: Process,
     execs: HashMap<String, Process>,
+}
+
+/// A pod container's place in the pod's VM.
+struct Member {
+    slot: usize,
+    /// Its root disk and scratch files, inside the sandbox's directory.
+    dir: PathBuf,
 }
 
 /// One microVM and its agent.
@@ -80,6 +97,49 @@ struct Sandbox {
     client: Arc<AgentClient>,
     dir: PathBuf,
     uds: PathBuf,
+    /// The VM's empty disk slots: which container's root disk fills each, if any.
+    slots: Mutex<Vec<Option<String>>>,
+}
+
+impl Sandbox {
+    /// Reserves a free disk slot for `container_id`.
+    fn reserve_slot(&self, container_id: &str) -> Result<usize> {
+        let mut slots = lock(&self.slots);
+        let total = slots.len();
+        let (slot, free) = slots
+            .iter_mut()
+            .enumerate()
+            .find(|(_, s)| s.is_none())
+            .ok_or_else(|| {
+                AgentError::new(
+                    ErrorKind::FailedPrecondition,
+                    format!(
+                        "pod {} holds {total} containers already, all its VM's disk slots (raise pod_disk_slots in the cocoon config)",
+                        self.id
+                    ),
+                )
+            })?;
+        *free = Some(container_id.to_string());
+        Ok(slot)
+    }
+
+    /// Empties `slot` in the VM (if it still runs) and frees it.
+    fn release_slot(&self, slot: usize) {
+        if let Some(vm) = lock(&self.vm).as_ref() {
+            if let Err(e) = vm.detach_disk(slot) {
+                log::warn!("pod {}: emptying disk slot {slot}: {e:#}", self.id);
+            }
+        }
+        if let Some(s) = lock(&self.slots).get_mut(slot) {
+            *s = None;
+        }
+    }
+}
+
+/// The guest's name for disk slot `slot`: the slots follow the sandbox's own disk (vda).
+fn slot_device(slot: usize) -> String {
+    let letter = (b'b' + slot as u8) as char;
+    format!("/dev/vd{letter}")
 }
 
 pub struct TaskService {
@@ -140,14 +200,16 @@ fn made_in_guest(mount: &oci_spec::runtime::Mount) -> bool {
 
 /// The spec as the guest can run it: no host namespaces, cgroup path, hooks or host mounts (host
 /// files are copied into the root disk, directories left out with a warning), rootfs at the
-/// bundle's `rootfs`.
-fn guest_spec(mut spec: Spec) -> Spec {
+/// bundle's `rootfs`. A pod member keeps the namespaces it joins (`/proc/PID/ns/...` of the
+/// sandbox container, whose PID containerd knows as the guest's), all but the network.
+fn guest_spec(mut spec: Spec, pod_member: bool) -> Spec {
     if let Some(mut linux) = spec.linux().clone() {
         if let Some(namespaces) = linux.namespaces().clone() {
             linux.set_namespaces(Some(
                 namespaces
                     .into_iter()
-                    .filter(|n| n.typ() != LinuxNamespaceType::Network && n.path().is_none())
+                    .filter(|n| n.typ() != LinuxNamespaceType::Network)
+                    .filter(|n| pod_member || n.path().is_none())
                     .collect(),
             ));
         }
@@ -195,7 +257,10 @@ impl Ports {
     }
 
     /// Connects containerd's FIFOs to the agent's streams once it has connected them.
-    fn wire(self, stdio: &[Target; 3]) -> Result<(Option<UnixStream>, Vec<JoinHandle<()>>)> {
+    fn wire(
+        self,
+        stdio: &[Target; 3],
+    ) -> Result<(Option<stdio::InputCloser>, Vec<JoinHandle<()>>)> {
         let streams = self
             .0
             .accept(STDIO_TIMEOUT)
@@ -204,9 +269,11 @@ impl Ports {
         let mut stdin_handle = None;
         if let Some(stream) = streams.stdin.filter(|_| stdio[0].is_some()) {
             stdio::check_input(&stdio[0])?;
-            stdin_handle = Some(stream.try_clone()?);
-            // Not joined: it may block on containerd's FIFO long after the process is gone.
-            drop(stdio::copy_in(stdio[0].clone(), stream));
+            let closer = stdio::InputCloser::default();
+            stdin_handle = Some(closer.clone());
+            // Not joined: it ends on CloseIO, at containerd's end of input, or when the process's
+            // side of the stream is gone.
+            drop(stdio::copy_in(stdio[0].clone(), stream, closer));
         }
         if let (Some(stream), Some(fifo)) = (streams.stdout, stdio::open_output(&stdio[1])?) {
             copiers.push(stdio::copy_out(stream, fifo));
@@ -216,6 +283,35 @@ impl Ports {
         }
         Ok((stdin_handle, copiers))
     }
+}
+
+/// The container's root disk at `disk`: the rootfs containerd mounted for it, with the host files
+/// it bind-mounts copied in; `scratch` holds temporary files.
+fn make_root_disk(
+    req: &api::CreateTaskRequest,
+    spec: &Spec,
+    disk: &Path,
+    scratch: &Path,
+) -> Result<()> {
+    let mounts: Vec<RootMount> = req
+        .rootfs
+        .iter()
+        .map(|m| RootMount {
+            fstype: m.type_.clone(),
+            source: m.source.clone(),
+            options: m.options.clone(),
+        })
+        .collect();
+    let host_mounts: Vec<_> = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .filter(|m| !made_in_guest(m))
+        .cloned()
+        .collect();
+    let file_binds = binds::file_binds(&host_mounts)?;
+    rootfs::make_disk(&mounts, Path::new(&req.bundle), disk)?;
+    binds::copy_into(disk, &file_binds, scratch)
 }
 
 fn targets(stdin: &str, stdout: &str, stderr: &str) -> Result<[Target; 3]> {
@@ -243,7 +339,14 @@ impl TaskService {
         }
     }
 
-    fn boot(&self, id: &str, spec: &Spec, disk: PathBuf, dir: &Path) -> Result<Arc<Sandbox>> {
+    fn boot(
+        &self,
+        id: &str,
+        spec: &Spec,
+        disk: PathBuf,
+        dir: &Path,
+        pod: bool,
+    ) -> Result<Arc<Sandbox>> {
         let config = self
             .config
             .as_ref()
@@ -251,6 +354,8 @@ impl TaskService {
         let annotations = spec.annotations().clone().unwrap_or_default();
         let size = config.size_for(&annotations)?;
         let files = super::guest_files(config)?;
+        // A pod's sandbox container makes room for the containers that will join it.
+        let disk_slots = if pod { config.pod_disk_slots } else { 0 };
         let vm = self.spawner.spawn(VmOptions {
             vmm: files.0,
             kernel: files.1,
@@ -258,6 +363,7 @@ impl TaskService {
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,
             disks: vec![(disk, false)],
+            disk_slots,
             cid: 3,
             extra_cmdline: String::new(),
             runtime_dir: Some(dir.to_path_buf()),
@@ -283,6 +389,7 @@ impl TaskService {
             client,
             dir: dir.to_path_buf(),
             uds,
+            slots: Mutex::new(vec![None; usize::from(disk_slots)]),
         }))
     }
 
@@ -293,16 +400,21 @@ impl TaskService {
                 format!("task {} exists", req.id)
             ));
         }
-        let bundle = Path::new(&req.bundle);
-        let spec =
-            Spec::load(bundle.join("config.json")).context("reading the bundle's config.json")?;
+        let spec = Spec::load(Path::new(&req.bundle).join("config.json"))
+            .context("reading the bundle's config.json")?;
         let annotations = spec.annotations().clone().unwrap_or_default();
-        if annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("container") {
-            let pod = annotations.get(SANDBOX_ID).cloned().unwrap_or_default();
-            bail!(AgentError::new(
-                ErrorKind::Unimplemented,
-                format!("adding container {} to the running microVM of pod {pod} needs disk hot-plug, which cocoon-vmm does not have yet", req.id)
-            ));
+        let kind = annotations.get(CONTAINER_TYPE).map(String::as_str);
+        if kind == Some("container") {
+            let pod = annotations.get(SANDBOX_ID).ok_or_else(|| {
+                AgentError::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "container {} is a pod's container but names no pod ({SANDBOX_ID})",
+                        req.id
+                    ),
+                )
+            })?;
+            return self.join_pod(req, spec, pod);
         }
         // Before anything costly: where no microVM can boot, say so at once.
         crate::launcher::check_kvm()?;
@@ -310,59 +422,94 @@ impl TaskService {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::write(dir.join("container-id"), &req.id)?;
-        let result = self.create_in(req, &spec, &dir);
+        let result = (|| {
+            let disk = dir.join("rootfs.ext4");
+            make_root_disk(req, &spec, &disk, &dir)?;
+            let sandbox = self.boot(&req.id, &spec, disk, &dir, kind == Some("sandbox"))?;
+            let spec = guest_spec(spec, false);
+            self.create_on_agent(req, spec, &sandbox, "/dev/vda".into(), None)
+                .inspect_err(|_| self.destroy(&sandbox))
+        })();
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&dir);
         }
         result
     }
 
-    fn create_in(&self, req: &api::CreateTaskRequest, spec: &Spec, dir: &Path) -> Result<u32> {
-        let mounts: Vec<RootMount> = req
-            .rootfs
-            .iter()
-            .map(|m| RootMount {
-                fstype: m.type_.clone(),
-                source: m.source.clone(),
-                options: m.options.clone(),
-            })
-            .collect();
-        let host_mounts: Vec<_> = spec
-            .mounts()
-            .iter()
-            .flatten()
-            .filter(|m| !made_in_guest(m))
-            .cloned()
-            .collect();
-        let file_binds = binds::file_binds(&host_mounts)?;
-        let disk = dir.join("rootfs.ext4");
-        rootfs::make_disk(&mounts, Path::new(&req.bundle), &disk)?;
-        binds::copy_into(&disk, &file_binds, dir)?;
-        let sandbox = self.boot(&req.id, spec, disk, dir)?;
-        let stdio = targets(&req.stdin, &req.stdout, &req.stderr)?;
-        let result = (|| -> Result<(u32, Option<UnixStream>, Vec<JoinHandle<()>>)> {
-            let ports = Ports::bind(&sandbox.uds, 1000, &stdio, req.terminal)?;
-            let reply = sandbox.client.call(Operation::CreateContainer {
-                container_id: req.id.clone(),
-                spec: Box::new(guest_spec(spec.clone())),
-                rootfs: Rootfs::BlockDevice {
-                    device: "/dev/vda".into(),
-                    fstype: "ext4".into(),
-                    read_only: false,
-                },
-                stdio: ports.ports(),
+    /// A pod's container: its root disk fills a free disk slot of the pod's VM.
+    fn join_pod(&self, req: &api::CreateTaskRequest, spec: Spec, pod: &str) -> Result<u32> {
+        let sandbox = lock(&self.containers)
+            .get(pod)
+            .map(|c| c.sandbox.clone())
+            .ok_or_else(|| {
+                AgentError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "pod {pod} has no VM in this shim (create its sandbox container first)"
+                    ),
+                )
             })?;
-            let pid = match reply {
-                Reply::Started { pid } => pid,
-                other => bail!("the agent answered {other:?} to create"),
+        let slot = sandbox.reserve_slot(&req.id)?;
+        let dir = sandbox.dir.join(crate::short_hash(req.id.as_bytes()));
+        let result = (|| {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let disk = dir.join("rootfs.ext4");
+            make_root_disk(req, &spec, &disk, &dir)?;
+            {
+                let vm = lock(&sandbox.vm);
+                let vm = vm.as_ref().context("the pod's VM has stopped")?;
+                vm.attach_disk(slot, &disk)?;
+            }
+            let member = Member {
+                slot,
+                dir: dir.clone(),
             };
-            let (stdin, copiers) = ports.wire(&stdio)?;
-            Ok((pid, stdin, copiers))
+            self.create_on_agent(
+                req,
+                guest_spec(spec, true),
+                &sandbox,
+                slot_device(slot),
+                Some(member),
+            )
         })();
-        let (pid, stdin, copiers) = match result {
-            Ok(r) => r,
+        if result.is_err() {
+            sandbox.release_slot(slot);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    /// Creates the container in the guest on `device`, wires its stdio and records it.
+    fn create_on_agent(
+        &self,
+        req: &api::CreateTaskRequest,
+        spec: Spec,
+        sandbox: &Arc<Sandbox>,
+        device: String,
+        member: Option<Member>,
+    ) -> Result<u32> {
+        let stdio = targets(&req.stdin, &req.stdout, &req.stderr)?;
+        let ports = Ports::bind(&sandbox.uds, 1000, &stdio, req.terminal)?;
+        let reply = sandbox.client.call(Operation::CreateContainer {
+            container_id: req.id.clone(),
+            spec: Box::new(spec),
+            rootfs: Rootfs::BlockDevice {
+                device,
+                fstype: "ext4".into(),
+                read_only: false,
+            },
+            stdio: ports.ports(),
+        })?;
+        let pid = match reply {
+            Reply::Started { pid } => pid,
+            other => bail!("the agent answered {other:?} to create"),
+        };
+        let (stdin, copiers) = match ports.wire(&stdio) {
+            Ok(wired) => wired,
             Err(e) => {
-                self.destroy(&sandbox);
+                let _ = sandbox.client.call(Operation::Delete {
+                    container_id: req.id.clone(),
+                });
                 return Err(e);
             }
         };
@@ -370,7 +517,8 @@ impl TaskService {
             req.id.clone(),
             Container {
                 bundle: req.bundle.clone(),
-                sandbox,
+                sandbox: sandbox.clone(),
+                member,
                 init: Process {
                     pid,
                     phase: Phase::Created,
@@ -615,7 +763,14 @@ impl TaskService {
                 let _ = container.sandbox.client.call(Operation::Delete {
                     container_id: req.id.clone(),
                 });
-                self.destroy(&container.sandbox);
+                match &container.member {
+                    // A pod's container leaves the VM to the pod.
+                    Some(member) => {
+                        container.sandbox.release_slot(member.slot);
+                        let _ = std::fs::remove_dir_all(&member.dir);
+                    }
+                    None => self.destroy(&container.sandbox),
+                }
                 self.events.publish(
                     topics::TASK_DELETE_EVENT_TOPIC,
                     events::TaskDelete {
@@ -916,7 +1071,7 @@ impl Task for TaskService {
         if req.stdin {
             self.with_process(&req.id, &req.exec_id, |p, _| {
                 if let Some(stdin) = p.stdin.take() {
-                    let _ = stdin.shutdown(std::net::Shutdown::Write);
+                    stdin.close();
                 }
                 Ok(())
             })
@@ -1034,6 +1189,7 @@ impl Task for TaskService {
             log::info!("shutting down (now: {})", req.now);
             let sandboxes: Vec<Arc<Sandbox>> = lock(&self.containers)
                 .drain()
+                .filter(|(_, c)| c.member.is_none()) // a pod's VM goes with its sandbox
                 .map(|(_, c)| c.sandbox)
                 .collect();
             for sandbox in sandboxes {
@@ -1042,5 +1198,77 @@ impl Task for TaskService {
             self.exit.signal();
         }
         Ok(api::Empty::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, SpecBuilder};
+
+    fn spec_joining_a_pod() -> Spec {
+        let ns = |typ, path: Option<&str>| {
+            let mut b = LinuxNamespaceBuilder::default().typ(typ);
+            if let Some(p) = path {
+                b = b.path(p);
+            }
+            b.build().unwrap()
+        };
+        SpecBuilder::default()
+            .linux(
+                LinuxBuilder::default()
+                    .namespaces(vec![
+                        ns(LinuxNamespaceType::Pid, None),
+                        ns(LinuxNamespaceType::Ipc, Some("/proc/42/ns/ipc")),
+                        ns(LinuxNamespaceType::Network, Some("/var/run/netns/cni-1")),
+                        ns(LinuxNamespaceType::Mount, None),
+                    ])
+                    .cgroups_path("/k8s.io/abc")
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    }
+
+    fn namespaces(spec: &Spec) -> Vec<(LinuxNamespaceType, bool)> {
+        spec.linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .iter()
+            .flatten()
+            .map(|n| (n.typ(), n.path().is_some()))
+            .collect()
+    }
+
+    #[test]
+    fn pod_members_join_the_sandbox_namespaces_but_never_the_hosts_network() {
+        let member = guest_spec(spec_joining_a_pod(), true);
+        assert_eq!(
+            namespaces(&member),
+            [
+                (LinuxNamespaceType::Pid, false),
+                (LinuxNamespaceType::Ipc, true),
+                (LinuxNamespaceType::Mount, false)
+            ]
+        );
+        assert_eq!(member.linux().as_ref().unwrap().cgroups_path(), &None);
+        assert_eq!(member.root().as_ref().unwrap().path(), Path::new("rootfs"));
+        // A container of its own VM has no sandbox to join: host namespace paths go.
+        let alone = guest_spec(spec_joining_a_pod(), false);
+        assert_eq!(
+            namespaces(&alone),
+            [
+                (LinuxNamespaceType::Pid, false),
+                (LinuxNamespaceType::Mount, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn disk_slots_follow_the_sandbox_disk() {
+        assert_eq!(slot_device(0), "/dev/vdb");
+        assert_eq!(slot_device(16), "/dev/vdr");
     }
 }

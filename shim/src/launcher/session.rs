@@ -56,6 +56,7 @@ pub fn boot(entry: &Entry, request: &Request) -> Result<Session> {
         vcpus: request.vcpus,
         memory_mib: request.memory_mib,
         disks,
+        disk_slots: 0,
         cid: 3,
         extra_cmdline: String::new(),
         runtime_dir: Some(entry.dir.clone()),
