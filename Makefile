@@ -9,7 +9,7 @@ GUEST_DIR := target/guest
 AGENT := target/$(HOST_TARGET)/release/cocoon-agent
 DEB_PACKAGES := linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio xz-utils kmod \
 	qemu-system-x86 linux-image-cloud-amd64 busybox-static binutils e2fsprogs \
-	libseccomp-dev pkg-config runc containerd
+	libseccomp-dev pkg-config runc containerd protobuf-compiler
 
 .PHONY: run test deps kernel agent guest build bench lint clean-guest
 

@@ -16,6 +16,8 @@ pub const TOOLS: [&str; 6] = [
 
 /// The image [`crate::images::docker_archive`] holds, as `ctr images import` names it.
 pub const IMAGE: &str = "docker.io/library/cocoon-test:latest";
+/// The pod sandbox image in the same archive.
+pub const PAUSE_IMAGE: &str = "docker.io/library/cocoon-pause:latest";
 
 /// What containerd needs of the emulated host: a root pivot_root can leave (runc), overlayfs (the
 /// snapshotter and the shim's rootfs), and room for both runtimes.
@@ -40,7 +42,10 @@ pub fn installed() -> bool {
 /// Shell that starts containerd with its root, state and sockets in `$PWD`, the shim configured
 /// by `cocoon.toml` there (from `$COCOON_VMM`, `$GUEST_BZIMAGE`, `$GUEST_INITRD`; the shim from
 /// `$CONTAINERD_SHIM_COCOON_V2`), mounts cgroup2 if it is not, and defines `c` (ctr in namespace
-/// `cocoon-test`) and `stop_containerd`. `$containerd_sock` is the socket.
+/// `cocoon-test`) and `stop_containerd`. `$containerd_sock` is the socket. With `$COCOON_CRI_SANDBOX`
+/// set (a sandbox image), containerd's CRI plugin is on, with the runtime handler `cocoon` for
+/// io.containerd.cocoon.v2 (the README's registration) and what CRI needs of a bare host: a
+/// loopback for its stream server, /etc/hosts and /etc/resolv.conf to copy into host-network pods.
 pub const SETUP: &str = r#"
 root=$PWD
 containerd_sock="$root/containerd.sock"
@@ -48,7 +53,25 @@ export PATH="$(dirname "$CONTAINERD_SHIM_COCOON_V2"):$PATH"
 grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts || { mkdir -p /sys/fs/cgroup; mount -t cgroup2 none /sys/fs/cgroup; }
 printf 'vmm = "%s"\nkernel = "%s"\ninitrd = "%s"\nlog_level = "debug"\n' "$COCOON_VMM" "$GUEST_BZIMAGE" "$GUEST_INITRD" > cocoon.toml
 export COCOON_CONFIG="$root/cocoon.toml"
-printf 'version = 2\nroot = "%s/root"\nstate = "%s/state"\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "%s"\n[ttrpc]\n  address = "%s.ttrpc"\n' "$root" "$root" "$containerd_sock" "$containerd_sock" > containerd.toml
+no_cri='disabled_plugins = ["io.containerd.grpc.v1.cri"]'
+[ -z "${COCOON_CRI_SANDBOX:-}" ] || no_cri=''
+printf 'version = 2\nroot = "%s/root"\nstate = "%s/state"\n%s\n[grpc]\n  address = "%s"\n[ttrpc]\n  address = "%s.ttrpc"\n' "$root" "$root" "$no_cri" "$containerd_sock" "$containerd_sock" > containerd.toml
+if [ -n "${COCOON_CRI_SANDBOX:-}" ]; then
+  ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
+  mkdir -p /etc; [ -e /etc/hosts ] || printf '127.0.0.1 localhost\n' > /etc/hosts
+  [ -e /etc/resolv.conf ] || : > /etc/resolv.conf
+  cat >> containerd.toml <<CRI
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$COCOON_CRI_SANDBOX"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "$root/cni/bin"
+    conf_dir = "$root/cni/conf"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon]
+    runtime_type = "io.containerd.cocoon.v2"
+CRI
+fi
 containerd --config containerd.toml > containerd.log 2>&1 &
 containerd_pid=$!
 i=0; while [ ! -S "$containerd_sock" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done

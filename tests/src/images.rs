@@ -24,7 +24,8 @@ pub fn default_rootfs_image() -> Vec<u8> {
 /// An image archive as `docker save` writes it: manifest.json, the config, and two layers — the
 /// busybox tree plus /etc/gone and /srv/lower (plain tar), then a gzipped layer that whites out
 /// /etc/gone and adds /srv/upper. The config sets FOO, the working directory /srv and a command
-/// that reports them.
+/// that reports them. A second image on the same layers, `cocoon-pause:latest`, runs until
+/// SIGTERM: a pod's sandbox image for CRI.
 pub fn docker_archive() -> Vec<u8> {
     let (_dir, tree) = busybox_tree();
     std::fs::create_dir_all(tree.join("srv")).unwrap();
@@ -77,15 +78,25 @@ pub fn docker_archive() -> Vec<u8> {
         },
         "rootfs": {"type": "layers", "diff_ids": diff_ids}
     });
-    let manifest = serde_json::json!([{
-        "Config": "config.json",
-        "RepoTags": ["cocoon-test:latest"],
-        "Layers": ["lower/layer.tar", "upper/layer.tar.gz"]
-    }]);
+    let pause = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Entrypoint": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done", "pause"]
+        },
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}
+    });
+    let layers = ["lower/layer.tar", "upper/layer.tar.gz"];
+    let manifest = serde_json::json!([
+        {"Config": "config.json", "RepoTags": ["cocoon-test:latest"], "Layers": layers},
+        {"Config": "pause.json", "RepoTags": ["cocoon-pause:latest"], "Layers": layers}
+    ]);
     let mut outer = tar::Builder::new(Vec::new());
     for (name, data) in [
         ("manifest.json", serde_json::to_vec(&manifest).unwrap()),
         ("config.json", serde_json::to_vec(&config).unwrap()),
+        ("pause.json", serde_json::to_vec(&pause).unwrap()),
         ("lower/layer.tar", lower),
         ("upper/layer.tar.gz", upper),
     ] {

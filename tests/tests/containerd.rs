@@ -5,7 +5,9 @@
 //! cgroup2), imports a locally built image, and runs containers in cocoon microVMs: output and
 //! exit codes, the image's config and layers, an OOM kill (TaskOOM), `run -d` + `task exec`/`ps`/`metrics`/`pause`/
 //! `resume`/`kill`, `run -t`, a VMM killed under a running task, the order of events, runc beside
-//! it in the same host, and nothing left behind.
+//! it in the same host, and nothing left behind. A second scenario turns containerd's CRI plugin
+//! on and drives a pod through it (`cocoon-cri-pod`): RunPodSandbox with host networking, two
+//! containers in the pod's one VM, ExecSync, a container replacing a removed one, teardown.
 //!
 //! A second test, outside any VM, holds where this CPU has no hardware virtualization: the shim's
 //! one-line refusal reaches `ctr` and everything is still cleaned up.
@@ -298,6 +300,24 @@ echo "--- containerd log (errors) ---"
 grep -i 'level=error' containerd.log | tail -n 20
 "#;
 
+/// The pod scenario, after [`containerd::SETUP`] started a private containerd with CRI on:
+/// `cocoon-cri-pod` drives a pod through CRI (see that binary); then what is left is counted.
+const POD_STEPS: &str = r#"
+cmdlines() { for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)"; done; }
+ours() { cmdlines | grep -c '^[0-9]* [^ ]*containerd-shim-cocoon-v2 \|^[0-9]* [^ ]*cocoon-vmm .*/run/cocoon/ctr/'; }
+processes_before=$(ours) vm_dirs_before=$(ls /run/cocoon/ctr 2>/dev/null | wc -l)
+( sleep 240; echo "@@STALL: the pod scenario has run 240 s; containerd's log and the processes:"; tail -n 40 containerd.log; cmdlines | grep -v '^[0-9]* $' ) &
+watchdog_pid=$!
+ctr --address "$containerd_sock" --namespace k8s.io images import "$COCOON_FILES/image.tar" > import.out 2>&1; echo "pod-import=$? $(tail -n 1 import.out)"
+"$COCOON_CRI_POD" "$containerd_sock" cocoon "$COCOON_TEST_IMAGE" 2>&1; echo "cri-pod-exit=$?"
+kill $watchdog_pid
+i=0; while [ "$(ours)" -gt "$processes_before" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+echo "pod-processes-left=$(($(ours) - processes_before)) pod-vm-dirs-left=$(($(ls /run/cocoon/ctr 2>/dev/null | wc -l) - vm_dirs_before)) pod-mounts-left=$(grep -c "$root/state" /proc/mounts)"
+stop_containerd
+echo "--- containerd log (errors) ---"
+grep -i 'level=error' containerd.log | tail -n 20
+"#;
+
 static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
     if !containerd::installed() {
         return Err(SuiteError::Unavailable(
@@ -313,18 +333,116 @@ static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
         containerd::IMAGE,
         containerd::SETUP
     );
-    let mut binaries = vec![SHIM, "cocoon-agent-e2e"];
+    let pod_script = format!(
+        "export COCOON_TEST_IMAGE={} COCOON_CRI_SANDBOX={}\n{}\n{POD_STEPS}",
+        containerd::IMAGE,
+        containerd::PAUSE_IMAGE,
+        containerd::SETUP
+    );
+    let mut binaries = vec![SHIM, "cocoon-agent-e2e", "cocoon-cri-pod"];
     binaries.extend(containerd::TOOLS);
     run_suite_with(
-        &[Scenario::new("ctr", &script)],
+        &[
+            Scenario::new("ctr", &script),
+            Scenario::new("pod", &pod_script),
+        ],
         files,
         &binaries,
         1,
-        // A normal run takes about 110 s; a hung emulated host is retried once (README).
-        Duration::from_secs(420),
+        // A normal run takes about 110 s for ctr, then the pod; a hung emulated host is retried
+        // once (README).
+        Duration::from_secs(540),
         &containerd::host_needs(),
     )
 });
+
+/// The pod scenario's output, or None after saying why it cannot run here.
+fn pod_output(test: &str) -> Option<String> {
+    scenario_result(&SUITE, test, "pod").map(|r| r.output.clone())
+}
+
+#[test]
+fn a_pod_through_cri_runs_its_containers_in_one_vm() {
+    let Some(out) = pod_output("a_pod_through_cri_runs_its_containers_in_one_vm") else {
+        return;
+    };
+    assert!(value(&out, "pod-import=").starts_with("0 "), "{out}");
+    assert!(
+        value(&out, "cri-version=").starts_with("containerd "),
+        "{out}"
+    );
+    assert_eq!(value(&out, "image-known="), "true", "{out}");
+    // The sandbox and both containers: one VMM, one guest kernel (not the host's).
+    assert_eq!(value(&out, "vmms-for-the-pod="), "1", "{out}");
+    assert_eq!(
+        value(&out, "state-a="),
+        "CONTAINER_RUNNING state-b=CONTAINER_RUNNING",
+        "{out}"
+    );
+    assert_eq!(
+        value(&out, "one-kernel="),
+        "true not-the-hosts=true",
+        "{out}"
+    );
+    assert_eq!(value(&out, "cri-pod-exit="), "0", "{out}");
+}
+
+#[test]
+fn pod_containers_see_each_others_processes_only_as_the_spec_says() {
+    let Some(out) = pod_output("pod_containers_see_each_others_processes_only_as_the_spec_says")
+    else {
+        return;
+    };
+    // A has a PID namespace of its own: PID 1 is its own command. B shares the pod's: PID 1 is
+    // the sandbox (pause) process.
+    let a = value(&out, "a-sees=");
+    assert!(
+        a.starts_with("a | sh -c trap") && !a.ends_with("pause"),
+        "{out}"
+    );
+    let b = value(&out, "b-sees=");
+    assert!(
+        b.starts_with("b | sh -c trap") && b.ends_with("pause"),
+        "{out}"
+    );
+    assert_eq!(value(&out, "roots-apart="), "absent", "{out}");
+}
+
+#[test]
+fn exec_sync_in_a_pod_returns_output_and_exit_code() {
+    let Some(out) = pod_output("exec_sync_in_a_pod_returns_output_and_exit_code") else {
+        return;
+    };
+    assert_eq!(value(&out, "exec-sync="), "7 to-out to-err", "{out}");
+}
+
+#[test]
+fn pod_containers_stop_and_a_new_one_takes_the_freed_place() {
+    let Some(out) = pod_output("pod_containers_stop_and_a_new_one_takes_the_freed_place") else {
+        return;
+    };
+    // SIGTERM trapped: exit 0. C gets a root of its own, in the same VM.
+    assert_eq!(value(&out, "a-stopped="), "CONTAINER_EXITED 0", "{out}");
+    assert_eq!(value(&out, "c-after-a="), "0 c fresh-root", "{out}");
+    assert_eq!(value(&out, "vmms-with-c="), "1", "{out}");
+}
+
+#[test]
+fn a_removed_pod_leaves_nothing_behind() {
+    let Some(out) = pod_output("a_removed_pod_leaves_nothing_behind") else {
+        return;
+    };
+    assert_eq!(
+        value(&out, "pods-left="),
+        "0 containers-left=0 vmms-left=0",
+        "{out}"
+    );
+    assert_eq!(
+        value(&out, "pod-processes-left="),
+        "0 pod-vm-dirs-left=0 pod-mounts-left=0",
+        "{out}"
+    );
+}
 
 /// The ctr scenario's output, or None after saying why it cannot run here.
 fn ctr_output(test: &str) -> Option<String> {

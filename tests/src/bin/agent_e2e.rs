@@ -827,6 +827,7 @@ fn main() -> Result<()> {
             .unwrap_or(2),
         memory_mib: 256,
         disks: vec![(argv[4].clone().into(), true)],
+        disk_slots: 0,
         cid: 3,
         extra_cmdline: String::new(),
         runtime_dir: None,

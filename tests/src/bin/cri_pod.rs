@@ -1,0 +1,348 @@
+//! `cocoon-cri-pod SOCKET HANDLER IMAGE`: drives one Kubernetes-style pod through containerd's CRI
+//! (what the kubelet does, without a kubelet): RunPodSandbox with host networking (no CNI needed),
+//! two containers in it, ExecSync, a third container after the first is removed, then
+//! Stop/RemovePodSandbox. Prints one `key=value` line per observation for the suite to check, and
+//! exits non-zero at the first CRI call that fails (its error printed as `error=`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
+    CreateContainerRequest, ExecSyncRequest, ImageSpec, ImageStatusRequest, LinuxContainerConfig,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    ListContainersRequest, ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest, VersionRequest,
+};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The pod's sandbox (pause) command, recognisable from inside a container sharing its PID
+/// namespace.
+const KEEP_RUNNING: &str = "trap 'exit 0' TERM; while :; do sleep 1; done";
+
+struct Cri {
+    runtime: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+}
+
+async fn connect(socket: PathBuf) -> Result<Cri> {
+    let channel = Endpoint::try_from("http://[::]:0")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .context("connecting to containerd's CRI socket")?;
+    Ok(Cri {
+        runtime: RuntimeServiceClient::new(channel.clone()),
+        images: ImageServiceClient::new(channel),
+    })
+}
+
+fn namespaces(pid: NamespaceMode) -> NamespaceOption {
+    NamespaceOption {
+        network: NamespaceMode::Node as i32,
+        pid: pid as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+fn pod_config() -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "cocoon-pod".into(),
+            uid: "cocoon-pod-uid".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        // As the kubelet does: a host-network pod keeps the node's name (and UTS namespace).
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(namespaces(NamespaceMode::Pod)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl Cri {
+    async fn create(
+        &mut self,
+        pod_id: &str,
+        name: &str,
+        image: &str,
+        pid: NamespaceMode,
+    ) -> Result<String> {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            command: vec!["sh".into(), "-c".into(), KEEP_RUNNING.into()],
+            envs: vec![k8s_cri::v1::KeyValue {
+                key: "WHO".into(),
+                value: name.into(),
+            }],
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(namespaces(pid)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            labels: HashMap::from([("cocoon-test".into(), name.into())]),
+            ..Default::default()
+        };
+        let id = self
+            .runtime
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod_id.into(),
+                config: Some(config),
+                sandbox_config: Some(pod_config()),
+            })
+            .await
+            .with_context(|| format!("CreateContainer {name}"))?
+            .into_inner()
+            .container_id;
+        self.runtime
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .with_context(|| format!("StartContainer {name}"))?;
+        Ok(id)
+    }
+
+    /// ExecSync of `sh -c script`: (exit code, stdout, stderr).
+    async fn exec(&mut self, id: &str, script: &str) -> Result<(i32, String, String)> {
+        let reply = self
+            .runtime
+            .exec_sync(ExecSyncRequest {
+                container_id: id.into(),
+                cmd: vec!["sh".into(), "-c".into(), script.into()],
+                timeout: 60,
+            })
+            .await
+            .with_context(|| format!("ExecSync {script}"))?
+            .into_inner();
+        Ok((
+            reply.exit_code,
+            String::from_utf8_lossy(&reply.stdout).trim().to_string(),
+            String::from_utf8_lossy(&reply.stderr).trim().to_string(),
+        ))
+    }
+
+    async fn state(&mut self, id: &str) -> Result<(String, i32)> {
+        let status = self
+            .runtime
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .context("ContainerStatus")?
+            .into_inner()
+            .status
+            .context("ContainerStatus without a status")?;
+        let state = ContainerState::try_from(status.state)
+            .map(|s| s.as_str_name().to_string())
+            .unwrap_or_else(|_| status.state.to_string());
+        Ok((state, status.exit_code))
+    }
+
+    async fn stop_and_remove(&mut self, id: &str) -> Result<(String, i32)> {
+        self.runtime
+            .stop_container(StopContainerRequest {
+                container_id: id.into(),
+                timeout: 10,
+            })
+            .await
+            .context("StopContainer")?;
+        let stopped = self.state(id).await?;
+        self.runtime
+            .remove_container(RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .context("RemoveContainer")?;
+        Ok(stopped)
+    }
+}
+
+/// `cocoon-vmm` processes running now.
+fn vmm_count() -> usize {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .ok()
+                .and_then(|c| {
+                    let argv0 = c.split(|b| *b == 0).next()?.to_vec();
+                    Some(String::from_utf8_lossy(&argv0).ends_with("cocoon-vmm"))
+                })
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+async fn scenario(socket: PathBuf, handler: &str, image: &str) -> Result<()> {
+    let mut cri = connect(socket).await?;
+    let version = cri
+        .runtime
+        .version(VersionRequest::default())
+        .await
+        .context("Version")?
+        .into_inner();
+    println!(
+        "cri-version={} {} {}",
+        version.runtime_name, version.runtime_version, version.runtime_api_version
+    );
+    let image_known = cri
+        .images
+        .image_status(ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .context("ImageStatus")?
+        .into_inner()
+        .image
+        .is_some();
+    println!("image-known={image_known}");
+    let vmms_before = vmm_count();
+
+    let started = Instant::now();
+    let pod = cri
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_config()),
+            runtime_handler: handler.into(),
+        })
+        .await
+        .context("RunPodSandbox")?
+        .into_inner()
+        .pod_sandbox_id;
+    println!("pod-ready-ms={}", started.elapsed().as_millis());
+
+    // A keeps a PID namespace of its own; B shares the pod's (and sees the sandbox's process).
+    let a = cri
+        .create(&pod, "a", image, NamespaceMode::Container)
+        .await?;
+    let b = cri.create(&pod, "b", image, NamespaceMode::Pod).await?;
+    println!("vmms-for-the-pod={}", vmm_count() - vmms_before);
+    println!(
+        "state-a={} state-b={}",
+        cri.state(&a).await?.0,
+        cri.state(&b).await?.0
+    );
+    let boot_a = cri.exec(&a, "cat /proc/sys/kernel/random/boot_id").await?.1;
+    let boot_b = cri.exec(&b, "cat /proc/sys/kernel/random/boot_id").await?.1;
+    let boot_host = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+    println!(
+        "one-kernel={} not-the-hosts={}",
+        !boot_a.is_empty() && boot_a == boot_b,
+        boot_a != boot_host.trim()
+    );
+    let who = "echo $WHO; tr '\\0' ' ' < /proc/1/cmdline";
+    println!("a-sees={}", cri.exec(&a, who).await?.1.replace('\n', " | "));
+    println!("b-sees={}", cri.exec(&b, who).await?.1.replace('\n', " | "));
+    let (code, out, err) = cri.exec(&a, "echo to-out; echo to-err >&2; exit 7").await?;
+    println!("exec-sync={code} {out} {err}");
+    // Each container has a root of its own: a file one writes the other does not see.
+    cri.exec(&a, "echo mine > /only-a").await?;
+    println!(
+        "roots-apart={}",
+        cri.exec(&b, "cat /only-a 2>/dev/null || echo absent")
+            .await?
+            .1
+    );
+
+    let (state, code) = cri.stop_and_remove(&a).await?;
+    println!("a-stopped={state} {code}");
+    // The slot A's root disk filled is free again: a third container takes it.
+    let c = cri
+        .create(&pod, "c", image, NamespaceMode::Container)
+        .await?;
+    let (code, out, _) = cri
+        .exec(&c, "echo $WHO; cat /only-a 2>/dev/null || echo fresh-root")
+        .await?;
+    println!("c-after-a={code} {}", out.replace('\n', " "));
+    println!("vmms-with-c={}", vmm_count() - vmms_before);
+    cri.stop_and_remove(&b).await?;
+    cri.stop_and_remove(&c).await?;
+
+    cri.runtime
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .context("StopPodSandbox")?;
+    cri.runtime
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .context("RemovePodSandbox")?;
+    let pods = cri
+        .runtime
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .context("ListPodSandbox")?
+        .into_inner()
+        .items
+        .len();
+    let containers = cri
+        .runtime
+        .list_containers(ListContainersRequest::default())
+        .await
+        .context("ListContainers")?
+        .into_inner()
+        .containers
+        .len();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vmm_count() > vmms_before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "pods-left={pods} containers-left={containers} vmms-left={}",
+        vmm_count() - vmms_before
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [socket, handler, image] = args.as_slice() else {
+        bail!("usage: cocoon-cri-pod CONTAINERD_SOCKET RUNTIME_HANDLER IMAGE");
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    if let Err(e) = runtime.block_on(scenario(socket.into(), handler, image)) {
+        println!("error={e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
