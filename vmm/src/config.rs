@@ -531,9 +531,9 @@ mod tests {
         cfg.api_socket = Some(dir.path().to_path_buf());
         let exists = cfg.validate().unwrap_err().to_string();
         assert!(exists.contains("already exists"), "{exists}");
-        let parsed: VmConfig = serde_json::from_str(&format!(
-            r#"{{"kernel":"/k","disk_slots":3,"api_socket":"/run/x/api.sock"}}"#
-        ))
+        let parsed: VmConfig = serde_json::from_str(
+            r#"{"kernel":"/k","disk_slots":3,"api_socket":"/run/x/api.sock"}"#,
+        )
         .unwrap();
         assert_eq!(parsed.disk_slots, 3);
     }
