@@ -126,9 +126,11 @@ impl Vm {
     }
 
     /// Puts the raw image at `path` into the VM's empty disk slot `slot` (the guest's disk after
-    /// the boot disks); returns its size in bytes.
-    pub fn attach_disk(&self, slot: usize, path: &Path) -> Result<u64> {
-        let request = serde_json::json!({"op": "attach_disk", "slot": slot, "path": path});
+    /// the boot disks); returns its size in bytes. A read-only image refuses the guest's writes.
+    pub fn attach_disk(&self, slot: usize, path: &Path, read_only: bool) -> Result<u64> {
+        let request = serde_json::json!({
+            "op": "attach_disk", "slot": slot, "path": path, "read_only": read_only
+        });
         let answer = self.api(&request)?;
         Ok(answer["capacity_bytes"].as_u64().unwrap_or(0))
     }

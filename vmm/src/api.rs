@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! {"op":"attach_disk","slot":0,"path":"/run/pod/c1.ext4"}   -> {"ok":true,"capacity_bytes":67108864}
+//! {"op":"attach_disk","slot":1,"path":"/layers/a.ext4","read_only":true}
 //! {"op":"detach_disk","slot":0}                             -> {"ok":true}
 //! ```
 //!
@@ -25,8 +26,14 @@ const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    /// Put the raw image at `path` into the empty disk slot `slot` (0 is the first slot).
-    AttachDisk { slot: usize, path: PathBuf },
+    /// Put the raw image at `path` into the empty disk slot `slot` (0 is the first slot); a
+    /// read-only one is opened read-only and refuses the guest's writes.
+    AttachDisk {
+        slot: usize,
+        path: PathBuf,
+        #[serde(default)]
+        read_only: bool,
+    },
     /// Empty disk slot `slot`; the guest sees a disk of size 0.
     DetachDisk { slot: usize },
 }
@@ -81,8 +88,12 @@ impl Api {
             }
         };
         let result = match &request {
-            Request::AttachDisk { slot, path } => self.slot(*slot).and_then(|s| {
-                s.attach(path)
+            Request::AttachDisk {
+                slot,
+                path,
+                read_only,
+            } => self.slot(*slot).and_then(|s| {
+                s.attach(path, *read_only)
                     .map_err(|e| Response::error(format!("disk slot {slot}: {e}")))
             }),
             Request::DetachDisk { slot } => self.slot(*slot).map(|s| {

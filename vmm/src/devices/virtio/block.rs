@@ -174,14 +174,17 @@ pub enum SlotError {
 }
 
 impl BlockSlot {
-    /// Puts the image at `path` into the empty slot and tells the guest its new capacity.
-    pub fn attach(&self, path: &Path) -> Result<u64, SlotError> {
+    /// Puts the image at `path` into the empty slot and tells the guest its new capacity. A
+    /// read-only image is opened read-only and every write to it fails (the slot was offered to
+    /// the guest as writable, so that is the device's to enforce).
+    pub fn attach(&self, path: &Path, read_only: bool) -> Result<u64, SlotError> {
         let mut state = lock(&self.0);
         if state.file.is_some() {
             return Err(SlotError::Busy);
         }
-        let (file, capacity_bytes) = open_image(path, state.read_only)?;
+        let (file, capacity_bytes) = open_image(path, read_only)?;
         state.file = Some(file);
+        state.read_only = read_only;
         state.set_capacity(capacity_bytes);
         Ok(capacity_bytes)
     }
@@ -191,6 +194,7 @@ impl BlockSlot {
     pub fn detach(&self) -> bool {
         let mut state = lock(&self.0);
         let held = state.file.take().is_some();
+        state.read_only = false;
         state.set_capacity(0);
         held
     }
@@ -689,14 +693,17 @@ mod tests {
             .interrupt
             .clone();
         interrupt.acknowledge(u32::MAX);
-        assert_eq!(slot.attach(disk.path()).unwrap(), 2048);
+        assert_eq!(slot.attach(disk.path(), false).unwrap(), 2048);
         assert_eq!(capacity_sectors(&block), 4);
         assert_eq!(block.config_generation(), 1);
         assert_eq!(
             interrupt.status() & INTERRUPT_CONFIG_CHANGE,
             INTERRUPT_CONFIG_CHANGE
         );
-        assert!(matches!(slot.attach(disk.path()), Err(SlotError::Busy)));
+        assert!(matches!(
+            slot.attach(disk.path(), false),
+            Err(SlotError::Busy)
+        ));
         assert_eq!(run(&mut block, &m, &read, 0x30_0000).1, S_OK);
         let mut got = [0u8; 5];
         m.read_slice(&mut got, GuestAddress(0x20_0000)).unwrap();
@@ -709,9 +716,25 @@ mod tests {
         );
         assert_eq!(run(&mut block, &m, &read, 0x30_0000).1, S_IOERR, "detached");
         assert!(!slot.detach());
-        let missing = slot.attach(Path::new("/nonexistent/disk.img")).unwrap_err();
+        let missing = slot
+            .attach(Path::new("/nonexistent/disk.img"), false)
+            .unwrap_err();
         assert!(missing.to_string().contains("/nonexistent/disk.img"));
         assert_eq!(capacity_sectors(&block), 0);
+
+        // Attached read-only: reads work, writes fail and leave the image as it was.
+        slot.attach(disk.path(), true).unwrap();
+        assert_eq!(run(&mut block, &m, &read, 0x30_0000).1, S_OK);
+        header(&m, 0x10_0000, T_OUT, 1);
+        let write = [
+            desc(0x10_0000, 16, 0),
+            desc(0x20_0000, 512, 0),
+            desc(0x30_0000, 1, WRITE),
+        ];
+        assert_eq!(run(&mut block, &m, &write, 0x30_0000).1, S_IOERR);
+        assert_eq!(std::fs::read(disk.path()).unwrap(), image);
+        slot.detach();
+        assert!(!lock(&block.state).read_only);
     }
 
     #[test]
