@@ -17,11 +17,12 @@ use cocoon_protocol::{
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{mount, MsFlags};
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 
 use crate::events::EventBus;
 use crate::reaper::{lock, ExitCell, Reaper};
+use crate::rootfs::Layers;
 use crate::stdio::{self, Stdio, Terminal};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -84,6 +85,8 @@ struct ProcessEntry {
 struct ContainerEntry {
     container: Container,
     bundle: PathBuf,
+    /// The shared layer disk its root overlays, if any.
+    lower: Option<String>,
     /// The container's cgroup directory.
     cgroup: PathBuf,
     init: ProcessEntry,
@@ -102,6 +105,8 @@ pub struct Sandbox {
     containers: Mutex<HashMap<String, Arc<Mutex<ContainerEntry>>>>,
     owners: Arc<Mutex<HashMap<i32, ProcessOwner>>>,
     created: Mutex<bool>,
+    /// Image layer disks mounted for containers' overlays (under the bundles, as `.layers`).
+    layers: Layers,
 }
 
 /// Container and exec ids become paths and cgroup names: keep them plain.
@@ -193,85 +198,23 @@ fn cgroup_dir(spec: &Spec) -> PathBuf {
     Path::new(CGROUP_ROOT).join(relative.strip_prefix("/").unwrap_or(&relative))
 }
 
-/// How long a rootfs disk attached while the VM runs may take to show its size.
-const MEDIA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-fn mount_rootfs(rootfs: &Rootfs, target: &Path) -> AgentResult<()> {
-    let Rootfs::BlockDevice {
-        device,
-        fstype,
-        read_only,
-    } = rootfs;
-    if !Path::new(device).exists() {
-        return Err(error(
-            ErrorKind::NotFound,
-            format!(
-                "rootfs device {device} does not exist in the guest (attach the disk to the VM)"
-            ),
-        ));
-    }
-    wait_for_media(device)?;
-    let mut flags = MsFlags::MS_NODEV;
-    if *read_only {
-        flags |= MsFlags::MS_RDONLY;
-    }
-    mount(
-        Some(device.as_str()),
-        target,
-        Some(fstype.as_str()),
-        flags,
-        None::<&str>,
-    )
-    .map_err(|e| {
-        error(
-            ErrorKind::InvalidArgument,
-            format!("mounting the rootfs {device} ({fstype}): {e}"),
-        )
-    })
-}
-
-/// A disk slot filled while the VM runs reaches the guest as a resize of an empty disk, handled by
-/// the kernel a moment after the host attached it: waits for `/sys/block/<disk>/size` to be
-/// non-zero.
-fn wait_for_media(device: &str) -> AgentResult<()> {
-    let Some(name) = device.strip_prefix("/dev/") else {
-        return Ok(());
-    };
-    let size = Path::new("/sys/block").join(name).join("size");
-    if !size.exists() {
-        return Ok(()); // not a whole disk (a partition, a loop device): nothing to wait for
-    }
-    let deadline = std::time::Instant::now() + MEDIA_TIMEOUT;
-    while read_u64(&size).unwrap_or(0) == 0 {
-        if std::time::Instant::now() > deadline {
-            return Err(error(
-                ErrorKind::FailedPrecondition,
-                format!(
-                    "rootfs device {device} is empty: no disk image was attached to it within {}s",
-                    MEDIA_TIMEOUT.as_secs()
-                ),
-            ));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    Ok(())
-}
-
-/// Unmounts the rootfs and removes the bundle; used after failures and on delete.
-fn remove_bundle(bundle: &Path) {
-    let _ = umount2(&bundle.join("rootfs"), MntFlags::MNT_DETACH);
+/// Unmounts the rootfs, gives back its layer disk and removes the bundle; used after failures and
+/// on delete.
+fn remove_bundle(layers: &Layers, bundle: &Path, lower: Option<&str>) {
+    layers.release(bundle, lower);
     let _ = fs::remove_dir_all(bundle);
 }
 
 impl Sandbox {
     pub fn new(layout: Layout, reaper: Arc<Reaper>, events: Arc<EventBus>) -> Arc<Self> {
         let sandbox = Arc::new(Self {
-            layout,
             reaper: reaper.clone(),
             events: events.clone(),
             containers: Mutex::new(HashMap::new()),
             owners: Arc::new(Mutex::new(HashMap::new())),
             created: Mutex::new(false),
+            layers: Layers::new(layout.bundles.join(".layers")),
+            layout,
         });
         let owners = sandbox.owners.clone();
         reaper.on_exit(move |pid, status| {
@@ -375,9 +318,16 @@ impl Sandbox {
         let bundle = self.layout.bundles.join(container_id);
         fs::create_dir_all(bundle.join("rootfs"))
             .map_err(|e| internal("creating the bundle", e))?;
-        let result = self.build_container(container_id, &spec, rootfs, ports, &bundle);
+        let lower = match self.layers.mount(rootfs, &bundle) {
+            Ok(lower) => lower,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&bundle);
+                return Err(e);
+            }
+        };
+        let result = self.build_container(container_id, &spec, ports, &bundle);
         if result.is_err() {
-            remove_bundle(&bundle);
+            remove_bundle(&self.layers, &bundle, lower.as_deref());
         }
         let (container, init) = result?;
         let pid = init.pid;
@@ -385,6 +335,7 @@ impl Sandbox {
             container,
             cgroup: cgroup_dir(&spec),
             bundle,
+            lower,
             init,
             execs: HashMap::new(),
             started: false,
@@ -398,11 +349,9 @@ impl Sandbox {
         &self,
         container_id: &str,
         spec: &Spec,
-        rootfs: &Rootfs,
         ports: &StdioPorts,
         bundle: &Path,
     ) -> AgentResult<(Container, ProcessEntry)> {
-        mount_rootfs(rootfs, &bundle.join("rootfs"))?;
         spec.save(bundle.join("config.json"))
             .map_err(|e| internal("writing config.json", e))?;
         let terminal = spec
@@ -771,7 +720,7 @@ impl Sandbox {
             .container
             .delete(true)
             .map_err(|e| internal(&format!("deleting container '{container_id}'"), e))?;
-        remove_bundle(&entry.bundle);
+        remove_bundle(&self.layers, &entry.bundle, entry.lower.as_deref());
         Ok(Reply::Done)
     }
 

@@ -13,6 +13,7 @@ mod containers;
 mod events;
 mod init;
 mod reaper;
+mod rootfs;
 mod server;
 mod stdio;
 mod vsock;

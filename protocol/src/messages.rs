@@ -54,6 +54,10 @@ pub enum Rootfs {
         fstype: String,
         read_only: bool,
     },
+    /// An image's layers in a read-only ext4 disk (`lower`, which several containers may share),
+    /// the container's writes in an ext4 disk of its own (`upper`, holding `upper/` and `work/`),
+    /// joined by overlayfs in the guest.
+    Overlay { lower: String, upper: String },
 }
 
 /// What the host asks of the agent.
