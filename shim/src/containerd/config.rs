@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 pub const DEFAULT_PATH: &str = "/etc/cocoon/config.toml";
+pub const DEFAULT_LAYER_CACHE: &str = "/var/lib/cocoon/layers";
 pub const VCPUS_ANNOTATION: &str = "io.cocoon.vcpus";
 pub const MEMORY_ANNOTATION: &str = "io.cocoon.memory-mib";
 
@@ -29,6 +30,9 @@ pub struct Config {
     /// Empty disks a pod's VM boots with, one per container that may join it (virtio-mmio has no
     /// hot-plug): the most containers a pod can hold besides its sandbox container.
     pub pod_disk_slots: u8,
+    /// Where images' read-only layer disks are kept, made once per image and shared by its
+    /// containers; disks whose layers containerd removed are pruned.
+    pub layer_cache: PathBuf,
     /// error, warn, info, debug or trace.
     pub log_level: String,
 }
@@ -47,6 +51,7 @@ impl Default for Config {
             max_vcpus: 8,
             max_memory_mib: 8192,
             pod_disk_slots: 8,
+            layer_cache: DEFAULT_LAYER_CACHE.into(),
             log_level: "info".into(),
         }
     }

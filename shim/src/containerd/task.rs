@@ -22,7 +22,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use super::binds;
 use super::config::Config;
 use super::events::Events;
-use super::rootfs::{self, RootMount};
+use super::rootfs::{self, RootDisks, RootMount};
 use super::spawner::Spawner;
 use super::stdio::{self, Target};
 
@@ -85,9 +85,18 @@ struct Container {
 
 /// A pod container's place in the pod's VM.
 struct Member {
-    slot: usize,
-    /// Its root disk and scratch files, inside the sandbox's directory.
+    /// The disk slots its root uses (its writable disk; its layer disk unless shared).
+    slots: Vec<usize>,
+    /// Its writable disk and scratch files, inside the sandbox's directory.
     dir: PathBuf,
+}
+
+/// A disk slot's image and the containers using it (one for a writable disk; any number share a
+/// layer disk).
+#[derive(Clone, Debug)]
+struct SlotUse {
+    disk: PathBuf,
+    users: Vec<String>,
 }
 
 /// One microVM and its agent.
@@ -97,49 +106,155 @@ struct Sandbox {
     client: Arc<AgentClient>,
     dir: PathBuf,
     uds: PathBuf,
-    /// The VM's empty disk slots: which container's root disk fills each, if any.
-    slots: Mutex<Vec<Option<String>>>,
+    /// How many disks the VM booted with (the sandbox container's root); the slots follow.
+    boot_disks: usize,
+    /// The sandbox container's layer disk, which the pod's containers of the same image share.
+    boot_lower: Option<PathBuf>,
+    /// The VM's empty disk slots, and what fills each.
+    slots: Mutex<Vec<Option<SlotUse>>>,
 }
 
 impl Sandbox {
-    /// Reserves a free disk slot for `container_id`.
-    fn reserve_slot(&self, container_id: &str) -> Result<usize> {
-        let mut slots = lock(&self.slots);
-        let total = slots.len();
-        let (slot, free) = slots
-            .iter_mut()
-            .enumerate()
-            .find(|(_, s)| s.is_none())
-            .ok_or_else(|| {
-                AgentError::new(
-                    ErrorKind::FailedPrecondition,
-                    format!(
-                        "pod {} holds {total} containers already, all its VM's disk slots (raise pod_disk_slots in the cocoon config)",
-                        self.id
-                    ),
-                )
-            })?;
-        *free = Some(container_id.to_string());
-        Ok(slot)
+    /// The guest's name for disk slot `slot`: the slots follow the boot disks (vda, ...).
+    fn device(&self, slot: usize) -> String {
+        disk_name(self.boot_disks + slot)
     }
 
-    /// Empties `slot` in the VM (if it still runs) and frees it.
-    fn release_slot(&self, slot: usize) {
-        if let Some(vm) = lock(&self.vm).as_ref() {
-            if let Err(e) = vm.detach_disk(slot) {
-                log::warn!("pod {}: emptying disk slot {slot}: {e:#}", self.id);
+    /// Puts `disk` into a free slot for `container_id` (or, if `shared`, into the slot that holds
+    /// it already); returns the slot and the guest's device.
+    fn fill(
+        &self,
+        container_id: &str,
+        disk: &Path,
+        read_only: bool,
+        shared: bool,
+    ) -> Result<(usize, String)> {
+        let (slot, attach) = {
+            let mut slots = lock(&self.slots);
+            let holding = shared
+                .then(|| {
+                    slots
+                        .iter()
+                        .position(|s| s.as_ref().is_some_and(|s| s.disk == disk))
+                })
+                .flatten();
+            if let Some(slot) = holding {
+                if let Some(s) = slots[slot].as_mut() {
+                    s.users.push(container_id.to_string());
+                }
+                (slot, false)
+            } else {
+                let total = slots.len();
+                let slot = slots.iter().position(Option::is_none).ok_or_else(|| {
+                    AgentError::new(
+                        ErrorKind::FailedPrecondition,
+                        format!(
+                            "pod {}'s VM has all its {total} disk slots in use (raise pod_disk_slots in the cocoon config)",
+                            self.id
+                        ),
+                    )
+                })?;
+                slots[slot] = Some(SlotUse {
+                    disk: disk.to_path_buf(),
+                    users: vec![container_id.to_string()],
+                });
+                (slot, true)
+            }
+        };
+        if attach {
+            let attached = match lock(&self.vm).as_ref() {
+                Some(vm) => vm.attach_disk(slot, disk, read_only),
+                None => Err(anyhow::anyhow!("the pod's VM has stopped")),
+            };
+            if let Err(e) = attached {
+                self.release(slot, container_id);
+                return Err(e);
             }
         }
-        if let Some(s) = lock(&self.slots).get_mut(slot) {
-            *s = None;
+        Ok((slot, self.device(slot)))
+    }
+
+    /// `container_id` no longer uses `slot`; the last user's going empties it in the VM.
+    fn release(&self, slot: usize, container_id: &str) {
+        let emptied = {
+            let mut slots = lock(&self.slots);
+            let Some(Some(used)) = slots.get_mut(slot) else {
+                return;
+            };
+            used.users.retain(|u| u != container_id);
+            let emptied = used.users.is_empty();
+            if emptied {
+                slots[slot] = None;
+            }
+            emptied
+        };
+        if emptied {
+            if let Some(vm) = lock(&self.vm).as_ref() {
+                if let Err(e) = vm.detach_disk(slot) {
+                    log::warn!("pod {}: emptying disk slot {slot}: {e:#}", self.id);
+                }
+            }
         }
+    }
+
+    /// Attaches a pod container's root disks to slots; `taken` collects the slots used.
+    fn attach_root(
+        &self,
+        container_id: &str,
+        root: &RootDisks,
+        taken: &mut Vec<usize>,
+    ) -> Result<Rootfs> {
+        Ok(match root {
+            RootDisks::Whole(disk) => {
+                let (slot, device) = self.fill(container_id, disk, false, false)?;
+                taken.push(slot);
+                Rootfs::BlockDevice {
+                    device,
+                    fstype: "ext4".into(),
+                    read_only: false,
+                }
+            }
+            RootDisks::Layered { lower, upper } => {
+                let lower = if self.boot_lower.as_ref() == Some(lower) {
+                    disk_name(0)
+                } else {
+                    let (slot, device) = self.fill(container_id, lower, true, true)?;
+                    taken.push(slot);
+                    device
+                };
+                let (slot, upper) = self.fill(container_id, upper, false, false)?;
+                taken.push(slot);
+                Rootfs::Overlay { lower, upper }
+            }
+        })
     }
 }
 
-/// The guest's name for disk slot `slot`: the slots follow the sandbox's own disk (vda).
-fn slot_device(slot: usize) -> String {
-    let letter = (b'b' + slot as u8) as char;
+/// The guest's name for its `index`th virtio disk.
+fn disk_name(index: usize) -> String {
+    let letter = (b'a' + index as u8) as char;
     format!("/dev/vd{letter}")
+}
+
+/// A root as the disks a VM boots with, and how the agent mounts it from them.
+fn boot_root(root: &RootDisks) -> (Vec<(PathBuf, bool)>, Rootfs) {
+    match root {
+        RootDisks::Whole(disk) => (
+            vec![(disk.clone(), false)],
+            Rootfs::BlockDevice {
+                device: disk_name(0),
+                fstype: "ext4".into(),
+                read_only: false,
+            },
+        ),
+        RootDisks::Layered { lower, upper } => (
+            vec![(lower.clone(), true), (upper.clone(), false)],
+            Rootfs::Overlay {
+                lower: disk_name(0),
+                upper: disk_name(1),
+            },
+        ),
+    }
 }
 
 pub struct TaskService {
@@ -285,14 +400,14 @@ impl Ports {
     }
 }
 
-/// The container's root disk at `disk`: the rootfs containerd mounted for it, with the host files
-/// it bind-mounts copied in; `scratch` holds temporary files.
-fn make_root_disk(
+/// The container's root disks in `dir` (its layer disk in `layer_cache`): the rootfs containerd
+/// mounted for it, with the host files it bind-mounts copied into its writable disk.
+fn make_root(
     req: &api::CreateTaskRequest,
     spec: &Spec,
-    disk: &Path,
-    scratch: &Path,
-) -> Result<()> {
+    dir: &Path,
+    layer_cache: &Path,
+) -> Result<RootDisks> {
     let mounts: Vec<RootMount> = req
         .rootfs
         .iter()
@@ -310,8 +425,17 @@ fn make_root_disk(
         .cloned()
         .collect();
     let file_binds = binds::file_binds(&host_mounts)?;
-    rootfs::make_disk(&mounts, Path::new(&req.bundle), disk)?;
-    binds::copy_into(disk, &file_binds, scratch)
+    let root = rootfs::prepare(&mounts, Path::new(&req.bundle), dir, layer_cache)?;
+    let (disk, root_in_disk) = root.writable();
+    let file_binds: Vec<_> = file_binds
+        .into_iter()
+        .map(|b| binds::FileBind {
+            destination: format!("{root_in_disk}{}", b.destination),
+            ..b
+        })
+        .collect();
+    binds::copy_into(disk, &file_binds, dir)?;
+    Ok(root)
 }
 
 fn targets(stdin: &str, stdout: &str, stderr: &str) -> Result<[Target; 3]> {
@@ -339,30 +463,40 @@ impl TaskService {
         }
     }
 
+    fn config(&self) -> Result<&Config> {
+        self.config
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("the cocoon config: {e}"))
+    }
+
     fn boot(
         &self,
         id: &str,
         spec: &Spec,
-        disk: PathBuf,
+        root: &RootDisks,
         dir: &Path,
         pod: bool,
     ) -> Result<Arc<Sandbox>> {
-        let config = self
-            .config
-            .as_ref()
-            .map_err(|e| anyhow::anyhow!("the cocoon config: {e}"))?;
+        let config = self.config()?;
+        let (disks, _) = boot_root(root);
+        let boot_disks = disks.len();
         let annotations = spec.annotations().clone().unwrap_or_default();
         let size = config.size_for(&annotations)?;
         let files = super::guest_files(config)?;
-        // A pod's sandbox container makes room for the containers that will join it.
-        let disk_slots = if pod { config.pod_disk_slots } else { 0 };
+        // A pod's sandbox container makes room for the containers that will join it (the VMM
+        // takes 19 disks and the vsock device in all).
+        let disk_slots = if pod {
+            config.pod_disk_slots.min(18 - boot_disks as u8)
+        } else {
+            0
+        };
         let vm = self.spawner.spawn(VmOptions {
             vmm: files.0,
             kernel: files.1,
             initrd: files.2,
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,
-            disks: vec![(disk, false)],
+            disks,
             disk_slots,
             cid: 3,
             extra_cmdline: String::new(),
@@ -389,6 +523,11 @@ impl TaskService {
             client,
             dir: dir.to_path_buf(),
             uds,
+            boot_disks,
+            boot_lower: match root {
+                RootDisks::Layered { lower, .. } => Some(lower.clone()),
+                RootDisks::Whole(_) => None,
+            },
             slots: Mutex::new(vec![None; usize::from(disk_slots)]),
         }))
     }
@@ -423,11 +562,10 @@ impl TaskService {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::write(dir.join("container-id"), &req.id)?;
         let result = (|| {
-            let disk = dir.join("rootfs.ext4");
-            make_root_disk(req, &spec, &disk, &dir)?;
-            let sandbox = self.boot(&req.id, &spec, disk, &dir, kind == Some("sandbox"))?;
+            let root = make_root(req, &spec, &dir, &self.config()?.layer_cache)?;
+            let sandbox = self.boot(&req.id, &spec, &root, &dir, kind == Some("sandbox"))?;
             let spec = guest_spec(spec, false);
-            self.create_on_agent(req, spec, &sandbox, "/dev/vda".into(), None)
+            self.create_on_agent(req, spec, &sandbox, boot_root(&root).1, None)
                 .inspect_err(|_| self.destroy(&sandbox))
         })();
         if result.is_err() {
@@ -436,7 +574,8 @@ impl TaskService {
         result
     }
 
-    /// A pod's container: its root disk fills a free disk slot of the pod's VM.
+    /// A pod's container: its root disks fill free disk slots of the pod's VM (a layer disk the
+    /// VM has already is shared).
     fn join_pod(&self, req: &api::CreateTaskRequest, spec: Spec, pod: &str) -> Result<u32> {
         let sandbox = lock(&self.containers)
             .get(pod)
@@ -449,43 +588,34 @@ impl TaskService {
                     ),
                 )
             })?;
-        let slot = sandbox.reserve_slot(&req.id)?;
         let dir = sandbox.dir.join(crate::short_hash(req.id.as_bytes()));
+        let mut taken = Vec::new();
         let result = (|| {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let disk = dir.join("rootfs.ext4");
-            make_root_disk(req, &spec, &disk, &dir)?;
-            {
-                let vm = lock(&sandbox.vm);
-                let vm = vm.as_ref().context("the pod's VM has stopped")?;
-                vm.attach_disk(slot, &disk)?;
-            }
+            let root = make_root(req, &spec, &dir, &self.config()?.layer_cache)?;
+            let rootfs = sandbox.attach_root(&req.id, &root, &mut taken)?;
             let member = Member {
-                slot,
+                slots: taken.clone(),
                 dir: dir.clone(),
             };
-            self.create_on_agent(
-                req,
-                guest_spec(spec, true),
-                &sandbox,
-                slot_device(slot),
-                Some(member),
-            )
+            self.create_on_agent(req, guest_spec(spec, true), &sandbox, rootfs, Some(member))
         })();
         if result.is_err() {
-            sandbox.release_slot(slot);
+            for slot in taken {
+                sandbox.release(slot, &req.id);
+            }
             let _ = std::fs::remove_dir_all(&dir);
         }
         result
     }
 
-    /// Creates the container in the guest on `device`, wires its stdio and records it.
+    /// Creates the container in the guest on `rootfs`, wires its stdio and records it.
     fn create_on_agent(
         &self,
         req: &api::CreateTaskRequest,
         spec: Spec,
         sandbox: &Arc<Sandbox>,
-        device: String,
+        rootfs: Rootfs,
         member: Option<Member>,
     ) -> Result<u32> {
         let stdio = targets(&req.stdin, &req.stdout, &req.stderr)?;
@@ -493,11 +623,7 @@ impl TaskService {
         let reply = sandbox.client.call(Operation::CreateContainer {
             container_id: req.id.clone(),
             spec: Box::new(spec),
-            rootfs: Rootfs::BlockDevice {
-                device,
-                fstype: "ext4".into(),
-                read_only: false,
-            },
+            rootfs,
             stdio: ports.ports(),
         })?;
         let pid = match reply {
@@ -766,7 +892,9 @@ impl TaskService {
                 match &container.member {
                     // A pod's container leaves the VM to the pod.
                     Some(member) => {
-                        container.sandbox.release_slot(member.slot);
+                        for slot in &member.slots {
+                            container.sandbox.release(*slot, &req.id);
+                        }
                         let _ = std::fs::remove_dir_all(&member.dir);
                     }
                     None => self.destroy(&container.sandbox),
@@ -1267,8 +1395,27 @@ mod tests {
     }
 
     #[test]
-    fn disk_slots_follow_the_sandbox_disk() {
-        assert_eq!(slot_device(0), "/dev/vdb");
-        assert_eq!(slot_device(16), "/dev/vdr");
+    fn boot_disks_and_their_guest_names() {
+        assert_eq!(disk_name(0), "/dev/vda");
+        assert_eq!(disk_name(18), "/dev/vds");
+        let layered = RootDisks::Layered {
+            lower: "/cache/l.ext4".into(),
+            upper: "/vm/upper.ext4".into(),
+        };
+        let (disks, rootfs) = boot_root(&layered);
+        assert_eq!(
+            disks,
+            [
+                ("/cache/l.ext4".into(), true),
+                ("/vm/upper.ext4".into(), false)
+            ]
+        );
+        assert_eq!(
+            rootfs,
+            Rootfs::Overlay {
+                lower: "/dev/vda".into(),
+                upper: "/dev/vdb".into()
+            }
+        );
     }
 }
