@@ -18,6 +18,8 @@ pub const TOOLS: [&str; 6] = [
 pub const IMAGE: &str = "docker.io/library/cocoon-test:latest";
 /// The pod sandbox image in the same archive.
 pub const PAUSE_IMAGE: &str = "docker.io/library/cocoon-pause:latest";
+/// The image of the archive whose layers differ from the others' (its lower layer only).
+pub const SINGLE_LAYER_IMAGE: &str = "docker.io/library/cocoon-single:latest";
 
 /// What containerd needs of the emulated host: a root pivot_root can leave (runc), overlayfs (the
 /// snapshotter and the shim's rootfs), and room for both runtimes.
@@ -51,7 +53,7 @@ root=$PWD
 containerd_sock="$root/containerd.sock"
 export PATH="$(dirname "$CONTAINERD_SHIM_COCOON_V2"):$PATH"
 grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts || { mkdir -p /sys/fs/cgroup; mount -t cgroup2 none /sys/fs/cgroup; }
-printf 'vmm = "%s"\nkernel = "%s"\ninitrd = "%s"\nlog_level = "debug"\n' "$COCOON_VMM" "$GUEST_BZIMAGE" "$GUEST_INITRD" > cocoon.toml
+printf 'vmm = "%s"\nkernel = "%s"\ninitrd = "%s"\nlayer_cache = "%s/layers"\nlog_level = "debug"\n' "$COCOON_VMM" "$GUEST_BZIMAGE" "$GUEST_INITRD" "$root" > cocoon.toml
 export COCOON_CONFIG="$root/cocoon.toml"
 no_cri='disabled_plugins = ["io.containerd.grpc.v1.cri"]'
 [ -z "${COCOON_CRI_SANDBOX:-}" ] || no_cri=''

@@ -25,7 +25,8 @@ pub fn default_rootfs_image() -> Vec<u8> {
 /// busybox tree plus /etc/gone and /srv/lower (plain tar), then a gzipped layer that whites out
 /// /etc/gone and adds /srv/upper. The config sets FOO, the working directory /srv and a command
 /// that reports them. A second image on the same layers, `cocoon-pause:latest`, runs until
-/// SIGTERM: a pod's sandbox image for CRI.
+/// SIGTERM: a pod's sandbox image for CRI. A third, `cocoon-single:latest`, has the lower layer
+/// only (so /etc/gone is there): an image whose layers differ from the others'.
 pub fn docker_archive() -> Vec<u8> {
     let (_dir, tree) = busybox_tree();
     std::fs::create_dir_all(tree.join("srv")).unwrap();
@@ -87,16 +88,24 @@ pub fn docker_archive() -> Vec<u8> {
         },
         "rootfs": {"type": "layers", "diff_ids": diff_ids}
     });
+    let single = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_ids[0].clone()]}
+    });
     let layers = ["lower/layer.tar", "upper/layer.tar.gz"];
     let manifest = serde_json::json!([
         {"Config": "config.json", "RepoTags": ["cocoon-test:latest"], "Layers": layers},
-        {"Config": "pause.json", "RepoTags": ["cocoon-pause:latest"], "Layers": layers}
+        {"Config": "pause.json", "RepoTags": ["cocoon-pause:latest"], "Layers": layers},
+        {"Config": "single.json", "RepoTags": ["cocoon-single:latest"], "Layers": [layers[0]]}
     ]);
     let mut outer = tar::Builder::new(Vec::new());
     for (name, data) in [
         ("manifest.json", serde_json::to_vec(&manifest).unwrap()),
         ("config.json", serde_json::to_vec(&config).unwrap()),
         ("pause.json", serde_json::to_vec(&pause).unwrap()),
+        ("single.json", serde_json::to_vec(&single).unwrap()),
         ("lower/layer.tar", lower),
         ("upper/layer.tar.gz", upper),
     ] {

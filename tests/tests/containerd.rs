@@ -264,6 +264,7 @@ t0=$(now); out=$(c run --rm $IMG t-runc echo hello from runc 2>&1); echo "runc=$
 
 c run -d $R $IMG t-bg sh -c 'trap "exit 0" TERM; while :; do sleep 0.2; done' > bg.out 2>&1; echo "detached=$? $(cat bg.out) $(status_of t-bg)"
 out=$(c task exec --exec-id e1 t-bg sh -c 'echo exec-out; exit 4' 2>&1); echo "exec=$? $out"
+echo "root-mount=$(c task exec --exec-id e0 t-bg sh -c "grep '^overlay / ' /proc/mounts | grep -o 'lowerdir=[^,]*'" 2>&1)"
 echo "exec-stdin=$(echo via-stdin | c task exec --exec-id e2 t-bg cat 2>&1)"
 echo "ps=$(c task ps t-bg | tail -n +2 | wc -l)"
 c task metrics t-bg > metrics.out 2>&1; echo "metrics=$? $(grep -ci memory metrics.out)"
@@ -291,6 +292,7 @@ echo "events-echo=$(awk '/"t-echo"/ { for (i = 1; i <= NF; i++) if ($i ~ /^\/tas
 echo "events-oom=$(grep '/tasks/oom' events.log | grep -c '"t-oom"')"
 echo "events-die=$(grep '/tasks/exit' events.log | grep '"t-die"' | grep -o '"exit_status":[0-9]*')"
 
+echo "layer-disks=$(ls layers | grep -c '\.ext4$')"
 echo "tasks-left=$(c task ls -q | wc -l) containers-left=$(c containers ls -q | wc -l)"
 i=0; while [ "$(ours)" -gt "$processes_before" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 echo "processes-left=$(($(ours) - processes_before))"
@@ -309,7 +311,7 @@ processes_before=$(ours) vm_dirs_before=$(ls /run/cocoon/ctr 2>/dev/null | wc -l
 ( sleep 240; echo "@@STALL: the pod scenario has run 240 s; containerd's log and the processes:"; tail -n 40 containerd.log; cmdlines | grep -v '^[0-9]* $' ) &
 watchdog_pid=$!
 ctr --address "$containerd_sock" --namespace k8s.io images import "$COCOON_FILES/image.tar" > import.out 2>&1; echo "pod-import=$? $(tail -n 1 import.out)"
-"$COCOON_CRI_POD" "$containerd_sock" cocoon "$COCOON_TEST_IMAGE" 2>&1; echo "cri-pod-exit=$?"
+"$COCOON_CRI_POD" "$containerd_sock" cocoon "$COCOON_TEST_IMAGE" "$COCOON_SINGLE_LAYER_IMAGE" 2>&1; echo "cri-pod-exit=$?"
 kill $watchdog_pid
 i=0; while [ "$(ours)" -gt "$processes_before" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 echo "pod-processes-left=$(($(ours) - processes_before)) pod-vm-dirs-left=$(($(ls /run/cocoon/ctr 2>/dev/null | wc -l) - vm_dirs_before)) pod-mounts-left=$(grep -c "$root/state" /proc/mounts)"
@@ -334,9 +336,10 @@ static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
         containerd::SETUP
     );
     let pod_script = format!(
-        "export COCOON_TEST_IMAGE={} COCOON_CRI_SANDBOX={}\n{}\n{POD_STEPS}",
+        "export COCOON_TEST_IMAGE={} COCOON_CRI_SANDBOX={} COCOON_SINGLE_LAYER_IMAGE={}\n{}\n{POD_STEPS}",
         containerd::IMAGE,
         containerd::PAUSE_IMAGE,
+        containerd::SINGLE_LAYER_IMAGE,
         containerd::SETUP
     );
     let mut binaries = vec![SHIM, "cocoon-agent-e2e", "cocoon-cri-pod"];
@@ -406,6 +409,13 @@ fn pod_containers_see_each_others_processes_only_as_the_spec_says() {
         "{out}"
     );
     assert_eq!(value(&out, "roots-apart="), "absent", "{out}");
+    // Their image's layers are the sandbox's (the pause image is built on them): both overlay
+    // the VM's first disk, attached once.
+    assert_eq!(
+        value(&out, "roots="),
+        "lowerdir=/run/cocoon/bundles/.layers/vda lowerdir=/run/cocoon/bundles/.layers/vda",
+        "{out}"
+    );
 }
 
 #[test]
@@ -421,9 +431,20 @@ fn pod_containers_stop_and_a_new_one_takes_the_freed_place() {
     let Some(out) = pod_output("pod_containers_stop_and_a_new_one_takes_the_freed_place") else {
         return;
     };
-    // SIGTERM trapped: exit 0. C gets a root of its own, in the same VM.
+    // SIGTERM trapped: exit 0. C gets a root of its own, from its own image's layers (which have
+    // /etc/gone), in the same VM: its layer disk in the slot A's writable disk left (vdc, after
+    // the sandbox's two disks).
     assert_eq!(value(&out, "a-stopped="), "CONTAINER_EXITED 0", "{out}");
-    assert_eq!(value(&out, "c-after-a="), "0 c fresh-root", "{out}");
+    assert_eq!(
+        value(&out, "c-after-a="),
+        "0 c fresh-root whited out",
+        "{out}"
+    );
+    assert_eq!(
+        value(&out, "c-root="),
+        "lowerdir=/run/cocoon/bundles/.layers/vdc",
+        "{out}"
+    );
     assert_eq!(value(&out, "vmms-with-c="), "1", "{out}");
 }
 
@@ -498,6 +519,22 @@ fn a_detached_task_execs_pauses_resumes_and_stops() {
     assert_eq!(value(&out, "exec-after-resume="), "0", "{out}");
     assert_eq!(value(&out, "kill="), "0 STOPPED", "{out}");
     assert_eq!(value(&out, "removed="), "0 0", "{out}");
+}
+
+#[test]
+fn the_image_layers_are_one_cached_read_only_disk_under_an_overlay() {
+    let Some(out) = ctr_output("the_image_layers_are_one_cached_read_only_disk_under_an_overlay")
+    else {
+        return;
+    };
+    // The container's root is an overlay over the first disk (the layer disk), mounted once.
+    assert_eq!(
+        value(&out, "root-mount="),
+        "lowerdir=/run/cocoon/bundles/.layers/vda",
+        "{out}"
+    );
+    // Every container of the suite ran the one image: one layer disk made, reused by all.
+    assert_eq!(value(&out, "layer-disks="), "1", "{out}");
 }
 
 #[test]

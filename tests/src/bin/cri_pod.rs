@@ -1,7 +1,7 @@
-//! `cocoon-cri-pod SOCKET HANDLER IMAGE`: drives one Kubernetes-style pod through containerd's CRI
-//! (what the kubelet does, without a kubelet): RunPodSandbox with host networking (no CNI needed),
-//! two containers in it, ExecSync, a third container after the first is removed, then
-//! Stop/RemovePodSandbox. Prints one `key=value` line per observation for the suite to check, and
+//! `cocoon-cri-pod SOCKET HANDLER IMAGE OTHER_IMAGE`: drives one Kubernetes-style pod through
+//! containerd's CRI (what the kubelet does, without a kubelet): RunPodSandbox with host networking
+//! (no CNI needed), two containers of IMAGE in it, ExecSync, a third container, of OTHER_IMAGE
+//! (other layers), after the first is removed, then Stop/RemovePodSandbox. Prints one `key=value` line per observation for the suite to check, and
 //! exits non-zero at the first CRI call that fails (its error printed as `error=`).
 
 use std::collections::HashMap;
@@ -204,7 +204,7 @@ fn vmm_count() -> usize {
         .count()
 }
 
-async fn scenario(socket: PathBuf, handler: &str, image: &str) -> Result<()> {
+async fn scenario(socket: PathBuf, handler: &str, image: &str, other_image: &str) -> Result<()> {
     let mut cri = connect(socket).await?;
     let version = cri
         .runtime
@@ -272,6 +272,12 @@ async fn scenario(socket: PathBuf, handler: &str, image: &str) -> Result<()> {
     println!("exec-sync={code} {out} {err}");
     // Each container has a root of its own: a file one writes the other does not see.
     cri.exec(&a, "echo mine > /only-a").await?;
+    let root = "grep '^overlay / ' /proc/mounts | grep -o 'lowerdir=[^,]*'";
+    println!(
+        "roots={} {}",
+        cri.exec(&a, root).await?.1,
+        cri.exec(&b, root).await?.1
+    );
     println!(
         "roots-apart={}",
         cri.exec(&b, "cat /only-a 2>/dev/null || echo absent")
@@ -281,14 +287,19 @@ async fn scenario(socket: PathBuf, handler: &str, image: &str) -> Result<()> {
 
     let (state, code) = cri.stop_and_remove(&a).await?;
     println!("a-stopped={state} {code}");
-    // The slot A's root disk filled is free again: a third container takes it.
+    // The slot A's root disk filled is free again: a third container, of an image with other
+    // layers, takes it (for its layer disk) and another.
     let c = cri
-        .create(&pod, "c", image, NamespaceMode::Container)
+        .create(&pod, "c", other_image, NamespaceMode::Container)
         .await?;
     let (code, out, _) = cri
-        .exec(&c, "echo $WHO; cat /only-a 2>/dev/null || echo fresh-root")
+        .exec(
+            &c,
+            "echo $WHO; cat /only-a 2>/dev/null || echo fresh-root; cat /etc/gone",
+        )
         .await?;
     println!("c-after-a={code} {}", out.replace('\n', " "));
+    println!("c-root={}", cri.exec(&c, root).await?.1);
     println!("vmms-with-c={}", vmm_count() - vmms_before);
     cri.stop_and_remove(&b).await?;
     cri.stop_and_remove(&c).await?;
@@ -334,13 +345,13 @@ async fn scenario(socket: PathBuf, handler: &str, image: &str) -> Result<()> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [socket, handler, image] = args.as_slice() else {
-        bail!("usage: cocoon-cri-pod CONTAINERD_SOCKET RUNTIME_HANDLER IMAGE");
+    let [socket, handler, image, other_image] = args.as_slice() else {
+        bail!("usage: cocoon-cri-pod CONTAINERD_SOCKET RUNTIME_HANDLER IMAGE OTHER_IMAGE");
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    if let Err(e) = runtime.block_on(scenario(socket.into(), handler, image)) {
+    if let Err(e) = runtime.block_on(scenario(socket.into(), handler, image, other_image)) {
         println!("error={e:#}");
         std::process::exit(1);
     }
