@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use cocoon_protocol::vmm_api::{ApiRequest, ApiResponse};
 
 const API_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -128,38 +129,40 @@ impl Vm {
     /// Puts the raw image at `path` into the VM's empty disk slot `slot` (the guest's disk after
     /// the boot disks); returns its size in bytes. A read-only image refuses the guest's writes.
     pub fn attach_disk(&self, slot: usize, path: &Path, read_only: bool) -> Result<u64> {
-        let request = serde_json::json!({
-            "op": "attach_disk", "slot": slot, "path": path, "read_only": read_only
-        });
-        let answer = self.api(&request)?;
-        Ok(answer["capacity_bytes"].as_u64().unwrap_or(0))
+        let answer = self.api(&ApiRequest::AttachDisk {
+            slot,
+            path: path.to_path_buf(),
+            read_only,
+        })?;
+        answer
+            .capacity_bytes
+            .context("cocoon-vmm's answer to attach_disk has no capacity")
     }
 
     /// Empties the VM's disk slot `slot`.
     pub fn detach_disk(&self, slot: usize) -> Result<()> {
-        self.api(&serde_json::json!({"op": "detach_disk", "slot": slot}))
-            .map(drop)
+        self.api(&ApiRequest::DetachDisk { slot }).map(drop)
     }
 
     /// One request on the VMM's API socket.
-    fn api(&self, request: &serde_json::Value) -> Result<serde_json::Value> {
+    fn api(&self, request: &ApiRequest) -> Result<ApiResponse> {
         let path = self.dir.path().join(API_SOCKET);
         let stream = UnixStream::connect(&path)
             .with_context(|| format!("connecting to the VMM's API socket {}", path.display()))?;
         stream.set_read_timeout(Some(API_TIMEOUT))?;
-        let mut line = request.to_string();
+        let mut line = serde_json::to_string(request)?;
         line.push('\n');
         (&stream).write_all(line.as_bytes())?;
         let mut answer = String::new();
         BufReader::new(&stream)
             .read_line(&mut answer)
             .context("reading the VMM's API answer")?;
-        let answer: serde_json::Value = serde_json::from_str(&answer)
+        let answer: ApiResponse = serde_json::from_str(&answer)
             .with_context(|| format!("the VMM's API answered {answer:?}"))?;
-        if answer["ok"].as_bool() != Some(true) {
+        if !answer.ok {
             bail!(
                 "cocoon-vmm: {}",
-                answer["error"].as_str().unwrap_or("request refused")
+                answer.error.as_deref().unwrap_or("request refused")
             );
         }
         Ok(answer)

@@ -15,48 +15,15 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
+use cocoon_protocol::vmm_api::{ApiRequest as Request, ApiResponse as Response};
 
 use crate::devices::virtio::block::BlockSlot;
 
+/// How long a connection may stay silent before it is closed.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Longest request line read; anything longer is refused.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
-
-/// What a client may ask.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    /// Put the raw image at `path` into the empty disk slot `slot` (0 is the first slot); a
-    /// read-only one is opened read-only and refuses the guest's writes.
-    AttachDisk {
-        slot: usize,
-        path: PathBuf,
-        #[serde(default)]
-        read_only: bool,
-    },
-    /// Empty disk slot `slot`; the guest sees a disk of size 0.
-    DetachDisk { slot: usize },
-}
-
-/// The answer to one request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capacity_bytes: Option<u64>,
-}
-
-impl Response {
-    fn error(message: impl Into<String>) -> Self {
-        Self {
-            ok: false,
-            error: Some(message.into()),
-            capacity_bytes: None,
-        }
-    }
-}
 
 /// The VM's parts the API acts on.
 pub struct Api {
@@ -117,6 +84,8 @@ impl Api {
 
     /// Answers every request line of one connection until it closes.
     fn serve_connection(&self, stream: UnixStream) -> std::io::Result<()> {
+        // One connection at a time: a client that stalls must not hold the others off for long.
+        stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
         let mut writer = stream.try_clone()?;
         let mut reader = BufReader::new(stream);
         loop {

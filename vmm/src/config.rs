@@ -111,7 +111,7 @@ impl FromStr for DiskConfig {
 
 /// Virtio devices have IRQs 5 to 23 on the IO-APIC: at most this many disks (one fewer with a
 /// vsock device).
-pub const MAX_DISKS: usize = 19;
+pub const MAX_DISKS: usize = cocoon_protocol::vmm_api::MAX_VIRTIO_DEVICES;
 
 /// The guest's vsock device and the Unix socket its host side listens on (Firecracker's hybrid
 /// vsock: connect, write `CONNECT <port>\n`; the guest reaching host port P connects to `<uds>_P`).

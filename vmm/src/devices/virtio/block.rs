@@ -178,11 +178,15 @@ impl BlockSlot {
     /// read-only image is opened read-only and every write to it fails (the slot was offered to
     /// the guest as writable, so that is the device's to enforce).
     pub fn attach(&self, path: &Path, read_only: bool) -> Result<u64, SlotError> {
+        if lock(&self.0).file.is_some() {
+            return Err(SlotError::Busy);
+        }
+        // Opened before the device is locked: its queue and config reads do not wait on the host.
+        let (file, capacity_bytes) = open_image(path, read_only)?;
         let mut state = lock(&self.0);
         if state.file.is_some() {
             return Err(SlotError::Busy);
         }
-        let (file, capacity_bytes) = open_image(path, read_only)?;
         state.file = Some(file);
         state.read_only = read_only;
         state.set_capacity(capacity_bytes);
