@@ -199,10 +199,13 @@ fn cgroup_dir(spec: &Spec) -> PathBuf {
 }
 
 /// Unmounts the rootfs, gives back its layer disk and removes the bundle; used after failures and
-/// on delete.
-fn remove_bundle(layers: &Layers, bundle: &Path, lower: Option<&str>) {
-    layers.release(bundle, lower);
-    let _ = fs::remove_dir_all(bundle);
+/// on delete. An error: a disk of the root was still in use, and is only detached lazily.
+fn remove_bundle(layers: &Layers, bundle: &Path, lower: Option<&str>) -> AgentResult<()> {
+    let released = layers.release(bundle, lower);
+    if released.is_ok() {
+        let _ = fs::remove_dir_all(bundle);
+    }
+    released
 }
 
 impl Sandbox {
@@ -327,7 +330,7 @@ impl Sandbox {
         };
         let result = self.build_container(container_id, &spec, ports, &bundle);
         if result.is_err() {
-            remove_bundle(&self.layers, &bundle, lower.as_deref());
+            let _ = remove_bundle(&self.layers, &bundle, lower.as_deref());
         }
         let (container, init) = result?;
         let pid = init.pid;
@@ -716,12 +719,15 @@ impl Sandbox {
             }
         }
         let _ = entry.container.refresh_status();
-        entry
+        let deleted = entry
             .container
             .delete(true)
-            .map_err(|e| internal(&format!("deleting container '{container_id}'"), e))?;
-        remove_bundle(&self.layers, &entry.bundle, entry.lower.as_deref());
-        Ok(Reply::Done)
+            .map_err(|e| internal(&format!("deleting container '{container_id}'"), e));
+        // Whatever libcontainer said: the host frees the container's disks after this, so their
+        // mounts go now, and a disk something still holds is an error the host must hear of.
+        let released = remove_bundle(&self.layers, &entry.bundle, entry.lower.as_deref());
+        deleted?;
+        released.map(|()| Reply::Done)
     }
 
     /// Deletes every container (before the VM goes down).

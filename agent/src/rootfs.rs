@@ -15,6 +15,34 @@ use crate::reaper::lock;
 
 /// How long a disk attached while the VM runs may take to show its size.
 const MEDIA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an unmount may wait for the last users of a filesystem (processes just killed).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Unmounts `target`, waiting a moment for its last users; if it stays busy, detaches it lazily
+/// and says so (its filesystem lives on until they are gone). Not mounted: fine.
+fn unmount(target: &Path) -> Result<(), AgentError> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match umount2(target, MntFlags::empty()) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {
+                return Ok(())
+            }
+            Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                let _ = umount2(target, MntFlags::MNT_DETACH);
+                return Err(error(
+                    ErrorKind::FailedPrecondition,
+                    format!(
+                        "{} is still in use ({e}); detached, its disk must not be reused",
+                        target.display()
+                    ),
+                ));
+            }
+        }
+    }
+}
 
 fn error(kind: ErrorKind, message: impl Into<String>) -> AgentError {
     AgentError::new(kind, message)
@@ -122,18 +150,20 @@ impl Layers {
     }
 
     /// One container fewer uses `device`; unmounted when none does (the host may then detach it).
-    fn give_back(&self, device: &str) {
+    fn give_back(&self, device: &str) -> Result<(), AgentError> {
         let mut users = lock(&self.users);
         let Some(count) = users.get_mut(device) else {
-            return;
+            return Ok(());
         };
         *count -= 1;
-        if *count == 0 {
-            users.remove(device);
-            let at = self.mount_point(device);
-            let _ = umount2(&at, MntFlags::MNT_DETACH);
-            let _ = fs::remove_dir(&at);
+        if *count > 0 {
+            return Ok(());
         }
+        users.remove(device);
+        let at = self.mount_point(device);
+        unmount(&at)?;
+        let _ = fs::remove_dir(&at);
+        Ok(())
     }
 
     /// Mounts `rootfs` at the bundle's `rootfs`; returns the layer disk it took, to give back with
@@ -177,8 +207,8 @@ impl Layers {
                 match result {
                     Ok(()) => Ok(Some(lower.clone())),
                     Err(e) => {
-                        let _ = umount2(&bundle.join("upper"), MntFlags::MNT_DETACH);
-                        self.give_back(lower);
+                        let _ = unmount(&bundle.join("upper"));
+                        let _ = self.give_back(lower);
                         Err(e)
                     }
                 }
@@ -186,12 +216,12 @@ impl Layers {
         }
     }
 
-    /// Unmounts what [`Self::mount`] mounted in `bundle` and gives back its layer disk.
-    pub fn release(&self, bundle: &Path, lower: Option<&str>) {
-        let _ = umount2(&bundle.join("rootfs"), MntFlags::MNT_DETACH);
-        let _ = umount2(&bundle.join("upper"), MntFlags::MNT_DETACH);
-        if let Some(lower) = lower {
-            self.give_back(lower);
-        }
+    /// Unmounts what [`Self::mount`] mounted in `bundle` and gives back its layer disk. An error:
+    /// something still held one of them (the first such is said; all are detached anyway).
+    pub fn release(&self, bundle: &Path, lower: Option<&str>) -> Result<(), AgentError> {
+        let root = unmount(&bundle.join("rootfs"));
+        let upper = unmount(&bundle.join("upper"));
+        let layer = lower.map_or(Ok(()), |lower| self.give_back(lower));
+        root.and(upper).and(layer)
     }
 }
