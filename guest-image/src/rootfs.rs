@@ -64,25 +64,32 @@ pub fn busybox_rootfs(dir: &Path, busybox: &Path) -> Result<()> {
 }
 
 /// Bytes used by the files under `dir` (symlinks not followed).
-fn tree_size(dir: &Path) -> Result<u64> {
-    let mut total = 0;
+/// Bytes (in whole 4 KiB blocks) and entries under `dir`.
+fn tree_size(dir: &Path) -> Result<(u64, u64)> {
+    let (mut bytes, mut entries) = (0, 0);
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let entry = entry?;
         let meta = entry.path().symlink_metadata()?;
-        total += if meta.is_dir() {
-            4096 + tree_size(&entry.path())?
+        entries += 1;
+        bytes += if meta.is_dir() {
+            let (b, e) = tree_size(&entry.path())?;
+            entries += e;
+            4096 + b
         } else {
             meta.len().max(1).div_ceil(4096) * 4096
         };
     }
-    Ok(total)
+    Ok((bytes, entries))
 }
 
 /// Makes an ext4 image at `out` holding the tree under `dir`, owned by root, with `free_mib` MiB
-/// free beyond its contents (at least 16 MiB in all).
+/// free beyond its contents (at least 16 MiB in all). It has an inode for every entry of the tree
+/// and one per 16 KiB free (mke2fs's own ratio for larger filesystems would run out on trees of
+/// many small files).
 pub fn ext4_image(dir: &Path, out: &Path, free_mib: u64) -> Result<()> {
-    let used = tree_size(dir)?;
+    let (used, entries) = tree_size(dir)?;
     let size = (used + used / 4 + (free_mib << 20) + (8 << 20)).max(16 << 20);
+    let inodes = entries + entries / 4 + (size - used) / 16384 + 64;
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     file.set_len(size)?;
     drop(file);
@@ -94,6 +101,8 @@ pub fn ext4_image(dir: &Path, out: &Path, free_mib: u64) -> Result<()> {
             "cocoon-rootfs",
             "-E",
             "root_owner=0:0",
+            "-N",
+            &inodes.to_string(),
             "-d",
         ])
         .arg(dir)
