@@ -1,9 +1,14 @@
-//! Host files a container's spec bind-mounts (CRI's `/etc/hosts`, `/etc/resolv.conf`,
-//! `/etc/hostname`; `ctr run --mount` of a file) cannot be mounted across the VM boundary: they
-//! are copied into the container's root disk at their destination when it is made, so the
-//! container sees them as they were at create (writes stay inside the VM). Host directories do not
-//! reach the guest yet; they are left out with a warning.
+//! Host files and directories a container's spec bind-mounts (CRI's `/etc/hosts`,
+//! `/etc/resolv.conf`, `/etc/hostname`; Kubernetes volumes; `ctr run --mount`) cannot be mounted
+//! across the VM boundary: they are copied into the container's writable disk at their destination
+//! when it is made, so the container sees them as they were at create (writes stay inside the VM).
+//! A root on an image's layers takes files and directories (placed in the writable layer's tree
+//! before its filesystem is made); a root copied whole takes files (written into its disk with
+//! debugfs).
 
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -11,12 +16,15 @@ use oci_spec::runtime::Mount;
 
 /// Larger files are not copied (these are configuration files, not data).
 const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Larger directory trees are not copied (configuration, secrets, small volumes).
+const MAX_DIR_BYTES: u64 = 64 << 20;
 
-/// A host file to place in the root disk.
+/// A host file or directory to place in the root.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileBind {
     pub source: PathBuf,
     pub destination: String,
+    pub directory: bool,
 }
 
 fn is_bind(mount: &Mount) -> bool {
@@ -28,7 +36,30 @@ fn is_bind(mount: &Mount) -> bool {
             .any(|o| o == "bind" || o == "rbind")
 }
 
-/// The host file `mount` binds in, if it is one this module can copy; why not otherwise.
+/// Bytes of the regular files under `dir`; an error for what cannot be copied (devices,
+/// sockets, FIFOs).
+fn tree_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let meta = path.symlink_metadata()?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            total += tree_bytes(&path)?;
+        } else if kind.is_file() {
+            total += meta.len();
+        } else if !kind.is_symlink() {
+            bail!(
+                "{} is a device, socket or FIFO: a directory bound into the microVM is copied, and those cannot be",
+                path.display()
+            );
+        }
+    }
+    Ok(total)
+}
+
+/// The host file or directory `mount` binds in, if it is one this module can copy; why not
+/// otherwise.
 pub fn file_bind(mount: &Mount) -> Result<Option<FileBind>> {
     if !is_bind(mount) {
         return Ok(None);
@@ -45,23 +76,29 @@ pub fn file_bind(mount: &Mount) -> Result<Option<FileBind>> {
     }
     let meta = std::fs::metadata(source)
         .with_context(|| format!("the bind source {}", source.display()))?;
-    if !meta.is_file() {
+    let (bytes, limit) = if meta.is_dir() {
+        (tree_bytes(source)?, MAX_DIR_BYTES)
+    } else if meta.is_file() {
+        (meta.len(), MAX_FILE_BYTES)
+    } else {
         return Ok(None);
-    }
-    if meta.len() > MAX_FILE_BYTES {
+    };
+    if bytes > limit {
         bail!(
-            "the bind source {} is {} bytes; host files over {MAX_FILE_BYTES} bytes are not copied into the microVM",
+            "the bind source {} holds {bytes} bytes; host {} over {limit} bytes are not copied into the microVM",
             source.display(),
-            meta.len()
+            if meta.is_dir() { "directories" } else { "files" }
         );
     }
     Ok(Some(FileBind {
         source: source.clone(),
         destination,
+        directory: meta.is_dir(),
     }))
 }
 
-/// The host files among `mounts` (the spec's mounts the guest cannot make by itself).
+/// The host files and directories among `mounts` (the spec's mounts the guest cannot make by
+/// itself).
 pub fn file_binds(mounts: &[Mount]) -> Result<Vec<FileBind>> {
     let mut binds = Vec::new();
     for mount in mounts {
@@ -70,6 +107,97 @@ pub fn file_binds(mounts: &[Mount]) -> Result<Vec<FileBind>> {
         }
     }
     Ok(binds)
+}
+
+/// Copies the tree at `from` to `to` (made), keeping modes, owners and symlinks.
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    copy_owner_and_mode(from, to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = src.symlink_metadata()?.file_type();
+        if kind.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if kind.is_symlink() {
+            let _ = std::fs::remove_file(&dst);
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+            let meta = src.symlink_metadata()?;
+            std::os::unix::fs::lchown(&dst, Some(meta.uid()), Some(meta.gid()))?;
+        } else {
+            std::fs::copy(&src, &dst)?;
+            copy_owner_and_mode(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_owner_and_mode(from: &Path, to: &Path) -> Result<()> {
+    let meta = from.metadata()?;
+    std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid()))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    Ok(())
+}
+
+/// Marks `dir` opaque for overlayfs: the image's files at that path stay hidden, as under a
+/// bind mount.
+fn make_opaque(dir: &Path) -> Result<()> {
+    let path = CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: lsetxattr(2) with NUL-terminated name and path and a 1-byte value that outlive the
+    // call.
+    let set = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            b"y".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    if set != 0 {
+        bail!(
+            "marking {} opaque for overlayfs: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Places `binds` in `tree`, the tree a writable layer is made from (its `/` is the container's),
+/// before its filesystem is made. Directories made on the way take the mode and owner the image's
+/// `layers` (top first) give them, so `/tmp` stays 1777; a bound directory hides what the image has
+/// at its place.
+pub fn place_in_tree(tree: &Path, binds: &[FileBind], layers: &[PathBuf]) -> Result<()> {
+    for bind in binds {
+        let relative = Path::new(bind.destination.trim_start_matches('/'));
+        let mut so_far = PathBuf::new();
+        for component in relative.parent().into_iter().flat_map(Path::components) {
+            so_far.push(component);
+            let here = tree.join(&so_far);
+            if here.exists() {
+                continue;
+            }
+            std::fs::create_dir(&here)?;
+            if let Some(image_dir) = layers
+                .iter()
+                .map(|l| l.join(&so_far))
+                .find(|p| p.symlink_metadata().is_ok_and(|m| m.is_dir()))
+            {
+                copy_owner_and_mode(&image_dir, &here)?;
+            }
+        }
+        let target = tree.join(relative);
+        if bind.directory {
+            copy_tree(&bind.source, &target)
+                .with_context(|| format!("copying {}", bind.source.display()))?;
+            make_opaque(&target)?;
+        } else {
+            std::fs::copy(&bind.source, &target)
+                .with_context(|| format!("copying {}", bind.source.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies `binds` into the ext4 image `image` (not mounted), replacing what is at each
@@ -165,9 +293,13 @@ mod tests {
         let file = dir.path().join("hosts");
         std::fs::write(&file, "127.0.0.1 localhost\n").unwrap();
         let found = file_bind(&bind(&file, "/etc/hosts")).unwrap().unwrap();
-        assert_eq!(found.destination, "/etc/hosts");
-        // A directory is not a file bind; a proc mount is not a bind at all.
-        assert!(file_bind(&bind(dir.path(), "/data")).unwrap().is_none());
+        assert_eq!(
+            (found.destination.as_str(), found.directory),
+            ("/etc/hosts", false)
+        );
+        // A directory is copied as a tree; a proc mount is not a bind at all.
+        let tree = file_bind(&bind(dir.path(), "/data")).unwrap().unwrap();
+        assert!(tree.directory);
         let proc = MountBuilder::default()
             .destination("/proc")
             .typ("proc")
@@ -181,6 +313,11 @@ mod tests {
         std::fs::write(&big, vec![0u8; (MAX_FILE_BYTES + 1) as usize]).unwrap();
         let err = file_bind(&bind(&big, "/big")).unwrap_err().to_string();
         assert!(err.contains("not copied"), "{err}");
+        let with_fifo = dir.path().join("with-fifo");
+        std::fs::create_dir_all(&with_fifo).unwrap();
+        nix::unistd::mkfifo(&with_fifo.join("p"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = file_bind(&bind(&with_fifo, "/v")).unwrap_err().to_string();
+        assert!(err.contains("device, socket or FIFO"), "{err}");
         assert!(file_bind(&bind(&dir.path().join("absent"), "/x")).is_err());
     }
 
@@ -204,10 +341,12 @@ mod tests {
             FileBind {
                 source: hosts.clone(),
                 destination: "/etc/hosts".into(),
+                directory: false,
             },
             FileBind {
                 source: note,
                 destination: "/opt/cocoon/note".into(),
+                directory: false,
             },
         ];
         let scratch = dir.path().join("scratch");
@@ -228,10 +367,78 @@ mod tests {
         let onto_dir = [FileBind {
             source: hosts,
             destination: "/srv/taken".into(),
+            directory: false,
         }];
         let err = copy_into(&image, &onto_dir, &scratch)
             .unwrap_err()
             .to_string();
         assert!(err.contains("cannot place"), "{err}");
+    }
+
+    #[test]
+    fn binds_are_placed_in_a_writable_tree_with_the_images_directories() {
+        // SAFETY: geteuid(2) cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: owners and overlayfs's trusted xattr need root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let layer = dir.path().join("layer");
+        std::fs::create_dir_all(layer.join("tmp")).unwrap();
+        std::fs::set_permissions(layer.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+            .unwrap();
+        let volume = dir.path().join("volume");
+        std::fs::create_dir_all(volume.join("sub")).unwrap();
+        std::fs::write(volume.join("sub/key"), "secret").unwrap();
+        std::os::unix::fs::symlink("sub/key", volume.join("link")).unwrap();
+        std::os::unix::fs::chown(volume.join("sub/key"), Some(1000), Some(1000)).unwrap();
+        let note = dir.path().join("note");
+        std::fs::write(&note, "n").unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        let binds = [
+            FileBind {
+                source: note,
+                destination: "/tmp/cocoon/note".into(),
+                directory: false,
+            },
+            FileBind {
+                source: volume,
+                destination: "/etc/config".into(),
+                directory: true,
+            },
+        ];
+        place_in_tree(&tree, &binds, &[layer]).unwrap();
+        let mode = |p: &str| tree.join(p).metadata().unwrap().mode() & 0o7777;
+        assert_eq!(mode("tmp"), 0o1777, "as the image has it");
+        assert_eq!(mode("tmp/cocoon"), 0o755);
+        assert_eq!(
+            std::fs::read_to_string(tree.join("tmp/cocoon/note")).unwrap(),
+            "n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tree.join("etc/config/link")).unwrap(),
+            "secret"
+        );
+        assert_eq!(
+            tree.join("etc/config/sub/key").metadata().unwrap().uid(),
+            1000
+        );
+        let mut opaque = [0u8; 4];
+        let path = CString::new(tree.join("etc/config").as_os_str().as_bytes()).unwrap();
+        // SAFETY: lgetxattr(2) into a 4-byte buffer we own, with NUL-terminated strings.
+        let len = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                c"trusted.overlay.opaque".as_ptr(),
+                opaque.as_mut_ptr().cast(),
+                opaque.len(),
+            )
+        };
+        assert_eq!(
+            (len, opaque[0]),
+            (1, b'y'),
+            "the image's /etc/config stays hidden"
+        );
     }
 }

@@ -37,8 +37,10 @@ pub struct Config {
     pub log_level: String,
 }
 
-/// cocoon-vmm takes 19 virtio devices: the sandbox's disk and the vsock device leave 17.
-pub const MAX_POD_DISK_SLOTS: u8 = 17;
+/// Disks a VM can have besides its vsock device.
+pub const VM_DISKS: u8 = cocoon_protocol::vmm_api::MAX_VIRTIO_DEVICES as u8 - 1;
+/// Slots left beside the sandbox's own root disk (one, or two on an image's layers: then fewer).
+pub const MAX_POD_DISK_SLOTS: u8 = VM_DISKS - 1;
 
 impl Default for Config {
     fn default() -> Self {

@@ -11,6 +11,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
+use super::binds::{self, FileBind};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 /// Free room in the container's writable root.
@@ -56,16 +58,6 @@ pub enum RootDisks {
     Layered { lower: PathBuf, upper: PathBuf },
 }
 
-impl RootDisks {
-    /// The writable disk, and where in it the container's `/` is.
-    pub fn writable(&self) -> (&Path, &'static str) {
-        match self {
-            Self::Whole(disk) => (disk, ""),
-            Self::Layered { upper, .. } => (upper, "/upper"),
-        }
-    }
-}
-
 /// containerd's overlay of image layers over an empty writable directory: the layers, top first.
 fn image_layers(mounts: &[RootMount]) -> Option<Vec<PathBuf>> {
     let [m] = mounts else {
@@ -82,26 +74,40 @@ fn image_layers(mounts: &[RootMount]) -> Option<Vec<PathBuf>> {
     Some(option("lowerdir=")?.split(':').map(PathBuf::from).collect())
 }
 
-/// Makes the disks of a container's root in `dir` (the layer disk in `layer_cache`).
+/// Makes the disks of a container's root in `dir` (the layer disk in `layer_cache`), with the
+/// host files and directories the spec binds copied in.
 pub fn prepare(
     mounts: &[RootMount],
     bundle: &Path,
     dir: &Path,
     layer_cache: &Path,
+    host_binds: &[FileBind],
 ) -> Result<RootDisks> {
     if let Some(layers) = image_layers(mounts) {
         let lower = cached_layers(&layers, layer_cache)?;
         let upper = dir.join("upper.ext4");
         let tree = dir.join("upper-tree");
-        std::fs::create_dir_all(tree.join("upper"))?;
-        std::fs::create_dir_all(tree.join("work"))?;
-        let made = cocoon_guest_image::rootfs::ext4_image(&tree, &upper, FREE_MIB);
+        let made = (|| {
+            std::fs::create_dir_all(tree.join("upper"))?;
+            std::fs::create_dir_all(tree.join("work"))?;
+            binds::place_in_tree(&tree.join("upper"), host_binds, &layers)?;
+            cocoon_guest_image::rootfs::ext4_image(&tree, &upper, FREE_MIB)
+        })();
         let _ = std::fs::remove_dir_all(&tree);
         made?;
         return Ok(RootDisks::Layered { lower, upper });
     }
     let disk = dir.join("rootfs.ext4");
     make_disk(mounts, bundle, &disk)?;
+    let (files, directories): (Vec<FileBind>, Vec<FileBind>) =
+        host_binds.iter().cloned().partition(|b| !b.directory);
+    for d in directories {
+        log::warn!(
+            "not mounting {} into the container: host directories reach only containers on an image's layers",
+            d.destination
+        );
+    }
+    binds::copy_into(&disk, &files, dir)?;
     Ok(RootDisks::Whole(disk))
 }
 
@@ -162,19 +168,36 @@ fn cached_layers(layers: &[PathBuf], cache: &Path) -> Result<PathBuf> {
         let _ = std::fs::remove_file(&building);
         return Err(e);
     }
+    // The listing first, renamed into place too: a pruner never reads half of one, and a disk in
+    // the cache always has its listing.
     let listing: String = layers
         .iter()
         .map(|l| format!("{}\n", l.display()))
         .collect();
-    std::fs::write(cache.join(format!("{name}.layers")), listing)?;
+    let listing_building = cache.join(format!(".{name}.{pid}.layers"));
+    std::fs::write(&listing_building, listing)?;
+    std::fs::rename(&listing_building, cache.join(format!("{name}.layers")))?;
     std::fs::rename(&building, &disk)?;
     Ok(disk)
 }
 
-/// Removes cached layer disks whose layers are gone (a VMM using one keeps its open file).
+/// Removes cached layer disks whose layers are gone (a VMM using one keeps its open file), and
+/// what a shim that died while building one left (`.<name>.<pid>.*` of a pid no longer running).
 fn prune(cache: &Path) {
     for entry in std::fs::read_dir(cache).into_iter().flatten().flatten() {
         let path = entry.path();
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = file_name
+            .strip_prefix('.')
+            .and_then(|n| n.split('.').nth(1))
+        {
+            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+                let _ = umount2(&path, MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_dir(&path);
+                let _ = std::fs::remove_file(&path);
+            }
+            continue;
+        }
         if path.extension().is_none_or(|e| e != "layers") {
             continue;
         }
@@ -275,7 +298,7 @@ mod tests {
 
         let first = tmp.path().join("c1");
         std::fs::create_dir_all(&first).unwrap();
-        let disks = prepare(&mounts, &first, &first, &cache).unwrap();
+        let disks = prepare(&mounts, &first, &first, &cache, &[]).unwrap();
         let RootDisks::Layered { lower, upper: own } = &disks else {
             panic!("{disks:?}");
         };
@@ -285,13 +308,12 @@ mod tests {
             writable.contains("upper") && writable.contains("work"),
             "{writable}"
         );
-        assert_eq!(disks.writable(), (own.as_path(), "/upper"));
 
         // A second container of the image shares the layer disk as it is.
         let built = lower.metadata().unwrap().modified().unwrap();
         let second = tmp.path().join("c2");
         std::fs::create_dir_all(&second).unwrap();
-        let again = prepare(&mounts, &second, &second, &cache).unwrap();
+        let again = prepare(&mounts, &second, &second, &cache, &[]).unwrap();
         let RootDisks::Layered { lower: shared, .. } = &again else {
             panic!("{again:?}");
         };
@@ -307,8 +329,12 @@ mod tests {
         std::fs::remove_dir_all(&layer).unwrap();
         let other = tmp.path().join("snapshots/3/fs");
         std::fs::create_dir_all(&other).unwrap();
+        // What a builder that died left (no process 4000000 runs here).
+        let stale = cache.join(".deadbeef.4000000.ext4");
+        std::fs::write(&stale, "half").unwrap();
         cached_layers(&[other], &cache).unwrap();
         assert!(!lower.exists(), "pruned");
+        assert!(!stale.exists(), "a dead builder's leftovers pruned");
     }
 
     #[test]

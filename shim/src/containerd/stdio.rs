@@ -141,8 +141,9 @@ fn copy_fifo(mut fifo: File, mut to: &UnixStream, closer: &InputCloser) -> std::
     loop {
         let mut fds = [
             PollFd::new(fifo.as_fd(), PollFlags::POLLIN),
-            // Never readable but at its end: the process's side of the stream is gone.
-            PollFd::new(to.as_fd(), PollFlags::POLLIN),
+            // Hung up: the process's side of the stream is gone. (Not POLLIN: the process has the
+            // stream itself as its stdin, and may write to it.)
+            PollFd::new(to.as_fd(), PollFlags::from_bits_retain(libc::POLLRDHUP)),
         ];
         match poll(&mut fds, PollTimeout::from(INPUT_POLL_MS)) {
             Ok(0) if closer.requested() => return Ok(()), // drained

@@ -121,7 +121,8 @@ impl Sandbox {
     }
 
     /// Puts `disk` into a free slot for `container_id` (or, if `shared`, into the slot that holds
-    /// it already); returns the slot and the guest's device.
+    /// it already); returns the slot and the guest's device. The slots stay locked while the VMM
+    /// attaches, so no other container sees a slot half filled.
     fn fill(
         &self,
         container_id: &str,
@@ -129,70 +130,54 @@ impl Sandbox {
         read_only: bool,
         shared: bool,
     ) -> Result<(usize, String)> {
-        let (slot, attach) = {
-            let mut slots = lock(&self.slots);
-            let holding = shared
-                .then(|| {
-                    slots
-                        .iter()
-                        .position(|s| s.as_ref().is_some_and(|s| s.disk == disk))
-                })
-                .flatten();
-            if let Some(slot) = holding {
+        let mut slots = lock(&self.slots);
+        if shared {
+            if let Some(slot) = slots
+                .iter()
+                .position(|s| s.as_ref().is_some_and(|s| s.disk == disk))
+            {
                 if let Some(s) = slots[slot].as_mut() {
                     s.users.push(container_id.to_string());
                 }
-                (slot, false)
-            } else {
-                let total = slots.len();
-                let slot = slots.iter().position(Option::is_none).ok_or_else(|| {
-                    AgentError::new(
-                        ErrorKind::FailedPrecondition,
-                        format!(
-                            "pod {}'s VM has all its {total} disk slots in use (raise pod_disk_slots in the cocoon config)",
-                            self.id
-                        ),
-                    )
-                })?;
-                slots[slot] = Some(SlotUse {
-                    disk: disk.to_path_buf(),
-                    users: vec![container_id.to_string()],
-                });
-                (slot, true)
-            }
-        };
-        if attach {
-            let attached = match lock(&self.vm).as_ref() {
-                Some(vm) => vm.attach_disk(slot, disk, read_only),
-                None => Err(anyhow::anyhow!("the pod's VM has stopped")),
-            };
-            if let Err(e) = attached {
-                self.release(slot, container_id);
-                return Err(e);
+                return Ok((slot, self.device(slot)));
             }
         }
+        let total = slots.len();
+        let slot = slots.iter().position(Option::is_none).ok_or_else(|| {
+            AgentError::new(
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "pod {}'s VM has all its {total} disk slots in use (raise pod_disk_slots in the cocoon config)",
+                    self.id
+                ),
+            )
+        })?;
+        match lock(&self.vm).as_ref() {
+            Some(vm) => vm.attach_disk(slot, disk, read_only)?,
+            None => bail!("the pod's VM has stopped"),
+        };
+        slots[slot] = Some(SlotUse {
+            disk: disk.to_path_buf(),
+            users: vec![container_id.to_string()],
+        });
         Ok((slot, self.device(slot)))
     }
 
-    /// `container_id` no longer uses `slot`; the last user's going empties it in the VM.
+    /// `container_id` no longer uses `slot`; the last user's going empties it in the VM (the slots
+    /// stay locked until it is empty there too).
     fn release(&self, slot: usize, container_id: &str) {
-        let emptied = {
-            let mut slots = lock(&self.slots);
-            let Some(Some(used)) = slots.get_mut(slot) else {
-                return;
-            };
-            used.users.retain(|u| u != container_id);
-            let emptied = used.users.is_empty();
-            if emptied {
-                slots[slot] = None;
-            }
-            emptied
+        let mut slots = lock(&self.slots);
+        let Some(Some(used)) = slots.get_mut(slot) else {
+            return;
         };
-        if emptied {
-            if let Some(vm) = lock(&self.vm).as_ref() {
-                if let Err(e) = vm.detach_disk(slot) {
-                    log::warn!("pod {}: emptying disk slot {slot}: {e:#}", self.id);
-                }
+        used.users.retain(|u| u != container_id);
+        if !used.users.is_empty() {
+            return;
+        }
+        slots[slot] = None;
+        if let Some(vm) = lock(&self.vm).as_ref() {
+            if let Err(e) = vm.detach_disk(slot) {
+                log::warn!("pod {}: emptying disk slot {slot}: {e:#}", self.id);
             }
         }
     }
@@ -208,11 +193,7 @@ impl Sandbox {
             RootDisks::Whole(disk) => {
                 let (slot, device) = self.fill(container_id, disk, false, false)?;
                 taken.push(slot);
-                Rootfs::BlockDevice {
-                    device,
-                    fstype: "ext4".into(),
-                    read_only: false,
-                }
+                whole_disk(device)
             }
             RootDisks::Layered { lower, upper } => {
                 let lower = if self.boot_lower.as_ref() == Some(lower) {
@@ -230,6 +211,15 @@ impl Sandbox {
     }
 }
 
+/// A root on one whole writable ext4 disk.
+fn whole_disk(device: String) -> Rootfs {
+    Rootfs::BlockDevice {
+        device,
+        fstype: "ext4".into(),
+        read_only: false,
+    }
+}
+
 /// The guest's name for its `index`th virtio disk.
 fn disk_name(index: usize) -> String {
     let letter = (b'a' + index as u8) as char;
@@ -239,14 +229,7 @@ fn disk_name(index: usize) -> String {
 /// A root as the disks a VM boots with, and how the agent mounts it from them.
 fn boot_root(root: &RootDisks) -> (Vec<(PathBuf, bool)>, Rootfs) {
     match root {
-        RootDisks::Whole(disk) => (
-            vec![(disk.clone(), false)],
-            Rootfs::BlockDevice {
-                device: disk_name(0),
-                fstype: "ext4".into(),
-                read_only: false,
-            },
-        ),
+        RootDisks::Whole(disk) => (vec![(disk.clone(), false)], whole_disk(disk_name(0))),
         RootDisks::Layered { lower, upper } => (
             vec![(lower.clone(), true), (upper.clone(), false)],
             Rootfs::Overlay {
@@ -313,8 +296,8 @@ fn made_in_guest(mount: &oci_spec::runtime::Mount) -> bool {
         .is_some_and(|t| GUEST_MOUNT_TYPES.contains(&t))
 }
 
-/// The spec as the guest can run it: no host namespaces, cgroup path, hooks or host mounts (host
-/// files are copied into the root disk, directories left out with a warning), rootfs at the
+/// The spec as the guest can run it: no host namespaces, cgroup path, hooks or host mounts (bound
+/// host files and directories are copied into the root's writable disk instead), rootfs at the
 /// bundle's `rootfs`. A pod member keeps the namespaces it joins (`/proc/PID/ns/...` of the
 /// sandbox container, whose PID containerd knows as the guest's), all but the network.
 fn guest_spec(mut spec: Spec, pod_member: bool) -> Spec {
@@ -336,10 +319,10 @@ fn guest_spec(mut spec: Spec, pod_member: bool) -> Spec {
         let (kept, dropped): (Vec<_>, Vec<_>) = mounts.into_iter().partition(made_in_guest);
         for m in dropped {
             if matches!(binds::file_bind(&m), Ok(Some(_))) {
-                continue; // copied into the root disk
+                continue; // copied into the root's writable disk
             }
             log::warn!(
-                "not mounting {} into the container: host directories do not reach the microVM yet",
+                "not mounting {} into the container: of host mounts, only binds of files and directories reach the microVM (as copies)",
                 m.destination().display()
             );
         }
@@ -424,18 +407,14 @@ fn make_root(
         .filter(|m| !made_in_guest(m))
         .cloned()
         .collect();
-    let file_binds = binds::file_binds(&host_mounts)?;
-    let root = rootfs::prepare(&mounts, Path::new(&req.bundle), dir, layer_cache)?;
-    let (disk, root_in_disk) = root.writable();
-    let file_binds: Vec<_> = file_binds
-        .into_iter()
-        .map(|b| binds::FileBind {
-            destination: format!("{root_in_disk}{}", b.destination),
-            ..b
-        })
-        .collect();
-    binds::copy_into(disk, &file_binds, dir)?;
-    Ok(root)
+    let host_binds = binds::file_binds(&host_mounts)?;
+    rootfs::prepare(
+        &mounts,
+        Path::new(&req.bundle),
+        dir,
+        layer_cache,
+        &host_binds,
+    )
 }
 
 fn targets(stdin: &str, stdout: &str, stderr: &str) -> Result<[Target; 3]> {
@@ -486,7 +465,9 @@ impl TaskService {
         // A pod's sandbox container makes room for the containers that will join it (the VMM
         // takes 19 disks and the vsock device in all).
         let disk_slots = if pod {
-            config.pod_disk_slots.min(18 - boot_disks as u8)
+            config
+                .pod_disk_slots
+                .min(super::config::VM_DISKS - boot_disks as u8)
         } else {
             0
         };
@@ -886,17 +867,26 @@ impl TaskService {
         } else {
             let container = lock(&self.containers).remove(&req.id);
             if let Some(container) = container {
-                let _ = container.sandbox.client.call(Operation::Delete {
+                let deleted = container.sandbox.client.call(Operation::Delete {
                     container_id: req.id.clone(),
                 });
                 match &container.member {
-                    // A pod's container leaves the VM to the pod.
-                    Some(member) => {
-                        for slot in &member.slots {
-                            container.sandbox.release(*slot, &req.id);
+                    // A pod's container leaves the VM to the pod, and its disk slots to the
+                    // next containers, unless the guest could not let go of its disks: a slot
+                    // refilled under a filesystem still mounted there would take its writes.
+                    Some(member) => match deleted {
+                        Ok(_) => {
+                            for slot in &member.slots {
+                                container.sandbox.release(*slot, &req.id);
+                            }
+                            let _ = std::fs::remove_dir_all(&member.dir);
                         }
-                        let _ = std::fs::remove_dir_all(&member.dir);
-                    }
+                        Err(e) => log::warn!(
+                            "{}: the guest did not release the container's disks ({e}); its disk slots {:?} stay taken until the pod's VM stops",
+                            req.id,
+                            member.slots
+                        ),
+                    },
                     None => self.destroy(&container.sandbox),
                 }
                 self.events.publish(
