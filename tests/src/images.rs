@@ -24,10 +24,19 @@ pub fn default_rootfs_image() -> Vec<u8> {
 /// An image archive as `docker save` writes it: manifest.json, the config, and two layers — the
 /// busybox tree plus /etc/gone and /srv/lower (plain tar), then a gzipped layer that whites out
 /// /etc/gone and adds /srv/upper. The config sets FOO, the working directory /srv and a command
-/// that reports them. A second image on the same layers, `cocoon-pause:latest`, runs until
-/// SIGTERM: a pod's sandbox image for CRI. A third, `cocoon-single:latest`, has the lower layer
-/// only (so /etc/gone is there): an image whose layers differ from the others'.
+/// that reports them.
 pub fn docker_archive() -> Vec<u8> {
+    archive(false)
+}
+
+/// [`docker_archive`] with two more images, for containerd's pods: `cocoon-pause:latest`, on the
+/// same layers, runs until SIGTERM (a pod's sandbox image for CRI); `cocoon-single:latest` has the
+/// lower layer only (so /etc/gone is there): an image whose layers differ from the others'.
+pub fn pod_images_archive() -> Vec<u8> {
+    archive(true)
+}
+
+fn archive(pod_images: bool) -> Vec<u8> {
     let (_dir, tree) = busybox_tree();
     std::fs::create_dir_all(tree.join("srv")).unwrap();
     std::fs::write(tree.join("srv/lower"), "lower\n").unwrap();
@@ -95,11 +104,15 @@ pub fn docker_archive() -> Vec<u8> {
         "rootfs": {"type": "layers", "diff_ids": [diff_ids[0].clone()]}
     });
     let layers = ["lower/layer.tar", "upper/layer.tar.gz"];
-    let manifest = serde_json::json!([
-        {"Config": "config.json", "RepoTags": ["cocoon-test:latest"], "Layers": layers},
-        {"Config": "pause.json", "RepoTags": ["cocoon-pause:latest"], "Layers": layers},
-        {"Config": "single.json", "RepoTags": ["cocoon-single:latest"], "Layers": [layers[0]]}
-    ]);
+    let mut manifest = vec![
+        serde_json::json!({"Config": "config.json", "RepoTags": ["cocoon-test:latest"], "Layers": layers}),
+    ];
+    if pod_images {
+        manifest.extend([
+            serde_json::json!({"Config": "pause.json", "RepoTags": ["cocoon-pause:latest"], "Layers": layers}),
+            serde_json::json!({"Config": "single.json", "RepoTags": ["cocoon-single:latest"], "Layers": [layers[0]]}),
+        ]);
+    }
     let mut outer = tar::Builder::new(Vec::new());
     for (name, data) in [
         ("manifest.json", serde_json::to_vec(&manifest).unwrap()),

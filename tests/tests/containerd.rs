@@ -168,7 +168,7 @@ fn ctr_runs_through_the_cocoon_shim_and_leaves_nothing() {
     let containerd = Containerd::start(shim.parent().unwrap());
 
     let archive = containerd.dir.path().join("image.tar");
-    std::fs::write(&archive, cocoon_tests::images::docker_archive()).unwrap();
+    std::fs::write(&archive, cocoon_tests::images::pod_images_archive()).unwrap();
     let import = containerd.ctr(&["images", "import", &archive.display().to_string()]);
     assert!(
         import.status.success(),
@@ -258,6 +258,9 @@ t0=$(now); out=$(c run --rm $R $IMG t-echo echo hello from cocoon 2>&1); echo "e
 printf 'hosts-from-host\n' > hosts.in; printf 'note\n' > note.in
 out=$(c run --rm --mount "type=bind,src=$root/hosts.in,dst=/etc/hosts,options=rbind:ro" --mount "type=bind,src=$root/note.in,dst=/opt/cocoon/note,options=rbind:ro" $R $IMG t-exit sh -c 'cat /etc/hosts /opt/cocoon/note; exit 3' 2>&1)
 echo "exit=$?"; echo "file-binds=$(echo "$out" | tr '\n' ' ')"
+mkdir -p vol/sub; printf 'v\n' > vol/sub/f; printf 't\n' > tmp-note.in
+out=$(c run --rm --mount "type=bind,src=$root/vol,dst=/srv,options=rbind:ro" --mount "type=bind,src=$root/tmp-note.in,dst=/tmp/cocoon/t,options=rbind" $R $IMG t-dirs sh -c 'ls /srv; cat /srv/sub/f /tmp/cocoon/t; ls -ld /tmp | cut -d" " -f1' 2>&1)
+echo "dir-binds=$(echo "$out" | tr '\n' ' ')"
 echo "image=$(c run --rm $R $IMG t-image 2>&1)"
 c run --rm --memory-limit 33554432 $R $IMG t-oom tail /dev/zero > /dev/null 2>&1; echo "oom-exit=$?"
 t0=$(now); out=$(c run --rm $IMG t-runc echo hello from runc 2>&1); echo "runc=$? $out"; echo "runc-secs=$t0 $(now)"
@@ -328,7 +331,7 @@ static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
     }
     let files = vec![SuiteFile {
         name: "image.tar".into(),
-        contents: cocoon_tests::images::docker_archive(),
+        contents: cocoon_tests::images::pod_images_archive(),
     }];
     let script = format!(
         "export COCOON_TEST_IMAGE={}\n{}\n{CTR_STEPS}",
@@ -481,12 +484,16 @@ fn ctr_run_prints_and_returns_the_exit_code() {
 }
 
 #[test]
-fn host_files_bound_into_the_container_are_there() {
-    let Some(out) = ctr_output("host_files_bound_into_the_container_are_there") else {
+fn host_files_and_directories_bound_into_the_container_are_there() {
+    let Some(out) = ctr_output("host_files_and_directories_bound_into_the_container_are_there")
+    else {
         return;
     };
     // /etc/hosts replaced, /opt/cocoon made for the note.
     assert_eq!(value(&out, "file-binds="), "hosts-from-host note ", "{out}");
+    // A host directory over the image's /srv (whose files it hides, as a bind mount would), and a
+    // file under /tmp that leaves /tmp as the image has it (1777).
+    assert_eq!(value(&out, "dir-binds="), "sub v t drwxrwxrwt ", "{out}");
 }
 
 #[test]

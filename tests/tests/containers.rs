@@ -28,6 +28,9 @@ static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
     // mid-run, with no message, in runs that otherwise pass.
     let script = r#"
 cp "$COCOON_FILES/rootfs.ext4" rootfs.ext4
+# If the driver stalls, say where before the suite's deadline ends it all (its output goes to a file).
+( sleep 400; echo "@@STALL: the agent driver has run 400 s; its output so far:"; tail -n 40 driver.out ) &
+watchdog_pid=$!
 attempt=1
 while :; do
   "$COCOON_AGENT_E2E" "$COCOON_VMM" "$GUEST_BZIMAGE" "$GUEST_INITRD" "$PWD/rootfs.ext4" > driver.out 2>&1
@@ -40,6 +43,7 @@ while :; do
   fi
   break
 done
+kill $watchdog_pid 2>/dev/null
 cat driver.out
 echo "driver-exit=$driver_exit"
 "#;
