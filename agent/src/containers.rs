@@ -51,7 +51,7 @@ impl Layout {
 
 type AgentResult<T> = Result<T, AgentError>;
 
-fn error(kind: ErrorKind, message: impl Into<String>) -> AgentError {
+pub(crate) fn error(kind: ErrorKind, message: impl Into<String>) -> AgentError {
     AgentError::new(kind, message)
 }
 
@@ -127,7 +127,7 @@ fn check_id(what: &str, id: &str) -> AgentResult<()> {
     }
 }
 
-fn read_u64(path: &Path) -> Option<u64> {
+pub(crate) fn read_u64(path: &Path) -> Option<u64> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use cocoon_protocol::{AgentError, ErrorKind, Rootfs};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use crate::containers::{error, read_u64};
 use crate::reaper::lock;
 
 /// How long a disk attached while the VM runs may take to show its size.
@@ -44,10 +45,6 @@ fn unmount(target: &Path) -> Result<(), AgentError> {
     }
 }
 
-fn error(kind: ErrorKind, message: impl Into<String>) -> AgentError {
-    AgentError::new(kind, message)
-}
-
 /// A disk slot filled while the VM runs reaches the guest as a resize of an empty disk, handled by
 /// the kernel a moment after the host attached it: waits for `/sys/block/<disk>/size` to be
 /// non-zero.
@@ -67,12 +64,7 @@ fn wait_for_media(device: &str) -> Result<(), AgentError> {
     if !size.exists() {
         return Ok(()); // not a whole disk (a partition, a loop device): nothing to wait for
     }
-    let sectors = || {
-        fs::read_to_string(&size)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let sectors = || read_u64(&size).unwrap_or(0);
     let deadline = Instant::now() + MEDIA_TIMEOUT;
     while sectors() == 0 {
         if Instant::now() > deadline {
