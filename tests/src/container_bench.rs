@@ -356,7 +356,8 @@ pub fn print_table(mode: &str, output: &str) {
     let m = metrics(output);
     let get = |k: &str| m.get(k).cloned().unwrap_or_else(|| "FAILED".into());
     println!();
-    println!("containers — {mode}; busybox rootfs, same OCI spec; cocoon: one microVM (2 vCPUs, 256 MiB), agent over vsock; runc: on the same host");
+    let vcpus = get("vcpus");
+    println!("containers — {mode}; busybox rootfs, same OCI spec; cocoon: one microVM ({vcpus} vCPU, 256 MiB), agent over vsock; runc: on the same host");
     header("cocoon", "runc");
     row(
         "VMM start → agent answering",

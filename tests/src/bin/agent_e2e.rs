@@ -824,7 +824,7 @@ fn main() -> Result<()> {
         vcpus: std::env::var("COCOON_E2E_VCPUS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(2),
+            .unwrap_or(1),
         memory_mib: 256,
         disks: vec![(argv[4].clone().into(), true)],
         disk_slots: 0,
@@ -847,6 +847,7 @@ fn main() -> Result<()> {
     };
     let ready_ms = booted.elapsed().as_secs_f64() * 1000.0;
     println!("@@METRIC agent_ready {ready_ms:.0} ms");
+    println!("@@METRIC vcpus {}", options.vcpus);
     let session = Session {
         client,
         uds: uds.clone(),
