@@ -131,6 +131,9 @@ impl Layers {
 
     /// The mount of `device`, mounted now if no container uses it yet.
     fn take(&self, device: &str) -> Result<PathBuf, AgentError> {
+        // A disk just attached to a slot may take a moment to show its size: wait before taking
+        // the lock, so other containers' mounts and unmounts are not held up meanwhile.
+        wait_for_media(device)?;
         let mut users = lock(&self.users);
         let at = self.mount_point(device);
         if !users.contains_key(device) {
