@@ -79,6 +79,23 @@ fn pod_config() -> PodSandboxConfig {
 }
 
 impl Cri {
+    /// StopPodSandbox then RemovePodSandbox, as the kubelet ends a pod.
+    async fn remove_pod(&mut self, pod: &str) -> Result<()> {
+        self.runtime
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.into(),
+            })
+            .await
+            .context("StopPodSandbox")?;
+        self.runtime
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.into(),
+            })
+            .await
+            .context("RemovePodSandbox")?;
+        Ok(())
+    }
+
     async fn create(
         &mut self,
         pod_id: &str,
@@ -245,12 +262,52 @@ async fn scenario(socket: PathBuf, handler: &str, image: &str, other_image: &str
         .into_inner()
         .pod_sandbox_id;
     println!("pod-ready-ms={}", started.elapsed().as_millis());
+    if let Err(e) = in_pod(&mut cri, &pod, image, other_image, vmms_before).await {
+        // Leave nothing for the suite's leak check to trip over: the failure is this one.
+        let _ = cri.remove_pod(&pod).await;
+        return Err(e);
+    }
+    cri.remove_pod(&pod).await?;
+    let pods = cri
+        .runtime
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .context("ListPodSandbox")?
+        .into_inner()
+        .items
+        .len();
+    let containers = cri
+        .runtime
+        .list_containers(ListContainersRequest::default())
+        .await
+        .context("ListContainers")?
+        .into_inner()
+        .containers
+        .len();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vmm_count() > vmms_before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "pods-left={pods} containers-left={containers} vmms-left={}",
+        vmm_count() - vmms_before
+    );
+    Ok(())
+}
 
+/// The containers' part of the scenario, in the running pod `pod`.
+async fn in_pod(
+    cri: &mut Cri,
+    pod: &str,
+    image: &str,
+    other_image: &str,
+    vmms_before: usize,
+) -> Result<()> {
     // A keeps a PID namespace of its own; B shares the pod's (and sees the sandbox's process).
     let a = cri
-        .create(&pod, "a", image, NamespaceMode::Container)
+        .create(pod, "a", image, NamespaceMode::Container)
         .await?;
-    let b = cri.create(&pod, "b", image, NamespaceMode::Pod).await?;
+    let b = cri.create(pod, "b", image, NamespaceMode::Pod).await?;
     println!("vmms-for-the-pod={}", vmm_count() - vmms_before);
     println!(
         "state-a={} state-b={}",
@@ -290,7 +347,7 @@ async fn scenario(socket: PathBuf, handler: &str, image: &str, other_image: &str
     // The slot A's root disk filled is free again: a third container, of an image with other
     // layers, takes it (for its layer disk) and another.
     let c = cri
-        .create(&pod, "c", other_image, NamespaceMode::Container)
+        .create(pod, "c", other_image, NamespaceMode::Container)
         .await?;
     let (code, out, _) = cri
         .exec(
@@ -303,43 +360,6 @@ async fn scenario(socket: PathBuf, handler: &str, image: &str, other_image: &str
     println!("vmms-with-c={}", vmm_count() - vmms_before);
     cri.stop_and_remove(&b).await?;
     cri.stop_and_remove(&c).await?;
-
-    cri.runtime
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .context("StopPodSandbox")?;
-    cri.runtime
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .context("RemovePodSandbox")?;
-    let pods = cri
-        .runtime
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .context("ListPodSandbox")?
-        .into_inner()
-        .items
-        .len();
-    let containers = cri
-        .runtime
-        .list_containers(ListContainersRequest::default())
-        .await
-        .context("ListContainers")?
-        .into_inner()
-        .containers
-        .len();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while vmm_count() > vmms_before && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    println!(
-        "pods-left={pods} containers-left={containers} vmms-left={}",
-        vmm_count() - vmms_before
-    );
     Ok(())
 }
 
