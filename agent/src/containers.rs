@@ -15,7 +15,7 @@ use cocoon_protocol::{
     AgentError, ContainerStats, ErrorKind, Event, Reply, Rootfs, SandboxMount, StdioPorts,
 };
 use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::container::Container;
+use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::syscall::syscall::SyscallType;
 use nix::mount::{mount, MsFlags};
 use oci_spec::runtime::{LinuxResources, Process, Spec};
@@ -452,6 +452,13 @@ impl Sandbox {
             return Err(error(
                 ErrorKind::FailedPrecondition,
                 format!("container '{container_id}' is not running: exec needs a started, running container"),
+            ));
+        }
+        if entry.container.status() == ContainerStatus::Paused {
+            // As runc and Docker: a process started in the frozen cgroup would hang frozen.
+            return Err(error(
+                ErrorKind::FailedPrecondition,
+                format!("container '{container_id}' is paused: resume it before exec"),
             ));
         }
         if entry.execs.contains_key(exec_id) {

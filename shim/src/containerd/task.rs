@@ -51,6 +51,14 @@ struct ExitCell {
     changed: Condvar,
 }
 
+impl ExitCell {
+    /// Records the exit and wakes every waiter.
+    fn record(&self, status: u32, at: Timestamp) {
+        *lock(&self.phase) = Some((status, at));
+        self.changed.notify_all();
+    }
+}
+
 struct Process {
     pid: u32,
     phase: Phase,
@@ -728,8 +736,7 @@ impl TaskService {
                 let _ = copier.join();
             }
             let at = now();
-            *lock(&exit.phase) = Some((status, at.clone()));
-            exit.changed.notify_all();
+            exit.record(status, at.clone());
             events.publish(
                 topics::TASK_EXIT_EVENT_TOPIC,
                 events::TaskExit {
@@ -788,18 +795,30 @@ impl TaskService {
                 format!("exec {} already started", req.exec_id),
             )
         })?;
-        let stdio = targets(&process.stdio[0], &process.stdio[1], &process.stdio[2])?;
-        let ports = Ports::bind(&uds, 2000, &stdio, process.terminal)?;
-        let pid = match client.call(Operation::Exec {
-            container_id: req.id.clone(),
-            exec_id: req.exec_id.clone(),
-            process: Box::new(spec),
-            stdio: ports.ports(),
-        })? {
-            Reply::Started { pid } => pid,
-            other => bail!("the agent answered {other:?} to exec"),
+        let started = (|| {
+            let stdio = targets(&process.stdio[0], &process.stdio[1], &process.stdio[2])?;
+            let ports = Ports::bind(&uds, 2000, &stdio, process.terminal)?;
+            let pid = match client.call(Operation::Exec {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                process: Box::new(spec),
+                stdio: ports.ports(),
+            })? {
+                Reply::Started { pid } => pid,
+                other => bail!("the agent answered {other:?} to exec"),
+            };
+            let (stdin, copiers) = ports.wire(&stdio)?;
+            Ok((pid, stdin, copiers))
+        })();
+        let (pid, stdin, copiers) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                // It will never run: whoever waits for it (ctr waits before it starts) is told
+                // it ended, as containerd's runc shim does, so no call is left hanging.
+                process.exit.record(255, now());
+                return Err(e);
+            }
         };
-        let (stdin, copiers) = ports.wire(&stdio)?;
         process.pid = pid;
         process.stdin = stdin;
         process.phase = Phase::Running;
@@ -853,7 +872,11 @@ impl TaskService {
         let (pid, status, at) =
             self.with_process(&req.id, &req.exec_id, |p, _| match &p.phase {
                 Phase::Stopped { status, at } => Ok((p.pid, *status, at.clone())),
-                Phase::Created if !req.exec_id.is_empty() => Ok((0, 0, now())),
+                Phase::Created if !req.exec_id.is_empty() => {
+                    // Never started: release its waiters before it goes.
+                    p.exit.record(255, now());
+                    Ok((0, 0, now()))
+                }
                 Phase::Created => Ok((p.pid, 0, now())),
                 _ => bail!(AgentError::new(
                     ErrorKind::FailedPrecondition,
