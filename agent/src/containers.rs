@@ -189,6 +189,54 @@ pub fn apply_defaults(spec: &mut Spec, container_id: &str, cgroup_parent: &str) 
     Ok(())
 }
 
+/// Makes the spec's relative bind sources absolute: OCI takes them as relative to the bundle. The
+/// host binds a path of the container's own root over itself (`rootfs/srv` onto `/srv`, with `ro`)
+/// to make a copied host directory read-only; such a source must stay inside the bundle and name
+/// no symlink on its way, or an image's link could bind the guest's own files into the container.
+fn resolve_bind_sources(spec: &mut Spec, bundle: &Path) -> AgentResult<()> {
+    let Some(mut mounts) = spec.mounts().clone() else {
+        return Ok(());
+    };
+    for m in &mut mounts {
+        let is_bind = m.typ().as_deref() == Some("bind")
+            || m.options()
+                .iter()
+                .flatten()
+                .any(|o| o == "bind" || o == "rbind");
+        let Some(source) = m.source().clone().filter(|s| is_bind && s.is_relative()) else {
+            continue;
+        };
+        let refuse = |why: &str| {
+            error(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "the bind source {} (relative to the bundle) {why}",
+                    source.display()
+                ),
+            )
+        };
+        let mut path = bundle.to_path_buf();
+        for part in source.components() {
+            let part = match part {
+                std::path::Component::Normal(part) => part,
+                std::path::Component::CurDir => continue,
+                _ => return Err(refuse("must be a plain path inside the bundle")),
+            };
+            path.push(part);
+            match fs::symlink_metadata(&path) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(refuse("passes through a symlink"))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(refuse(&format!("cannot be found: {e}"))),
+            }
+        }
+        m.set_source(Some(path));
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
 fn cgroup_dir(spec: &Spec) -> PathBuf {
     let relative = spec
         .linux()
@@ -328,7 +376,8 @@ impl Sandbox {
                 return Err(e);
             }
         };
-        let result = self.build_container(container_id, &spec, ports, &bundle);
+        let result = resolve_bind_sources(&mut spec, &bundle)
+            .and_then(|()| self.build_container(container_id, &spec, ports, &bundle));
         if result.is_err() {
             let _ = remove_bundle(&self.layers, &bundle, lower.as_deref());
         }
@@ -829,6 +878,56 @@ mod tests {
             apply_defaults(&mut spec, "c", "/cocoon").unwrap_err().kind,
             ErrorKind::InvalidArgument
         );
+    }
+
+    fn bind(source: &str) -> oci_spec::runtime::Mount {
+        let mut m = oci_spec::runtime::Mount::default();
+        m.set_destination("/srv".into())
+            .set_typ(Some("bind".into()))
+            .set_source(Some(source.into()))
+            .set_options(Some(vec!["rbind".into(), "ro".into()]));
+        m
+    }
+
+    fn spec_with(mounts: Vec<oci_spec::runtime::Mount>) -> Spec {
+        let mut spec = Spec::default();
+        spec.set_mounts(Some(mounts));
+        spec
+    }
+
+    #[test]
+    fn relative_bind_sources_resolve_inside_the_bundle() {
+        let bundle = tempfile::tempdir().unwrap();
+        fs::create_dir_all(bundle.path().join("rootfs/srv")).unwrap();
+        let mut spec = spec_with(vec![bind("rootfs/srv"), bind("/abs/kept")]);
+        resolve_bind_sources(&mut spec, bundle.path()).unwrap();
+        let sources: Vec<_> = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .map(|m| m.source().clone().unwrap())
+            .collect();
+        assert_eq!(
+            sources,
+            [bundle.path().join("rootfs/srv"), PathBuf::from("/abs/kept")]
+        );
+    }
+
+    #[test]
+    fn relative_bind_sources_may_not_leave_the_bundle() {
+        let bundle = tempfile::tempdir().unwrap();
+        fs::create_dir_all(bundle.path().join("rootfs")).unwrap();
+        std::os::unix::fs::symlink("/", bundle.path().join("rootfs/srv")).unwrap();
+        for source in [
+            "rootfs/../../etc",
+            "rootfs/srv",
+            "rootfs/srv/x",
+            "rootfs/missing",
+        ] {
+            let mut spec = spec_with(vec![bind(source)]);
+            let e = resolve_bind_sources(&mut spec, bundle.path()).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidArgument, "{source}: {e:?}");
+        }
     }
 
     #[test]

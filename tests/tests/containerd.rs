@@ -256,10 +256,10 @@ c images import "$COCOON_FILES/image.tar" > import.out 2>&1; echo "import=$? $(t
 
 t0=$(now); out=$(c run --rm $R $IMG t-echo echo hello from cocoon 2>&1); echo "echo=$? $out"; echo "echo-secs=$t0 $(now)"
 printf 'hosts-from-host\n' > hosts.in; printf 'note\n' > note.in
-out=$(c run --rm --mount "type=bind,src=$root/hosts.in,dst=/etc/hosts,options=rbind:ro" --mount "type=bind,src=$root/note.in,dst=/opt/cocoon/note,options=rbind:ro" $R $IMG t-exit sh -c 'cat /etc/hosts /opt/cocoon/note; exit 3' 2>&1)
+out=$(c run --rm --mount "type=bind,src=$root/hosts.in,dst=/etc/hosts,options=rbind:ro" --mount "type=bind,src=$root/note.in,dst=/opt/cocoon/note,options=rbind:ro" $R $IMG t-exit sh -c 'cat /etc/hosts /opt/cocoon/note; (echo x >> /etc/hosts) 2>/dev/null && echo hosts-writable || echo hosts-read-only; exit 3' 2>&1)
 echo "exit=$?"; echo "file-binds=$(echo "$out" | tr '\n' ' ')"
 mkdir -p vol/sub; printf 'v\n' > vol/sub/f; printf 't\n' > tmp-note.in
-out=$(c run --rm --mount "type=bind,src=$root/vol,dst=/srv,options=rbind:ro" --mount "type=bind,src=$root/tmp-note.in,dst=/tmp/cocoon/t,options=rbind" $R $IMG t-dirs sh -c 'ls /srv; cat /srv/sub/f /tmp/cocoon/t; ls -ld /tmp | cut -d" " -f1' 2>&1)
+out=$(c run --rm --mount "type=bind,src=$root/vol,dst=/srv,options=rbind:ro" --mount "type=bind,src=$root/tmp-note.in,dst=/tmp/cocoon/t,options=rbind" $R $IMG t-dirs sh -c 'ls /srv; cat /srv/sub/f /tmp/cocoon/t; ls -ld /tmp | cut -d" " -f1; touch /srv/new 2>/dev/null && echo srv-writable || echo srv-read-only; echo more >> /tmp/cocoon/t && echo t-writable' 2>&1)
 echo "dir-binds=$(echo "$out" | tr '\n' ' ')"
 echo "image=$(c run --rm $R $IMG t-image 2>&1)"
 c run --rm --memory-limit 33554432 $R $IMG t-oom tail /dev/zero > /dev/null 2>&1; echo "oom-exit=$?"
@@ -488,11 +488,20 @@ fn host_files_and_directories_bound_into_the_container_are_there() {
     else {
         return;
     };
-    // /etc/hosts replaced, /opt/cocoon made for the note.
-    assert_eq!(value(&out, "file-binds="), "hosts-from-host note ", "{out}");
+    // /etc/hosts replaced, /opt/cocoon made for the note; bound `ro`, /etc/hosts stays read-only.
+    assert_eq!(
+        value(&out, "file-binds="),
+        "hosts-from-host note hosts-read-only ",
+        "{out}"
+    );
     // A host directory over the image's /srv (whose files it hides, as a bind mount would), and a
-    // file under /tmp that leaves /tmp as the image has it (1777).
-    assert_eq!(value(&out, "dir-binds="), "sub v t drwxrwxrwt ", "{out}");
+    // file under /tmp that leaves /tmp as the image has it (1777); the directory was bound `ro`,
+    // the file not.
+    assert_eq!(
+        value(&out, "dir-binds="),
+        "sub v t drwxrwxrwt srv-read-only t-writable ",
+        "{out}"
+    );
 }
 
 #[test]

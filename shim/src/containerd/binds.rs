@@ -36,6 +36,24 @@ fn is_bind(mount: &Mount) -> bool {
             .any(|o| o == "bind" || o == "rbind")
 }
 
+/// True for a bind the spec makes read-only (`ro` among its options).
+pub fn is_read_only(mount: &Mount) -> bool {
+    mount.options().iter().flatten().any(|o| o == "ro")
+}
+
+/// The mount that keeps a read-only bind read-only once its source is a copy in the root: the
+/// guest binds the copy over itself with `ro` (the source is relative to the container's bundle
+/// in the guest, where the root is mounted at `rootfs`).
+pub fn read_only_over_copy(bind: &FileBind) -> Mount {
+    let mut mount = Mount::default();
+    mount
+        .set_destination(PathBuf::from(&bind.destination))
+        .set_typ(Some("bind".into()))
+        .set_source(Some(PathBuf::from(format!("rootfs{}", bind.destination))))
+        .set_options(Some(vec!["rbind".into(), "ro".into()]));
+    mount
+}
+
 /// Bytes of the regular files under `dir`; an error for what cannot be copied (devices,
 /// sockets, FIFOs).
 fn tree_bytes(dir: &Path) -> Result<u64> {

@@ -305,7 +305,8 @@ fn made_in_guest(mount: &oci_spec::runtime::Mount) -> bool {
 }
 
 /// The spec as the guest can run it: no host namespaces, cgroup path, hooks or host mounts (bound
-/// host files and directories are copied into the root's writable disk instead), rootfs at the
+/// host files and directories are copied into the root's writable disk instead, read-only ones
+/// bound over themselves read-only), rootfs at the
 /// bundle's `rootfs`. A pod member keeps the namespaces it joins (`/proc/PID/ns/...` of the
 /// sandbox container, whose PID containerd knows as the guest's), all but the network.
 fn guest_spec(mut spec: Spec, pod_member: bool) -> Spec {
@@ -324,15 +325,24 @@ fn guest_spec(mut spec: Spec, pod_member: bool) -> Spec {
     }
     spec.set_hooks(None);
     if let Some(mounts) = spec.mounts().clone() {
-        let (kept, dropped): (Vec<_>, Vec<_>) = mounts.into_iter().partition(made_in_guest);
-        for m in dropped {
-            if matches!(binds::file_bind(&m), Ok(Some(_))) {
-                continue; // copied into the root's writable disk
+        let mut kept = Vec::with_capacity(mounts.len());
+        for m in mounts {
+            if made_in_guest(&m) {
+                kept.push(m);
+                continue;
             }
-            log::warn!(
-                "not mounting {} into the container: of host mounts, only binds of files and directories reach the microVM (as copies)",
-                m.destination().display()
-            );
+            match binds::file_bind(&m) {
+                // Copied into the root's writable disk; a read-only one is bound over itself `ro`.
+                Ok(Some(bind)) => {
+                    if binds::is_read_only(&m) {
+                        kept.push(binds::read_only_over_copy(&bind));
+                    }
+                }
+                _ => log::warn!(
+                    "not mounting {} into the container: of host mounts, only binds of files and directories reach the microVM (as copies)",
+                    m.destination().display()
+                ),
+            }
         }
         spec.set_mounts(Some(kept));
     }
@@ -1403,6 +1413,56 @@ mod tests {
             [
                 (LinuxNamespaceType::Pid, false),
                 (LinuxNamespaceType::Mount, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn host_binds_become_copies_and_read_only_ones_stay_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), "x").unwrap();
+        let mount = |destination: &str, typ: &str, source: &Path, options: &[&str]| {
+            let mut m = oci_spec::runtime::Mount::default();
+            m.set_destination(destination.into())
+                .set_typ(Some(typ.into()))
+                .set_source(Some(source.into()))
+                .set_options(Some(options.iter().map(|o| o.to_string()).collect()));
+            m
+        };
+        let mut spec = Spec::default();
+        spec.set_mounts(Some(vec![
+            mount("/proc", "proc", Path::new("proc"), &[]),
+            mount("/srv", "bind", dir.path(), &["rbind", "ro"]),
+            mount(
+                "/etc/hosts",
+                "bind",
+                &dir.path().join("f"),
+                &["rbind", "rw"],
+            ),
+            mount("/dev/kvm", "bind", Path::new("/dev/kvm"), &["rbind"]),
+        ]));
+        let guest = guest_spec(spec, false);
+        let mounts: Vec<_> = guest
+            .mounts()
+            .iter()
+            .flatten()
+            .map(|m| {
+                (
+                    m.destination().to_string_lossy().to_string(),
+                    m.source().clone().unwrap_or_default(),
+                    m.options().clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                ("/proc".to_string(), PathBuf::from("proc"), vec![]),
+                (
+                    "/srv".to_string(),
+                    PathBuf::from("rootfs/srv"),
+                    vec!["rbind".to_string(), "ro".to_string()]
+                ),
             ]
         );
     }
