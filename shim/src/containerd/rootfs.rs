@@ -75,14 +75,15 @@ fn image_layers(mounts: &[RootMount]) -> Option<Vec<PathBuf>> {
 }
 
 /// Makes the disks of a container's root in `dir` (the layer disk in `layer_cache`), with the
-/// host files and directories the spec binds copied in.
+/// host files and directories the spec binds copied in; returns them and the binds copied (a root
+/// copied whole takes files only).
 pub fn prepare(
     mounts: &[RootMount],
     bundle: &Path,
     dir: &Path,
     layer_cache: &Path,
     host_binds: &[FileBind],
-) -> Result<RootDisks> {
+) -> Result<(RootDisks, Vec<FileBind>)> {
     if let Some(layers) = image_layers(mounts) {
         let lower = cached_layers(&layers, layer_cache)?;
         let upper = dir.join("upper.ext4");
@@ -95,20 +96,17 @@ pub fn prepare(
         })();
         let _ = std::fs::remove_dir_all(&tree);
         made?;
-        return Ok(RootDisks::Layered { lower, upper });
+        return Ok((RootDisks::Layered { lower, upper }, host_binds.to_vec()));
     }
     let disk = dir.join("rootfs.ext4");
     make_disk(mounts, bundle, &disk)?;
-    let (files, directories): (Vec<FileBind>, Vec<FileBind>) =
-        host_binds.iter().cloned().partition(|b| !b.directory);
-    for d in directories {
-        log::warn!(
-            "not mounting {} into the container: host directories reach only containers on an image's layers",
-            d.destination
-        );
-    }
+    let files: Vec<FileBind> = host_binds
+        .iter()
+        .filter(|b| !b.directory)
+        .cloned()
+        .collect();
     binds::copy_into(&disk, &files, dir)?;
-    Ok(RootDisks::Whole(disk))
+    Ok((RootDisks::Whole(disk), files))
 }
 
 /// The read-only disk of `layers` (top first): made once, then found in `cache` by the layers'
@@ -298,7 +296,7 @@ mod tests {
 
         let first = tmp.path().join("c1");
         std::fs::create_dir_all(&first).unwrap();
-        let disks = prepare(&mounts, &first, &first, &cache, &[]).unwrap();
+        let (disks, _) = prepare(&mounts, &first, &first, &cache, &[]).unwrap();
         let RootDisks::Layered { lower, upper: own } = &disks else {
             panic!("{disks:?}");
         };
@@ -313,7 +311,7 @@ mod tests {
         let built = lower.metadata().unwrap().modified().unwrap();
         let second = tmp.path().join("c2");
         std::fs::create_dir_all(&second).unwrap();
-        let again = prepare(&mounts, &second, &second, &cache, &[]).unwrap();
+        let (again, _) = prepare(&mounts, &second, &second, &cache, &[]).unwrap();
         let RootDisks::Layered { lower: shared, .. } = &again else {
             panic!("{again:?}");
         };

@@ -305,11 +305,11 @@ fn made_in_guest(mount: &oci_spec::runtime::Mount) -> bool {
 }
 
 /// The spec as the guest can run it: no host namespaces, cgroup path, hooks or host mounts (bound
-/// host files and directories are copied into the root's writable disk instead, read-only ones
-/// bound over themselves read-only), rootfs at the
+/// host files and directories are copied into the root's writable disk instead — `copied` says
+/// which were — read-only ones bound over themselves read-only), rootfs at the
 /// bundle's `rootfs`. A pod member keeps the namespaces it joins (`/proc/PID/ns/...` of the
 /// sandbox container, whose PID containerd knows as the guest's), all but the network.
-fn guest_spec(mut spec: Spec, pod_member: bool) -> Spec {
+fn guest_spec(mut spec: Spec, pod_member: bool, copied: &[binds::FileBind]) -> Spec {
     if let Some(mut linux) = spec.linux().clone() {
         if let Some(namespaces) = linux.namespaces().clone() {
             linux.set_namespaces(Some(
@@ -325,23 +325,39 @@ fn guest_spec(mut spec: Spec, pod_member: bool) -> Spec {
     }
     spec.set_hooks(None);
     if let Some(mounts) = spec.mounts().clone() {
-        let mut kept = Vec::with_capacity(mounts.len());
+        let mut kept: Vec<oci_spec::runtime::Mount> = Vec::with_capacity(mounts.len());
         for m in mounts {
             if made_in_guest(&m) {
                 kept.push(m);
                 continue;
             }
-            match binds::file_bind(&m) {
-                // Copied into the root's writable disk; a read-only one is bound over itself `ro`.
-                Ok(Some(bind)) => {
-                    if binds::is_read_only(&m) {
-                        kept.push(binds::read_only_over_copy(&bind));
-                    }
-                }
-                _ => log::warn!(
-                    "not mounting {} into the container: of host mounts, only binds of files and directories reach the microVM (as copies)",
-                    m.destination().display()
+            let destination = m.destination();
+            let Some(bind) = copied
+                .iter()
+                .rfind(|b| Path::new(&b.destination) == destination.as_path())
+            else {
+                log::warn!(
+                    "not mounting {} into the container: of host mounts, only binds of files (and, on an image's layers, directories) reach the microVM, as copies",
+                    destination.display()
+                );
+                continue;
+            };
+            if !binds::is_read_only(&m) {
+                continue; // the copy in the root's writable disk is all it takes
+            }
+            // The copy is bound over itself read-only, unless a mount made before it (a tmpfs
+            // on /run, /dev, ...) hides it: then there is nothing to bind, as nothing to see.
+            match kept
+                .iter()
+                .find(|k| destination.starts_with(k.destination()))
+            {
+                Some(hider) => log::warn!(
+                    "not mounting {} into the container: the {} mount at {} hides it",
+                    destination.display(),
+                    hider.typ().as_deref().unwrap_or("guest"),
+                    hider.destination().display()
                 ),
+                None => kept.push(binds::read_only_over_copy(bind)),
             }
         }
         spec.set_mounts(Some(kept));
@@ -408,7 +424,7 @@ fn make_root(
     spec: &Spec,
     dir: &Path,
     layer_cache: &Path,
-) -> Result<RootDisks> {
+) -> Result<(RootDisks, Vec<binds::FileBind>)> {
     let mounts: Vec<RootMount> = req
         .rootfs
         .iter()
@@ -561,9 +577,9 @@ impl TaskService {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::write(dir.join("container-id"), &req.id)?;
         let result = (|| {
-            let root = make_root(req, &spec, &dir, &self.config()?.layer_cache)?;
+            let (root, copied) = make_root(req, &spec, &dir, &self.config()?.layer_cache)?;
             let sandbox = self.boot(&req.id, &spec, &root, &dir, kind == Some("sandbox"))?;
-            let spec = guest_spec(spec, false);
+            let spec = guest_spec(spec, false, &copied);
             self.create_on_agent(req, spec, &sandbox, boot_root(&root).1, None)
                 .inspect_err(|_| self.destroy(&sandbox))
         })();
@@ -591,13 +607,14 @@ impl TaskService {
         let mut taken = Vec::new();
         let result = (|| {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let root = make_root(req, &spec, &dir, &self.config()?.layer_cache)?;
+            let (root, copied) = make_root(req, &spec, &dir, &self.config()?.layer_cache)?;
             let rootfs = sandbox.attach_root(&req.id, &root, &mut taken)?;
             let member = Member {
                 slots: taken.clone(),
                 dir: dir.clone(),
             };
-            self.create_on_agent(req, guest_spec(spec, true), &sandbox, rootfs, Some(member))
+            let spec = guest_spec(spec, true, &copied);
+            self.create_on_agent(req, spec, &sandbox, rootfs, Some(member))
         })();
         if result.is_err() {
             for slot in taken {
@@ -817,7 +834,17 @@ impl TaskService {
                 Reply::Started { pid } => pid,
                 other => bail!("the agent answered {other:?} to exec"),
             };
-            let (stdin, copiers) = ports.wire(&stdio)?;
+            let wired = ports.wire(&stdio);
+            if wired.is_err() {
+                // Started, but its stdio is not connected: it must not run on unwatched.
+                let _ = client.call(Operation::Signal {
+                    container_id: req.id.clone(),
+                    exec_id: Some(req.exec_id.clone()),
+                    signal: nix::sys::signal::Signal::SIGKILL as i32,
+                    all: false,
+                });
+            }
+            let (stdin, copiers) = wired?;
             Ok((pid, stdin, copiers))
         })();
         let (pid, stdin, copiers) = match started {
@@ -1395,7 +1422,7 @@ mod tests {
 
     #[test]
     fn pod_members_join_the_sandbox_namespaces_but_never_the_hosts_network() {
-        let member = guest_spec(spec_joining_a_pod(), true);
+        let member = guest_spec(spec_joining_a_pod(), true, &[]);
         assert_eq!(
             namespaces(&member),
             [
@@ -1407,7 +1434,7 @@ mod tests {
         assert_eq!(member.linux().as_ref().unwrap().cgroups_path(), &None);
         assert_eq!(member.root().as_ref().unwrap().path(), Path::new("rootfs"));
         // A container of its own VM has no sandbox to join: host namespace paths go.
-        let alone = guest_spec(spec_joining_a_pod(), false);
+        let alone = guest_spec(spec_joining_a_pod(), false, &[]);
         assert_eq!(
             namespaces(&alone),
             [
@@ -1419,9 +1446,7 @@ mod tests {
 
     #[test]
     fn host_binds_become_copies_and_read_only_ones_stay_read_only() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("f"), "x").unwrap();
-        let mount = |destination: &str, typ: &str, source: &Path, options: &[&str]| {
+        let mount = |destination: &str, typ: &str, source: &str, options: &[&str]| {
             let mut m = oci_spec::runtime::Mount::default();
             m.set_destination(destination.into())
                 .set_typ(Some(typ.into()))
@@ -1429,19 +1454,29 @@ mod tests {
                 .set_options(Some(options.iter().map(|o| o.to_string()).collect()));
             m
         };
+        let copy = |destination: &str, directory: bool| binds::FileBind {
+            source: "/host".into(),
+            destination: destination.into(),
+            directory,
+        };
         let mut spec = Spec::default();
         spec.set_mounts(Some(vec![
-            mount("/proc", "proc", Path::new("proc"), &[]),
-            mount("/srv", "bind", dir.path(), &["rbind", "ro"]),
-            mount(
-                "/etc/hosts",
-                "bind",
-                &dir.path().join("f"),
-                &["rbind", "rw"],
-            ),
-            mount("/dev/kvm", "bind", Path::new("/dev/kvm"), &["rbind"]),
+            mount("/proc", "proc", "proc", &[]),
+            mount("/srv", "bind", "/host/vol", &["rbind", "ro"]),
+            mount("/etc/hosts", "bind", "/host/hosts", &["rbind", "rw"]),
+            mount("/run", "tmpfs", "tmpfs", &[]),
+            // Copied, but under the /run tmpfs made before it: nothing to bind.
+            mount("/run/secret", "bind", "/host/secret", &["rbind", "ro"]),
+            // Not copied (a directory, on a root copied whole): no bind of a missing copy.
+            mount("/opt/dir", "bind", "/host/dir", &["rbind", "ro"]),
+            mount("/dev/kvm", "bind", "/dev/kvm", &["rbind"]),
         ]));
-        let guest = guest_spec(spec, false);
+        let copied = [
+            copy("/srv", true),
+            copy("/etc/hosts", false),
+            copy("/run/secret", false),
+        ];
+        let guest = guest_spec(spec, false, &copied);
         let mounts: Vec<_> = guest
             .mounts()
             .iter()
@@ -1450,19 +1485,20 @@ mod tests {
                 (
                     m.destination().to_string_lossy().to_string(),
                     m.source().clone().unwrap_or_default(),
-                    m.options().clone().unwrap_or_default(),
+                    m.options().clone().unwrap_or_default().join(","),
                 )
             })
             .collect();
         assert_eq!(
             mounts,
             [
-                ("/proc".to_string(), PathBuf::from("proc"), vec![]),
+                ("/proc".to_string(), PathBuf::from("proc"), String::new()),
                 (
                     "/srv".to_string(),
                     PathBuf::from("rootfs/srv"),
-                    vec!["rbind".to_string(), "ro".to_string()]
+                    "rbind,ro".to_string()
                 ),
+                ("/run".to_string(), PathBuf::from("tmpfs"), String::new()),
             ]
         );
     }
