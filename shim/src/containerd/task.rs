@@ -349,7 +349,7 @@ fn guest_spec(mut spec: Spec, pod_member: bool, copied: &[binds::FileBind]) -> S
             // on /run, /dev, ...) hides it: then there is nothing to bind, as nothing to see.
             match kept
                 .iter()
-                .find(|k| destination.starts_with(k.destination()))
+                .find(|k| made_in_guest(k) && destination.starts_with(k.destination()))
             {
                 Some(hider) => log::warn!(
                     "not mounting {} into the container: the {} mount at {} hides it",
@@ -1467,12 +1467,15 @@ mod tests {
             mount("/run", "tmpfs", "tmpfs", &[]),
             // Copied, but under the /run tmpfs made before it: nothing to bind.
             mount("/run/secret", "bind", "/host/secret", &["rbind", "ro"]),
+            // Under another read-only copy: bound too, as runc nests binds.
+            mount("/srv/sub", "bind", "/host/sub", &["rbind", "ro"]),
             // Not copied (a directory, on a root copied whole): no bind of a missing copy.
             mount("/opt/dir", "bind", "/host/dir", &["rbind", "ro"]),
             mount("/dev/kvm", "bind", "/dev/kvm", &["rbind"]),
         ]));
         let copied = [
             copy("/srv", true),
+            copy("/srv/sub", true),
             copy("/etc/hosts", false),
             copy("/run/secret", false),
         ];
@@ -1499,6 +1502,11 @@ mod tests {
                     "rbind,ro".to_string()
                 ),
                 ("/run".to_string(), PathBuf::from("tmpfs"), String::new()),
+                (
+                    "/srv/sub".to_string(),
+                    PathBuf::from("rootfs/srv/sub"),
+                    "rbind,ro".to_string()
+                ),
             ]
         );
     }
