@@ -81,14 +81,24 @@ impl AgentClient {
     /// Connects to the agent of the VM whose vsock socket is `uds`, retrying until it listens
     /// (it starts a moment after the guest boots) or `timeout` passes.
     pub fn connect(uds: &Path, timeout: Duration) -> Result<Self, ClientError> {
+        Self::connect_while(uds, timeout, || true)
+    }
+
+    /// [`Self::connect`], giving up as soon as `alive` says the VM is gone (a guest that crashed
+    /// while booting need not be waited for).
+    pub fn connect_while(
+        uds: &Path,
+        timeout: Duration,
+        mut alive: impl FnMut() -> bool,
+    ) -> Result<Self, ClientError> {
         let started = Instant::now();
         let stream = loop {
             match connect_vsock(uds, AGENT_PORT) {
                 Ok(stream) => break stream,
-                Err(e) if started.elapsed() >= timeout => {
+                Err(e) if started.elapsed() >= timeout || !alive() => {
                     return Err(ClientError::Unreachable {
                         path: uds.display().to_string(),
-                        waited: timeout,
+                        waited: started.elapsed(),
                         last_error: e.to_string(),
                     })
                 }

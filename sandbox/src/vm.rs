@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use cocoon_protocol::vmm_api::{ApiRequest, ApiResponse};
 
+use crate::client::{AgentClient, ClientError};
+
 const API_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The VMM's API socket in the runtime directory.
@@ -126,6 +128,18 @@ impl Vm {
         self.dir.path().join("vsock")
     }
 
+    /// Connects to the guest's agent once it serves, within `timeout`; gives up at once if the
+    /// VMM exits first (a guest that crashed or panicked while booting).
+    pub fn connect_agent(&mut self, timeout: Duration) -> Result<AgentClient, ClientError> {
+        let uds = self.uds();
+        let child = &mut self.child;
+        AgentClient::connect_while(&uds, timeout, || {
+            child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        })
+    }
+
     /// Puts the raw image at `path` into the VM's empty disk slot `slot` (the guest's disk after
     /// the boot disks); returns its size in bytes. A read-only image refuses the guest's writes.
     pub fn attach_disk(&self, slot: usize, path: &Path, read_only: bool) -> Result<u64> {
@@ -239,4 +253,38 @@ pub fn cpu_has_virtualization() -> bool {
                 .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vmm_that_exits_is_not_waited_for() {
+        // `false` stands in for a VMM whose guest crashed while booting: it exits at once.
+        let mut vm = Vm::spawn(&VmOptions {
+            vmm: "false".into(),
+            kernel: "/nonexistent".into(),
+            initrd: "/nonexistent".into(),
+            vcpus: 1,
+            memory_mib: 64,
+            disks: Vec::new(),
+            disk_slots: 0,
+            cid: 3,
+            extra_cmdline: String::new(),
+            runtime_dir: None,
+        })
+        .unwrap();
+        let started = Instant::now();
+        let error = match vm.connect_agent(Duration::from_secs(60)) {
+            Ok(_) => panic!("nothing serves the agent"),
+            Err(e) => e,
+        };
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "waited {:?} for a VMM that had exited: {error}",
+            started.elapsed()
+        );
+        assert!(matches!(error, ClientError::Unreachable { .. }), "{error}");
+    }
 }

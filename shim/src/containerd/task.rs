@@ -505,7 +505,7 @@ impl TaskService {
         } else {
             0
         };
-        let vm = self.spawner.spawn(VmOptions {
+        let mut vm = self.spawner.spawn(VmOptions {
             vmm: files.0,
             kernel: files.1,
             initrd: files.2,
@@ -518,10 +518,9 @@ impl TaskService {
             runtime_dir: Some(dir.to_path_buf()),
         })?;
         let uds = vm.uds();
-        let client = match AgentClient::connect(&uds, AGENT_TIMEOUT) {
+        let client = match vm.connect_agent(AGENT_TIMEOUT) {
             Ok(client) => Arc::new(client),
             Err(e) => {
-                let mut vm = vm;
                 let note = vm.shut_down_note(Duration::from_millis(500))?;
                 bail!("{e}{note}");
             }

@@ -61,7 +61,7 @@ pub fn boot(entry: &Entry, request: &Request) -> Result<Session> {
         extra_cmdline: String::new(),
         runtime_dir: Some(entry.dir.clone()),
     })?;
-    match set_up(entry, request, &vm) {
+    match set_up(entry, request, &mut vm) {
         Ok(client) => Ok(Session { vm, client }),
         Err(e) => {
             let note = vm.shut_down_note(Duration::from_millis(500))?;
@@ -70,9 +70,9 @@ pub fn boot(entry: &Entry, request: &Request) -> Result<Session> {
     }
 }
 
-fn set_up(entry: &Entry, request: &Request, vm: &Vm) -> Result<Arc<AgentClient>> {
+fn set_up(entry: &Entry, request: &Request, vm: &mut Vm) -> Result<Arc<AgentClient>> {
     entry.update(|r| r.vmm_pid = vm.pid())?;
-    let client = Arc::new(AgentClient::connect(&vm.uds(), AGENT_TIMEOUT)?);
+    let client = Arc::new(vm.connect_agent(AGENT_TIMEOUT)?);
     let mounts = request
         .volumes
         .iter()

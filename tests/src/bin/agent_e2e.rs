@@ -835,7 +835,7 @@ fn main() -> Result<()> {
     let booted = Instant::now();
     let mut vm = Vm::spawn(&options)?;
     let uds = vm.uds();
-    let client = match AgentClient::connect(&uds, Duration::from_secs(90)) {
+    let client = match vm.connect_agent(Duration::from_secs(90)) {
         Ok(c) => c,
         Err(e) => {
             let (code, stderr) = vm.shut_down(Duration::from_secs(1))?;
