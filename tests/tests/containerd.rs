@@ -310,10 +310,21 @@ const POD_STEPS: &str = r#"
 cmdlines() { for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)"; done; }
 ours() { cmdlines | grep -c '^[0-9]* [^ ]*containerd-shim-cocoon-v2 \|^[0-9]* [^ ]*cocoon-vmm .*/run/cocoon/ctr/'; }
 processes_before=$(ours) vm_dirs_before=$(ls /run/cocoon/ctr 2>/dev/null | wc -l)
-( sleep 240; echo "@@STALL: the pod scenario has run 240 s; containerd's log and the processes:"; tail -n 40 containerd.log; cmdlines | grep -v '^[0-9]* $' ) &
+( sleep 360; echo "@@STALL: the pod scenario has run 360 s; containerd's log and the processes:"; tail -n 40 containerd.log; cmdlines | grep -v '^[0-9]* $' ) &
 watchdog_pid=$!
 ctr --address "$containerd_sock" --namespace k8s.io images import "$COCOON_FILES/image.tar" > import.out 2>&1; echo "pod-import=$? $(tail -n 1 import.out)"
-"$COCOON_CRI_POD" "$containerd_sock" cocoon "$COCOON_TEST_IMAGE" "$COCOON_SINGLE_LAYER_IMAGE" 2>&1; echo "cri-pod-exit=$?"
+# Under the emulated host (only there) a pod whose guest triple-faulted is run once more, loudly
+# (README "Known faults of the emulated host"); the driver removes its pod when a step fails.
+attempt=1
+while :; do
+  "$COCOON_CRI_POD" "$containerd_sock" cocoon "$COCOON_TEST_IMAGE" "$COCOON_SINGLE_LAYER_IMAGE" > cri-pod.out 2>&1
+  cri_pod_exit=$?
+  crash=$(grep -m1 -o 'guest triple fault[^;]*' cri-pod.out)
+  [ $cri_pod_exit != 0 ] && [ -n "$crash" ] && [ "${COCOON_EMULATED_HOST:-0}" = 1 ] && [ $attempt -le 1 ] || break
+  echo "@@COCOON-RETRY attempt $attempt: a pod's guest crashed under the emulated host: $crash"
+  attempt=$((attempt + 1))
+done
+cat cri-pod.out; echo "cri-pod-exit=$cri_pod_exit"
 kill $watchdog_pid
 i=0; while [ "$(ours)" -gt "$processes_before" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 echo "pod-processes-left=$(($(ours) - processes_before)) pod-vm-dirs-left=$(($(ls /run/cocoon/ctr 2>/dev/null | wc -l) - vm_dirs_before)) pod-mounts-left=$(grep -c "$root/state" /proc/mounts)"
