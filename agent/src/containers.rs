@@ -198,11 +198,7 @@ fn resolve_bind_sources(spec: &mut Spec, bundle: &Path) -> AgentResult<()> {
         return Ok(());
     };
     for m in &mut mounts {
-        let is_bind = m.typ().as_deref() == Some("bind")
-            || m.options()
-                .iter()
-                .flatten()
-                .any(|o| o == "bind" || o == "rbind");
+        let is_bind = cocoon_protocol::mounts::is_bind(m);
         let Some(source) = m.source().clone().filter(|s| is_bind && s.is_relative()) else {
             continue;
         };

@@ -9,6 +9,7 @@
 pub mod defaults;
 pub mod frame;
 pub mod messages;
+pub mod mounts;
 pub mod vmm_api;
 
 pub use frame::{read_message, write_message, FrameError, MAX_FRAME_LEN, PROTOCOL_VERSION};

@@ -27,15 +27,6 @@ pub struct FileBind {
     pub directory: bool,
 }
 
-fn is_bind(mount: &Mount) -> bool {
-    mount.typ().as_deref() == Some("bind")
-        || mount
-            .options()
-            .iter()
-            .flatten()
-            .any(|o| o == "bind" || o == "rbind")
-}
-
 /// True for a bind the spec makes read-only (`ro` among its options).
 pub fn is_read_only(mount: &Mount) -> bool {
     mount.options().iter().flatten().any(|o| o == "ro")
@@ -79,7 +70,7 @@ fn tree_bytes(dir: &Path) -> Result<u64> {
 /// The host file or directory `mount` binds in, if it is one this module can copy; why not
 /// otherwise.
 pub fn file_bind(mount: &Mount) -> Result<Option<FileBind>> {
-    if !is_bind(mount) {
+    if !cocoon_protocol::mounts::is_bind(mount) {
         return Ok(None);
     }
     let Some(source) = mount.source() else {
