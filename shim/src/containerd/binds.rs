@@ -69,7 +69,7 @@ fn tree_bytes(dir: &Path) -> Result<u64> {
 
 /// The host file or directory `mount` binds in, if it is one this module can copy; why not
 /// otherwise.
-pub fn file_bind(mount: &Mount) -> Result<Option<FileBind>> {
+fn file_bind(mount: &Mount) -> Result<Option<FileBind>> {
     if !cocoon_protocol::mounts::is_bind(mount) {
         return Ok(None);
     }
