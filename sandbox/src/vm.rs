@@ -1,9 +1,9 @@
 //! One sandbox's VMM process (`cocoon-vmm`), with its vsock socket and console log in a private
 //! directory that goes away with it.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,6 +56,8 @@ impl RuntimeDir {
 pub struct Vm {
     child: Option<Child>,
     dir: RuntimeDir,
+    /// [`Vm::exit_note`], once the VMM has exited and its stderr was read.
+    exit_note: Option<String>,
 }
 
 impl Vm {
@@ -120,6 +122,7 @@ impl Vm {
         Ok(Self {
             child: Some(child),
             dir,
+            exit_note: None,
         })
     }
 
@@ -197,16 +200,42 @@ impl Vm {
     }
 
     /// [`Self::shut_down`], summed up for an error message: empty after a clean exit, else
-    /// ` [cocoon-vmm exit CODE: first stderr line]`.
+    /// ` [cocoon-vmm exit CODE: what it said last]` (see [`exit_summary`]).
     pub fn shut_down_note(&mut self, timeout: Duration) -> Result<String> {
         let (code, stderr) = self.shut_down(timeout)?;
-        Ok(
-            match (code, stderr.lines().find(|l| !l.trim().is_empty())) {
-                (_, Some(line)) => format!(" [cocoon-vmm exit {code:?}: {}]", line.trim()),
-                (Some(0) | Some(143) | None, None) => String::new(),
-                (Some(other), None) => format!(" [cocoon-vmm exit {other}]"),
-            },
-        )
+        Ok(exit_summary(code, &stderr))
+    }
+
+    /// Why the VMM ended, when it has ended on its own within `wait` (the guest crashed or
+    /// powered off, or the VMM was killed): [`exit_summary`] of its status and stderr. None while
+    /// it still runs. For a caller that lost the agent and wants to say why; every caller is
+    /// told the same.
+    pub fn exit_note(&mut self, wait: Duration) -> Option<String> {
+        if let Some(note) = &self.exit_note {
+            return Some(note.clone());
+        }
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + wait;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => return None,
+            }
+        };
+        // It has exited, so its stderr pipe ends: what it holds is all it said.
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        let code = status
+            .code()
+            .or_else(|| status.signal().map(|signal| 128 + signal));
+        let note = exit_summary(code, &stderr);
+        self.exit_note = Some(note.clone());
+        Some(note)
     }
 
     /// Waits up to `timeout` for the VMM to exit on its own (after the guest powered off), then
@@ -243,6 +272,23 @@ impl Drop for Vm {
     }
 }
 
+/// A VMM's exit for an error message: empty after a clean exit (0, or 143 or no code when it was
+/// stopped),
+/// else ` [cocoon-vmm exit CODE: LINE]`, LINE being its last `cocoon-vmm:` line (its verdict:
+/// a guest crash, a kernel panic, an error), or its first line when it wrote none of those.
+pub fn exit_summary(code: Option<i32>, stderr: &str) -> String {
+    let lines = || stderr.lines().map(str::trim).filter(|l| !l.is_empty());
+    let said = lines()
+        .rfind(|l| l.starts_with("cocoon-vmm:"))
+        .or_else(|| lines().next());
+    let shown = code.map_or_else(|| "by a signal".to_string(), |c| c.to_string());
+    match (said, code) {
+        (Some(line), _) => format!(" [cocoon-vmm exit {shown}: {line}]"),
+        (None, Some(0) | Some(143) | None) => String::new(),
+        (None, Some(_)) => format!(" [cocoon-vmm exit {shown}]"),
+    }
+}
+
 /// Whether the CPU offers hardware virtualization (an Intel VT-x `vmx` or AMD-V `svm` flag in
 /// /proc/cpuinfo): without it a microVM cannot boot under this machine's KVM.
 pub fn cpu_has_virtualization() -> bool {
@@ -260,10 +306,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_vmm_that_exits_is_not_waited_for() {
-        // `false` stands in for a VMM whose guest crashed while booting: it exits at once.
-        let mut vm = Vm::spawn(&VmOptions {
-            vmm: "false".into(),
+    fn an_exit_is_summed_up_by_the_vmm_s_verdict() {
+        let crashed = "WARN no vmx/svm\ncocoon-vmm: vCPU 0: rip=1\ncocoon-vmm: guest crashed: vCPU 0: guest triple fault\n";
+        assert_eq!(
+            exit_summary(Some(2), crashed),
+            " [cocoon-vmm exit 2: cocoon-vmm: guest crashed: vCPU 0: guest triple fault]"
+        );
+        assert_eq!(
+            exit_summary(Some(1), "\nsomething else\nand more\n"),
+            " [cocoon-vmm exit 1: something else]"
+        );
+        assert_eq!(exit_summary(Some(137), ""), " [cocoon-vmm exit 137]");
+        for stopped in [Some(0), Some(143), None] {
+            assert_eq!(exit_summary(stopped, "\n"), "");
+        }
+    }
+
+    /// Options that boot nothing: `vmm` stands in for the VMM.
+    fn stand_in(vmm: &Path) -> VmOptions {
+        VmOptions {
+            vmm: vmm.into(),
             kernel: "/nonexistent".into(),
             initrd: "/nonexistent".into(),
             vcpus: 1,
@@ -273,8 +335,50 @@ mod tests {
             cid: 3,
             extra_cmdline: String::new(),
             runtime_dir: None,
-        })
-        .unwrap();
+        }
+    }
+
+    /// An executable shell script standing in for a VMM.
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("vmm.sh");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_vmm_that_exits_says_why_and_a_running_one_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let crashed = script(
+            dir.path(),
+            "echo 'cocoon-vmm: guest crashed: vCPU 0: guest triple fault' >&2; exit 2",
+        );
+        let mut vm = Vm::spawn(&stand_in(&crashed)).unwrap();
+        let crash = " [cocoon-vmm exit 2: cocoon-vmm: guest crashed: vCPU 0: guest triple fault]";
+        assert_eq!(
+            vm.exit_note(Duration::from_secs(30)).as_deref(),
+            Some(crash)
+        );
+        // Every process of the VM is told the same.
+        assert_eq!(vm.exit_note(Duration::ZERO).as_deref(), Some(crash));
+
+        let running = script(dir.path(), "exec sleep 60");
+        let mut vm = Vm::spawn(&stand_in(&running)).unwrap();
+        assert_eq!(vm.exit_note(Duration::from_millis(200)), None);
+        let pid = vm.pid().unwrap() as i32;
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        assert_eq!(
+            vm.exit_note(Duration::from_secs(30)).as_deref(),
+            Some(" [cocoon-vmm exit 137]")
+        );
+    }
+
+    #[test]
+    fn a_vmm_that_exits_is_not_waited_for() {
+        // `false` stands in for a VMM whose guest crashed while booting: it exits at once.
+        let mut vm = Vm::spawn(&stand_in(Path::new("false"))).unwrap();
         let started = Instant::now();
         let error = match vm.connect_agent(Duration::from_secs(60)) {
             Ok(_) => panic!("nothing serves the agent"),

@@ -28,6 +28,9 @@ use super::stdio::{self, Target};
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
 const STDIO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a VMM whose agent is gone is given to exit before the shim says the VM went away
+/// without knowing why.
+const VMM_EXIT_WAIT: Duration = Duration::from_secs(2);
 const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 /// Mount types that exist inside the guest by themselves; others name host paths.
@@ -731,12 +734,13 @@ impl TaskService {
     }
 
     /// Watches a started process: waits for its exit, drains its output, records and publishes
-    /// the exit. A VM that dies ends every process in it with status 255.
+    /// the exit. A VM that dies ends every process in it with status 255, and the log says why
+    /// the VMM ended (a guest crash or kernel panic, a kill).
     fn watch(
         &self,
         id: &str,
         exec_id: Option<String>,
-        client: Arc<AgentClient>,
+        sandbox: Arc<Sandbox>,
         exit: Arc<ExitCell>,
         copiers: Vec<JoinHandle<()>>,
         pid: u32,
@@ -744,7 +748,7 @@ impl TaskService {
         let events = self.events.clone();
         let id = id.to_string();
         std::thread::spawn(move || {
-            let status = match client.call(Operation::Wait {
+            let status = match sandbox.client.call(Operation::Wait {
                 container_id: id.clone(),
                 exec_id: exec_id.clone(),
             }) {
@@ -754,7 +758,11 @@ impl TaskService {
                     255
                 }
                 Err(e) => {
-                    log::error!("{id}: the microVM went away: {e}");
+                    let why = lock(&sandbox.vm)
+                        .as_mut()
+                        .and_then(|vm| vm.exit_note(VMM_EXIT_WAIT))
+                        .unwrap_or_default();
+                    log::error!("{id}: the microVM went away: {e}{why}");
                     255
                 }
             };
@@ -793,7 +801,7 @@ impl TaskService {
             self.watch(
                 &req.id,
                 None,
-                client,
+                container.sandbox.clone(),
                 process.exit.clone(),
                 std::mem::take(&mut process.copiers),
                 pid,
@@ -861,7 +869,7 @@ impl TaskService {
         self.watch(
             &req.id,
             Some(req.exec_id.clone()),
-            client,
+            container.sandbox.clone(),
             process.exit.clone(),
             copiers,
             pid,
