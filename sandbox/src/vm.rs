@@ -273,9 +273,8 @@ impl Drop for Vm {
 }
 
 /// A VMM's exit for an error message: empty after a clean exit (0, or 143 or no code when it was
-/// stopped),
-/// else ` [cocoon-vmm exit CODE: LINE]`, LINE being its last `cocoon-vmm:` line (its verdict:
-/// a guest crash, a kernel panic, an error), or its first line when it wrote none of those.
+/// stopped), else ` [cocoon-vmm exit CODE: LINE]`, LINE being its last `cocoon-vmm:` line (its
+/// verdict: a guest crash, a kernel panic, an error), or its first line when it wrote none.
 pub fn exit_summary(code: Option<i32>, stderr: &str) -> String {
     let lines = || stderr.lines().map(str::trim).filter(|l| !l.is_empty());
     let said = lines()
