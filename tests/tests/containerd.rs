@@ -300,9 +300,9 @@ i=0; while [ "$(ours)" -gt "$processes_before" ] && [ $i -lt 100 ]; do sleep 0.1
 echo "processes-left=$(($(ours) - processes_before))"
 echo "mounts-left=$(grep -c "$root/state" /proc/mounts) vm-dirs-left=$(($(ls /run/cocoon/ctr 2>/dev/null | wc -l) - vm_dirs_before)) tmp-left=$(($(ls /tmp | grep -c '^cocoon-') - tmp_before))"
 stop_containerd
+echo "died-why=$(grep -c 't-die: the microVM went away: .*\[cocoon-vmm exit 137\]' containerd.log)"
 # A task whose guest crashed (the shim logs the VMM's verdict): under the emulated host the suite
 # runs once more (README "Known faults of the emulated host").
-echo "died-why=$(grep -c 't-die: the microVM went away: .*\[cocoon-vmm exit 137\]' containerd.log)"
 grep -o 'msg="[^"]*guest triple fault[^"]*' containerd.log | cut -c1-300 | sed 's/^msg="/@@COCOON-GUEST-CRASH /'
 echo "--- containerd log (errors) ---"
 grep -i 'level=error' containerd.log | tail -n 20
