@@ -105,6 +105,8 @@ pub struct Sandbox {
     containers: Mutex<HashMap<String, Arc<Mutex<ContainerEntry>>>>,
     owners: Arc<Mutex<HashMap<i32, ProcessOwner>>>,
     created: Mutex<bool>,
+    /// Where the sandbox's writable mounts are (the volumes the host may ask back).
+    writable_mounts: Mutex<Vec<String>>,
     /// Image layer disks mounted for containers' overlays (under the bundles, as `.layers`).
     layers: Layers,
 }
@@ -260,6 +262,7 @@ impl Sandbox {
             containers: Mutex::new(HashMap::new()),
             owners: Arc::new(Mutex::new(HashMap::new())),
             created: Mutex::new(false),
+            writable_mounts: Mutex::new(Vec::new()),
             layers: Layers::new(layout.bundles.join(".layers")),
             layout,
         });
@@ -342,6 +345,9 @@ impl Sandbox {
                     format!("mounting {} on {}: {e}", m.source, m.target),
                 )
             })?;
+            if !flags.contains(MsFlags::MS_RDONLY) {
+                lock(&self.writable_mounts).push(m.target.clone());
+            }
         }
         *created = true;
         Ok(Reply::Done)
@@ -741,6 +747,18 @@ impl Sandbox {
             )
         })?;
         Ok(Reply::Done)
+    }
+
+    /// `target` if it is one of the sandbox's writable mounts (only those may be exported).
+    pub fn writable_mount(&self, target: &str) -> AgentResult<PathBuf> {
+        if lock(&self.writable_mounts).iter().any(|m| m == target) {
+            Ok(PathBuf::from(target))
+        } else {
+            Err(error(
+                ErrorKind::InvalidArgument,
+                format!("'{target}' is not a writable mount of this sandbox: only those can be exported"),
+            ))
+        }
     }
 
     /// Kills whatever still runs, removes the cgroup, state, rootfs mount and bundle.

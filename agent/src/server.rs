@@ -201,6 +201,14 @@ impl Server {
             Operation::Pause { container_id } => s.set_paused(&container_id, true),
             Operation::Resume { container_id } => s.set_paused(&container_id, false),
             Operation::Delete { container_id } => s.delete(&container_id),
+            Operation::ExportVolume {
+                target,
+                port,
+                token,
+                limits,
+            } => s
+                .writable_mount(&target)
+                .and_then(|root| crate::export::export(&root, port, &token, limits)),
             Operation::DestroySandbox => {
                 let result = s.destroy();
                 reply(output, request.id, result);

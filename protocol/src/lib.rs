@@ -11,6 +11,7 @@ pub mod frame;
 pub mod messages;
 pub mod mounts;
 pub mod vmm_api;
+pub mod volume_export;
 
 pub use frame::{read_message, write_message, FrameError, MAX_FRAME_LEN, PROTOCOL_VERSION};
 pub use messages::*;

@@ -130,6 +130,16 @@ pub enum Operation {
     Delete {
         container_id: String,
     },
+    /// Streams a writable sandbox mount back to the host (see [`crate::volume_export`]): the agent
+    /// connects to host vsock `port`, writes `token` and a newline, then the tree under `target`
+    /// (one of the sandbox's writable mounts) as a tar stream within `limits`, and answers
+    /// `Exported` once all of it is out.
+    ExportVolume {
+        target: String,
+        port: u32,
+        token: String,
+        limits: crate::volume_export::ExportLimits,
+    },
     DestroySandbox,
 }
 
@@ -166,12 +176,27 @@ pub struct ContainerStats {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
-    Version { protocol: u16, agent: String },
+    Version {
+        protocol: u16,
+        agent: String,
+    },
     Done,
-    Started { pid: u32 },
-    Exited { status: ExitStatus },
-    Pids { pids: Vec<u32> },
-    Stats { stats: ContainerStats },
+    Started {
+        pid: u32,
+    },
+    Exited {
+        status: ExitStatus,
+    },
+    Pids {
+        pids: Vec<u32>,
+    },
+    Stats {
+        stats: ContainerStats,
+    },
+    /// A volume's stream is complete: `entries` tar entries (extension headers not counted).
+    Exported {
+        entries: u64,
+    },
 }
 
 /// Something the agent tells the host unasked.

@@ -1,0 +1,45 @@
+//! How a writable volume comes back from the guest: as a stream, never as the disk image the
+//! guest wrote (which the host would have to parse, and a hostile guest kernel can forge any byte
+//! of it).
+//!
+//! On [`Operation::ExportVolume`](crate::Operation::ExportVolume) the agent connects to the
+//! host's vsock port, writes the request's token and a newline (a connection without it is not
+//! the agent's: any guest process can reach host ports), then the volume as a GNU tar stream:
+//! - every entry's path relative to the volume's root (the root itself is not sent), a directory
+//!   before what it holds; names too long for a header in GNU long-name (`L`) and long-link (`K`)
+//!   entries;
+//! - directories, regular files and symbolic links as they are (mode and mtime; owners are not
+//!   kept on the host); device nodes and fifos as their tar types, size 0, for the host to refuse
+//!   by name; sockets not at all; hard-linked files as separate copies (no `1` entries);
+//! - a regular file that would take the stream past [`ExportLimits::max_bytes`] as a size-0 entry
+//!   after a PAX header with [`OVER_LIMIT_KEY`] (its real size): the host keeps its own copy;
+//! - then the end-of-archive blocks, and the answer `Exported` counting the entries.
+//!
+//! The host trusts none of it: it checks every path and type, resolves every entry beneath the
+//! destination with links never followed, and enforces the limits itself.
+
+use serde::{Deserialize, Serialize};
+
+/// What one volume may bring back. The host sets them from the disk it made: no honest guest
+/// has more entries than the filesystem has inodes, nor more bytes of (non-sparse) files than the
+/// disk holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportLimits {
+    /// Bytes of file contents in all.
+    pub max_bytes: u64,
+    /// Entries in all (directories, files, links, refused ones too).
+    pub max_entries: u64,
+}
+
+/// PAX key marking the next entry as a file left out for the byte limit; its value is the
+/// file's size.
+pub const OVER_LIMIT_KEY: &str = "COCOON.over-limit";
+
+/// Longest path (bytes) an entry may have, as Linux's PATH_MAX.
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Longest name (bytes) of one path component, as Linux's NAME_MAX.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Characters of the token (hex).
+pub const TOKEN_LEN: usize = 32;
