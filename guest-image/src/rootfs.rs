@@ -87,6 +87,18 @@ fn tree_size(dir: &Path) -> Result<(u64, u64)> {
 /// and one per 16 KiB free (mke2fs's own ratio for larger filesystems would run out on trees of
 /// many small files).
 pub fn ext4_image(dir: &Path, out: &Path, free_mib: u64) -> Result<()> {
+    ext4_image_sized(dir, out, free_mib).map(|_| ())
+}
+
+/// The size of an image [`ext4_image_sized`] made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ext4Size {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+/// [`ext4_image`], saying how large the image is and how many inodes it has.
+pub fn ext4_image_sized(dir: &Path, out: &Path, free_mib: u64) -> Result<Ext4Size> {
     let (used, entries) = tree_size(dir)?;
     let size = (used + used / 4 + (free_mib << 20) + (8 << 20)).max(16 << 20);
     let inodes = entries + entries / 4 + (size - used) / 16384 + 64;
@@ -109,7 +121,12 @@ pub fn ext4_image(dir: &Path, out: &Path, free_mib: u64) -> Result<()> {
         .arg(out)
         .output();
     let failure = match result {
-        Ok(o) if o.status.success() => return Ok(()),
+        Ok(o) if o.status.success() => {
+            return Ok(Ext4Size {
+                bytes: size,
+                inodes,
+            })
+        }
         Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
         Err(e) => format!("{e} (apt-get install e2fsprogs)"),
     };

@@ -167,29 +167,18 @@ fn prepare(entry: &Entry, request: &mut Request, detached: bool) -> Result<()> {
     let image = image::prepare(&request.image, &session::rootfs_disk(entry))?;
     request.process.apply_image(&image)?;
     entry.update(|r| r.command = request.process.args.clone())?;
-    for (i, volume) in request.volumes.iter().enumerate() {
+    for (i, volume) in request.volumes.iter_mut().enumerate() {
         volume.make_image(&session::volume_disk(entry, i))?;
-    }
-    Ok(())
-}
-
-/// After the VM is gone: writable volumes back to the host.
-fn copy_back(entry: &Entry, request: &Request) -> Result<()> {
-    for (i, volume) in request.volumes.iter().enumerate() {
-        if !volume.read_only {
-            volume.copy_back(&session::volume_disk(entry, i), &entry.dir)?;
-        }
     }
     Ok(())
 }
 
 fn run_attached(entry: &Entry, request: &Request) -> Result<i32> {
     let session = session::boot(entry, request)?;
-    let result = attached_in(entry, &session, request);
+    let result = attached_in(entry, &session, request)
+        .and_then(|code| session::finish(&session, entry, request).map(|()| code));
     let note = session::stop(session, result.is_ok())?;
-    let code = result.map_err(|e| session::with_vmm_note(e, &note))?;
-    copy_back(entry, request)?;
-    Ok(code)
+    result.map_err(|e| session::with_vmm_note(e, &note))
 }
 
 fn attached_in(entry: &Entry, session: &Session, request: &Request) -> Result<i32> {
@@ -304,14 +293,14 @@ pub fn monitor(root: Option<&Path>, name: &str) -> Result<()> {
     for r in recorders {
         let _ = r.join();
     }
-    let clean = status.is_ok();
+    let finished = status.map(|code| (code, session::finish(&s, &entry, &request)));
+    let clean = matches!(finished, Ok((_, Ok(()))));
     let note = session::stop(s, clean).unwrap_or_default();
-    let status = match status.map_err(|e| session::with_vmm_note(e, &note)) {
-        Ok(code) => copy_back(&entry, &request)
-            .map(|()| Status::Exited { code })
-            .unwrap_or_else(|e| Status::Failed {
-                error: format!("exited {code}, but {e:#}"),
-            }),
+    let status = match finished.map_err(|e| session::with_vmm_note(e, &note)) {
+        Ok((code, Ok(()))) => Status::Exited { code },
+        Ok((code, Err(e))) => Status::Failed {
+            error: format!("exited {code}, but {e:#}"),
+        },
         Err(e) => Status::Failed {
             error: format!("{e:#}"),
         },

@@ -17,7 +17,7 @@ use oci_spec::runtime::Mount;
 use super::request::Request;
 use super::state::Entry;
 use super::terminal;
-use super::volume::Volume;
+use super::volume::{self, Volume};
 
 pub const CONTAINER_ID: &str = "main";
 const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -235,13 +235,34 @@ pub fn wait(client: &AgentClient, target: &Target) -> Result<i32> {
     }
 }
 
-/// Ends the sandbox: deletes the container and lets the guest power off (`clean`), or stops the
-/// VMM at once after a failure. Returns what the VMM said if it said anything unusual.
+/// Once the container's process has ended: deletes the container, then brings each writable
+/// volume back into its host directory while the VM still runs, saying on stderr what the
+/// copy-back refused.
+pub fn finish(session: &Session, entry: &Entry, request: &Request) -> Result<()> {
+    session.client.call(Operation::Delete {
+        container_id: CONTAINER_ID.into(),
+    })?;
+    let uds = session.vm.uds();
+    let guest = volume::Guest {
+        client: &session.client,
+        uds: &uds,
+    };
+    for (i, volume) in request.volumes.iter().enumerate() {
+        if volume.read_only {
+            continue;
+        }
+        for line in volume.copy_back(&guest, i, &entry.dir)? {
+            eprintln!("cocoon: volume {}: {line}", volume.host.display());
+        }
+    }
+    Ok(())
+}
+
+/// Ends the sandbox: lets the guest power off (`clean`; the agent deletes what containers are
+/// left), or stops the VMM at once after a failure. Returns what the VMM said if it said anything
+/// unusual.
 pub fn stop(mut session: Session, clean: bool) -> Result<String> {
     if clean {
-        let _ = session.client.call(Operation::Delete {
-            container_id: CONTAINER_ID.into(),
-        });
         let _ = session.client.call(Operation::DestroySandbox);
     }
     session.client.close();

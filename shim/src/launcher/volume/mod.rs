@@ -1,27 +1,64 @@
 //! `-v HOSTDIR:GUESTDIR[:ro|:rw]`: a host directory in the container. The guest gets an ext4
-//! image of the directory on its own virtio-blk disk (read-only disks for `:ro`). For a writable
-//! volume the host directory stays the source of truth: when the container has ended and its VM
-//! is gone, the image's contents are copied back (files added, changed and removed), with
-//! debugfs, so no mount or root is needed on the host.
+//! image of the directory on its own virtio-blk disk (read-only disks for `:ro`). A writable
+//! volume is a copy: when the container has ended, while its VM still runs, the agent walks the
+//! mounted volume and streams it back (`cocoon_protocol::volume_export`), and the host directory
+//! is made to hold what it held — files added, changed and removed.
+//!
+//! The host never parses the image the guest wrote: a guest whose kernel is compromised can
+//! forge any byte of it, and a filesystem parser (debugfs did this job once) builds host paths
+//! from names the guest chose. The stream is hostile input too. `receive` checks every entry
+//! and makes it in a private staging directory beneath a descriptor, never through a link;
+//! only a complete stream whose entries the agent's count confirms is then applied to the host
+//! directory, again through descriptors (`sync`); a stream that fails leaves the host directory
+//! as it was. Links come back as links, never followed; hard links, device nodes, fifos and
+//! setuid/setgid bits never; owners are the invoking user's (the copy-back runs as that user,
+//! with no privilege beyond theirs); bytes and entries are bounded by what the volume's disk
+//! holds. This is the design the issue asked for, and no less safe than a guest-side tar with a
+//! host-side `tar -x`, which follows what the archive says.
 
-use std::collections::HashSet;
-use std::ffi::OsString;
-use std::os::unix::fs::PermissionsExt;
+mod beneath;
+mod entry_path;
+#[cfg(test)]
+mod hostile_tests;
+mod receive;
+mod refusals;
+mod sync;
+
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use cocoon_protocol::volume_export::{ExportLimits, TOKEN_LEN};
+use cocoon_protocol::{Operation, Reply};
+use cocoon_sandbox::{AgentClient, HostPort};
 use serde::{Deserialize, Serialize};
 
 /// Room a writable volume has beyond what the directory holds (the image is sparse).
 const WRITABLE_FREE_MIB: u64 = 256;
 /// Where the agent mounts volume N before the container binds it to its place.
 const GUEST_MOUNT_BASE: &str = "/run/cocoon/volumes";
+/// The host vsock ports a volume's stream may arrive on (the first free one from here).
+const EXPORT_PORT_BASE: u32 = 5000;
+/// How long a copy-back may take: this, plus a second per MiB the volume may bring back.
+const EXPORT_BASE_TIME: Duration = Duration::from_secs(60);
+/// How long the stream may stay silent.
+const EXPORT_IDLE_TIME: Duration = Duration::from_secs(60);
+/// Connections to the export port that may come without the token before it is given up.
+const MAX_STRANGER_CONNECTIONS: usize = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
     pub host: PathBuf,
     pub guest: String,
     pub read_only: bool,
+    /// What its copy-back may bring, set when its disk is made.
+    #[serde(default)]
+    pub limits: Option<ExportLimits>,
 }
 
 /// Parses one `-v`.
@@ -54,7 +91,15 @@ pub fn parse(text: &str) -> Result<Volume> {
             .with_context(|| format!("resolving {host}"))?,
         guest: guest.trim_end_matches('/').to_string(),
         read_only,
+        limits: None,
     })
+}
+
+/// Where a writable volume's stream comes from: the sandbox's agent, and the VMM's vsock socket
+/// on which host ports are bound.
+pub struct Guest<'a> {
+    pub client: &'a Arc<AgentClient>,
+    pub uds: &'a Path,
 }
 
 impl Volume {
@@ -63,108 +108,162 @@ impl Volume {
         format!("{GUEST_MOUNT_BASE}/{index}")
     }
 
-    /// Writes the volume's disk image at `image`.
-    pub fn make_image(&self, image: &Path) -> Result<()> {
+    /// Writes the volume's disk image at `image`, and notes what its copy-back may bring.
+    pub fn make_image(&mut self, image: &Path) -> Result<()> {
         let free = if self.read_only { 0 } else { WRITABLE_FREE_MIB };
-        cocoon_guest_image::rootfs::ext4_image(&self.host, image, free)
+        let size = cocoon_guest_image::rootfs::ext4_image_sized(&self.host, image, free)
             .with_context(|| format!("making an image of {}", self.host.display()))?;
         // mkfs.ext4 adds lost+found; the container should see the directory as it is.
         if !self.host.join("lost+found").exists() {
-            debugfs(image, true, "rmdir lost+found")?;
+            cocoon_guest_image::rootfs::debugfs(
+                image,
+                &["-w".as_ref(), "-R".as_ref(), "rmdir lost+found".as_ref()],
+            )
+            .context("debugfs 'rmdir lost+found'")?;
         }
+        // mke2fs may round the inode count up a little: no honest guest is refused for that.
+        self.limits = Some(ExportLimits {
+            max_bytes: size.bytes,
+            max_entries: size.inodes + size.inodes / 8 + 1024,
+        });
         Ok(())
     }
 
-    /// Makes the host directory hold what the image holds now.
-    pub fn copy_back(&self, image: &Path, scratch: &Path) -> Result<()> {
-        let staging = scratch.join("volume-copy-back");
-        let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(&staging)?;
-        debugfs(image, false, &format!("rdump / {}", staging.display()))?;
-        let result = sync_tree(&staging, &self.host);
-        let _ = std::fs::remove_dir_all(&staging);
-        result.with_context(|| {
-            format!(
-                "copying the volume back into {} (its image is kept at {})",
-                self.host.display(),
-                image.display()
-            )
-        })
+    /// Makes the host directory hold what the `index`th volume holds in the guest now (the
+    /// container has ended, the VM runs). Returns one line per kind of entry refused.
+    pub fn copy_back(
+        &self,
+        guest: &Guest<'_>,
+        index: usize,
+        scratch: &Path,
+    ) -> Result<Vec<String>> {
+        let limits = self
+            .limits
+            .ok_or_else(|| anyhow!("the volume's disk was never made"))?;
+        let staging = scratch.join(format!("volume-{index}-incoming"));
+        let scratch_dir = open_dir(scratch)?;
+        beneath::remove(scratch_dir.as_fd(), staging.file_name().unwrap_or_default())?;
+        std::fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
+        let result = self.bring_back(guest, index, &staging, limits);
+        let removed = beneath::remove(scratch_dir.as_fd(), staging.file_name().unwrap_or_default());
+        let received = result
+            .with_context(|| format!("copying the volume back into {}", self.host.display()))?;
+        removed.with_context(|| format!("removing {}", staging.display()))?;
+        Ok(received.refusals.lines(limits.max_bytes))
     }
-}
 
-fn debugfs(image: &Path, write: bool, request: &str) -> Result<()> {
-    use std::ffi::OsStr;
-    let mut args: Vec<&OsStr> = Vec::new();
-    if write {
-        args.push(OsStr::new("-w"));
-    }
-    args.extend([OsStr::new("-R"), OsStr::new(request)]);
-    cocoon_guest_image::rootfs::debugfs(image, &args)
-        .with_context(|| format!("debugfs '{request}'"))
-}
-
-/// Makes `to` a copy of `from`: new and changed entries copied, entries `from` lacks removed.
-fn sync_tree(from: &Path, to: &Path) -> Result<()> {
-    let mut seen: HashSet<OsString> = HashSet::new();
-    for dirent in std::fs::read_dir(from)? {
-        let dirent = dirent?;
-        let name = dirent.file_name();
-        let source = dirent.path();
-        let target = to.join(&name);
-        seen.insert(name);
-        let meta = source.symlink_metadata()?;
-        let existing = target.symlink_metadata().ok();
-        let kind_changed = existing.as_ref().is_some_and(|e| {
-            e.file_type().is_dir() != meta.is_dir()
-                || e.file_type().is_symlink() != meta.is_symlink()
+    fn bring_back(
+        &self,
+        guest: &Guest<'_>,
+        index: usize,
+        staging: &Path,
+        limits: ExportLimits,
+    ) -> Result<receive::Received> {
+        let untouched = "; the host directory was left as it was";
+        let deadline =
+            Instant::now() + EXPORT_BASE_TIME + Duration::from_secs(limits.max_bytes >> 20);
+        let port = HostPort::bind_free(guest.uds, EXPORT_PORT_BASE)
+            .context("binding the volume's port")?;
+        let token = random_token()?;
+        let (answer_tx, answer) = mpsc::channel();
+        let client = guest.client.clone();
+        let request = Operation::ExportVolume {
+            target: Self::guest_mount(index),
+            port: port.port,
+            token: token.clone(),
+            limits,
+        };
+        // Not joined: a hostile agent may never answer, and the VM stops after a failure.
+        std::thread::spawn(move || {
+            let _ = answer_tx.send(client.call(request));
         });
-        if kind_changed {
-            remove(&target)?;
+        let stream =
+            accept_with_token(&port, &token, deadline).map_err(|e| anyhow!("{e:#}{untouched}"))?;
+        let staging_dir = open_dir(staging)?;
+        let received = receive::receive(Deadline { stream, deadline }, staging_dir.as_fd(), limits)
+            .map_err(|e| anyhow!("the guest's stream of the volume: {e:#}{untouched}"))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match answer.recv_timeout(left) {
+            Ok(Ok(Reply::Exported { entries })) if entries == received.entries => {}
+            Ok(Ok(Reply::Exported { entries })) => bail!(
+                "the agent sent {entries} entries, the stream held {}: it was cut short{untouched}",
+                received.entries
+            ),
+            Ok(Ok(other)) => bail!("the agent answered {other:?} to the export{untouched}"),
+            Ok(Err(e)) => bail!("the agent could not export the volume: {e}{untouched}"),
+            Err(_) => bail!("the agent did not finish the export in time{untouched}"),
         }
-        if meta.is_dir() {
-            if existing.is_none() || kind_changed {
-                std::fs::create_dir(&target)
-                    .with_context(|| format!("creating {}", target.display()))?;
-            }
-            sync_tree(&source, &target)?;
-            std::fs::set_permissions(&target, meta.permissions())?;
-        } else if meta.is_symlink() {
-            let link = std::fs::read_link(&source)?;
-            if std::fs::read_link(&target).ok().as_ref() != Some(&link) {
-                let _ = std::fs::remove_file(&target);
-                std::os::unix::fs::symlink(&link, &target)
-                    .with_context(|| format!("linking {}", target.display()))?;
-            }
-        } else if meta.is_file() {
-            let same = existing.as_ref().is_some_and(|e| e.len() == meta.len())
-                && std::fs::read(&source)? == std::fs::read(&target)?;
-            if !same {
-                std::fs::copy(&source, &target)
-                    .with_context(|| format!("copying back {}", target.display()))?;
-            }
-            let mode = meta.permissions().mode() & 0o7777;
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
-        }
-        // Device nodes, fifos and sockets made in the guest are not copied back.
+        let host_dir = open_dir(&self.host)?;
+        sync::sync(staging_dir.as_fd(), host_dir.as_fd(), &received)
+            .context("writing the volume's contents")?;
+        Ok(received)
     }
-    for dirent in std::fs::read_dir(to)? {
-        let dirent = dirent?;
-        if !seen.contains(&dirent.file_name()) {
-            remove(&dirent.path())?;
-        }
-    }
-    Ok(())
 }
 
-fn remove(path: &Path) -> Result<()> {
-    let meta = path.symlink_metadata()?;
-    if meta.is_dir() {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
+fn open_dir(path: &Path) -> Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(
+        path,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("opening {}", path.display()))
+}
+
+/// A fresh token for one export, from the kernel's random source.
+fn random_token() -> Result<String> {
+    let mut bytes = [0u8; TOKEN_LEN / 2];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The agent's connection: the first that starts with `token` and a newline. Any guest process
+/// can connect to a host port; one without the token is dropped.
+fn accept_with_token(port: &HostPort, token: &str, deadline: Instant) -> Result<UnixStream> {
+    for _ in 0..MAX_STRANGER_CONNECTIONS {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut stream = port
+            .accept(left)
+            .context("waiting for the volume's stream")?;
+        stream.set_read_timeout(Some(
+            EXPORT_IDLE_TIME.min(left.max(Duration::from_millis(1))),
+        ))?;
+        let mut first = [0u8; TOKEN_LEN + 1];
+        if stream.read_exact(&mut first).is_ok()
+            && first[..TOKEN_LEN] == *token.as_bytes()
+            && first[TOKEN_LEN] == b'\n'
+        {
+            return Ok(stream);
+        }
+        eprintln!(
+            "cocoon: dropped a connection to the volume's port that did not come from the agent"
+        );
     }
-    .with_context(|| format!("removing {}", path.display()))
+    bail!("{MAX_STRANGER_CONNECTIONS} connections to the volume's port came without the agent's token")
+}
+
+/// The stream, read within the copy-back's deadline and never silent for longer than
+/// [`EXPORT_IDLE_TIME`].
+struct Deadline {
+    stream: UnixStream,
+    deadline: Instant,
+}
+
+impl Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the copy-back ran out of time",
+            ));
+        }
+        self.stream
+            .set_read_timeout(Some(left.min(EXPORT_IDLE_TIME)))?;
+        self.stream.read(buf)
+    }
 }
 
 #[cfg(test)]
@@ -193,63 +292,5 @@ mod tests {
                 "{bad}: {err:?}"
             );
         }
-    }
-
-    #[test]
-    fn sync_adds_changes_and_removes() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (from, to) = (tmp.path().join("from"), tmp.path().join("to"));
-        std::fs::create_dir_all(from.join("sub")).unwrap();
-        std::fs::create_dir_all(to.join("gone-dir")).unwrap();
-        std::fs::write(from.join("kept"), "new").unwrap();
-        std::fs::write(to.join("kept"), "old").unwrap();
-        std::fs::write(from.join("sub/added"), "x").unwrap();
-        std::fs::write(to.join("removed"), "y").unwrap();
-        std::fs::write(to.join("sub"), "was a file").unwrap();
-        std::os::unix::fs::symlink("kept", from.join("link")).unwrap();
-        sync_tree(&from, &to).unwrap();
-        assert_eq!(std::fs::read_to_string(to.join("kept")).unwrap(), "new");
-        assert_eq!(std::fs::read_to_string(to.join("sub/added")).unwrap(), "x");
-        assert_eq!(
-            std::fs::read_link(to.join("link")).unwrap(),
-            Path::new("kept")
-        );
-        assert!(!to.join("removed").exists() && !to.join("gone-dir").exists());
-    }
-
-    #[test]
-    fn an_image_round_trips_to_the_host_directory() {
-        if std::process::Command::new("debugfs")
-            .arg("-V")
-            .output()
-            .is_err()
-        {
-            eprintln!("skipped: no debugfs here (apt-get install e2fsprogs)");
-            return;
-        }
-        let tmp = tempfile::tempdir().unwrap();
-        let host = tmp.path().join("data");
-        std::fs::create_dir_all(host.join("d")).unwrap();
-        std::fs::write(host.join("d/file"), "contents").unwrap();
-        let volume = parse(&format!("{}:/data", host.display())).unwrap();
-        let image = tmp.path().join("vol.ext4");
-        volume.make_image(&image).unwrap();
-        // What the guest would do: write a file; here with debugfs.
-        std::fs::write(tmp.path().join("new"), "from the guest").unwrap();
-        debugfs(
-            &image,
-            true,
-            &format!("write {} new", tmp.path().join("new").display()),
-        )
-        .unwrap();
-        debugfs(&image, true, "rm d/file").unwrap();
-        volume.copy_back(&image, tmp.path()).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(host.join("new")).unwrap(),
-            "from the guest"
-        );
-        assert!(!host.join("d/file").exists());
-        assert!(host.join("d").is_dir());
-        assert!(!host.join("lost+found").exists());
     }
 }

@@ -1,0 +1,307 @@
+//! The first half of a copy-back: a volume's stream from the guest (the tar stream of
+//! `cocoon_protocol::volume_export`) made into a private staging directory, with every entry
+//! checked as hostile input. The tar crate only frames the stream (raw entries: its own handling
+//! of long names and PAX headers reads them whole, without bound); this module reads the
+//! extension entries itself, bounded, and makes each entry with `beneath`'s calls, so nothing the
+//! guest names can land outside the staging directory or pass through a link.
+//!
+//! Refused entries are counted by kind (`refusals`) and skipped; the stream goes on. What makes
+//! the whole stream void — the host directory then stays as it was — is a malformed or
+//! truncated stream, more entries than the volume's filesystem has inodes, or more than
+//! [`MAX_KEPT_NAME_BYTES`] of names to remember.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd};
+
+use anyhow::{bail, Context, Result};
+use cocoon_protocol::volume_export::{ExportLimits, MAX_PATH_LEN, OVER_LIMIT_KEY};
+use rustix::fs::{Mode, Timespec, Timestamps, UTIME_OMIT};
+use tar::EntryType;
+
+use super::beneath;
+use super::entry_path;
+use super::refusals::{Refusal, Refusals};
+
+/// Largest PAX header taken (the stream's only PAX key is short).
+const MAX_PAX_LEN: u64 = 64 << 10;
+/// Names the copy-back may have to remember (kept host copies, modes staging cannot carry).
+pub const MAX_KEPT_NAME_BYTES: usize = 16 << 20;
+
+/// What the stream made, and what it refused.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// Entries (extension headers not counted), to check against the agent's count.
+    pub entries: u64,
+    /// Bytes of the files made, against [`ExportLimits::max_bytes`].
+    pub bytes: u64,
+    pub refusals: Refusals,
+    /// Paths (joined by `/`) of entries refused by name: the host's copies stay as they are.
+    pub keep: HashSet<Vec<u8>>,
+    /// Modes the staging copy does not carry because they deny its owner (0o600 for files,
+    /// 0o700 for directories, are added there so the copy can be read back).
+    pub modes: HashMap<Vec<u8>, u32>,
+    kept_name_bytes: usize,
+}
+
+impl Received {
+    fn remember(&mut self, bytes: usize) -> Result<()> {
+        self.kept_name_bytes += bytes;
+        if self.kept_name_bytes > MAX_KEPT_NAME_BYTES {
+            bail!(
+                "the guest sent over {} MiB of names of refused or unreadable entries",
+                MAX_KEPT_NAME_BYTES >> 20
+            );
+        }
+        Ok(())
+    }
+
+    fn refuse_keeping(&mut self, kind: Refusal, path: Vec<u8>) -> Result<()> {
+        self.refusals.note(kind, &path);
+        self.remember(path.len())?;
+        self.keep.insert(path);
+        Ok(())
+    }
+}
+
+/// Extension headers that apply to the next entry.
+#[derive(Default)]
+struct Pending {
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+    over_limit: bool,
+    unknown_extension: bool,
+}
+
+/// Reads `input` (up to its end-of-archive) into `staging`, an empty directory of the host's.
+pub fn receive(
+    input: impl Read,
+    staging: BorrowedFd<'_>,
+    limits: ExportLimits,
+) -> Result<Received> {
+    let mut received = Received::default();
+    let mut archive = tar::Archive::new(input);
+    let entries = archive
+        .entries()
+        .context("reading the volume stream")?
+        .raw(true);
+    let mut pending = Pending::default();
+    // Extension headers carry no entry of their own: bounded apart, as a stream of nothing else
+    // would otherwise never reach the entry limit.
+    let max_extensions = limits.max_entries.saturating_mul(3).saturating_add(16);
+    let mut extensions = 0u64;
+    for entry in entries {
+        let mut entry = entry.context("reading the volume stream")?;
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            EntryType::GNULongName
+                | EntryType::GNULongLink
+                | EntryType::XHeader
+                | EntryType::XGlobalHeader
+        ) {
+            extensions += 1;
+            if extensions > max_extensions {
+                bail!("the guest sent over {max_extensions} extension headers");
+            }
+            match kind {
+                EntryType::GNULongName => pending.long_name = Some(long_text(&mut entry)?),
+                EntryType::GNULongLink => pending.long_link = Some(long_text(&mut entry)?),
+                EntryType::XHeader => pax(&mut entry, &mut pending)?,
+                _ => pending.unknown_extension = true,
+            }
+            continue;
+        }
+        received.entries += 1;
+        if received.entries > limits.max_entries {
+            bail!(
+                "the guest sent over {} entries, more than the volume's filesystem has inodes",
+                limits.max_entries
+            );
+        }
+        let pending = std::mem::take(&mut pending);
+        let path = match pending.long_name {
+            Some(name) => name,
+            None => entry.header().path_bytes().into_owned(),
+        };
+        let link = match pending.long_link {
+            Some(link) => Some(link),
+            None => entry.header().link_name_bytes().map(|l| l.into_owned()),
+        };
+        let Ok(components) = entry_path::components(&path) else {
+            received.refusals.note(Refusal::UnsafePath, &path);
+            continue;
+        };
+        if components.is_empty() {
+            continue; // The volume's root: the host directory keeps its own mode.
+        }
+        let path = entry_path::joined(&components);
+        let refusal = if pending.unknown_extension {
+            Some(Refusal::Extension)
+        } else if pending.over_limit {
+            Some(Refusal::OverLimit)
+        } else {
+            match kind {
+                EntryType::Regular | EntryType::Directory | EntryType::Symlink => None,
+                EntryType::Link => Some(Refusal::HardLink),
+                EntryType::Char | EntryType::Block => Some(Refusal::Device),
+                EntryType::Fifo => Some(Refusal::Fifo),
+                _ => Some(Refusal::OtherKind),
+            }
+        };
+        if let Some(refusal) = refusal {
+            received.refuse_keeping(refusal, path)?;
+            continue;
+        }
+        let header = entry.header();
+        let size = header.entry_size().context("an entry's size")?;
+        if kind == EntryType::Regular && size > limits.max_bytes - received.bytes {
+            // Its data is skipped unread, within the copy-back's deadline.
+            received.refuse_keeping(Refusal::OverLimit, path)?;
+            continue;
+        }
+        let mode = header.mode().context("an entry's mode")? & 0o7777;
+        let mtime = header.mtime().context("an entry's mtime")?;
+        if mode & 0o6000 != 0 {
+            received.refusals.note(Refusal::SetId, &path);
+        }
+        let mode = mode & 0o1777;
+        let (name, parent) = components.split_last().expect("not the root");
+        let parent = match beneath::open_dir_beneath(staging, parent) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let refusal = match e.raw_os_error() {
+                    Some(libc::ELOOP) => Refusal::ThroughLink,
+                    Some(libc::ENOENT | libc::ENOTDIR) => Refusal::NoDirectory,
+                    _ => return Err(e).context("opening a staging directory"),
+                };
+                received.refusals.note(refusal, &path);
+                continue;
+            }
+        };
+        let made = match kind {
+            EntryType::Directory => make_dir(parent.as_fd(), name, mode),
+            EntryType::Regular => make_file(parent.as_fd(), name, mode, mtime, size, &mut entry),
+            _ => match link.as_deref().map(checked_link_target) {
+                Some(Some(target)) => {
+                    rustix::fs::symlinkat(target, &parent, *name).map_err(Into::into)
+                }
+                _ => {
+                    received.refusals.note(Refusal::BadLinkTarget, &path);
+                    continue;
+                }
+            },
+        };
+        match made {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                received.refusals.note(Refusal::Duplicate, &path);
+                continue;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("writing {} into staging", super::refusals::shown(&path))
+                })
+            }
+        }
+        if kind == EntryType::Regular {
+            received.bytes += size;
+        }
+        let owner_bits = if kind == EntryType::Directory {
+            0o700
+        } else {
+            0o600
+        };
+        if kind != EntryType::Symlink && mode & owner_bits != owner_bits {
+            received.remember(path.len())?;
+            received.modes.insert(path, mode);
+        }
+    }
+    Ok(received)
+}
+
+/// A GNU long name or link: the whole text, without its terminating NUL.
+fn long_text(entry: &mut impl Read) -> Result<Vec<u8>> {
+    let mut text = bounded(entry, MAX_PATH_LEN as u64 + 1, "a long name")?;
+    if text.last() == Some(&0) {
+        text.pop();
+    }
+    Ok(text)
+}
+
+/// A PAX header: only [`OVER_LIMIT_KEY`] is known; anything else voids the next entry.
+fn pax(entry: &mut impl Read, pending: &mut Pending) -> Result<()> {
+    let data = bounded(entry, MAX_PAX_LEN, "a PAX header")?;
+    for record in tar::PaxExtensions::new(&data) {
+        let record = record.context("a malformed PAX header")?;
+        if record.key_bytes() == OVER_LIMIT_KEY.as_bytes() {
+            pending.over_limit = true;
+        } else {
+            pending.unknown_extension = true;
+        }
+    }
+    Ok(())
+}
+
+/// All of an entry's data, which may not exceed `max` bytes.
+fn bounded(entry: &mut impl Read, max: u64, what: &str) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    entry
+        .take(max + 1)
+        .read_to_end(&mut data)
+        .with_context(|| format!("reading {what}"))?;
+    if data.len() as u64 > max {
+        bail!("the guest sent {what} of over {max} bytes");
+    }
+    Ok(data)
+}
+
+/// A link target as it may be written: any bytes but NUL, at most PATH_MAX of them.
+fn checked_link_target(target: &[u8]) -> Option<&OsStr> {
+    use std::os::unix::ffi::OsStrExt;
+    (!target.is_empty() && target.len() <= MAX_PATH_LEN && !target.contains(&0))
+        .then(|| OsStr::from_bytes(target))
+}
+
+fn make_dir(parent: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+    rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700))?;
+    let dir = beneath::open_dir(parent, name)?;
+    rustix::fs::fchmod(&dir, Mode::from_raw_mode(mode | 0o700))?;
+    Ok(())
+}
+
+fn make_file(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    mode: u32,
+    mtime: u64,
+    size: u64,
+    data: &mut impl Read,
+) -> io::Result<()> {
+    let mut file = beneath::create_file(parent, name)?;
+    let copied = io::copy(data, &mut file)?;
+    if copied != size {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the stream ended inside a file",
+        ));
+    }
+    rustix::fs::fchmod(&file, Mode::from_raw_mode(mode | 0o600))?;
+    rustix::fs::futimens(&file, &timestamps(mtime))?;
+    Ok(())
+}
+
+/// A modification time to set, the access time left alone.
+pub fn timestamps(mtime: u64) -> Timestamps {
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
+            tv_nsec: 0,
+        },
+    }
+}
