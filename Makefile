@@ -7,11 +7,14 @@ CARGO ?= cargo
 HOST_TARGET := x86_64-unknown-linux-gnu
 GUEST_DIR := target/guest
 AGENT := target/$(HOST_TARGET)/release/cocoon-agent
+HOSTILE_AGENT := target/$(HOST_TARGET)/release/cocoon-hostile-agent
+STATIC_AGENT_ENV := LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
+	RUSTFLAGS="-C target-feature=+crt-static"
 DEB_PACKAGES := linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio xz-utils kmod \
 	qemu-system-x86 linux-image-cloud-amd64 busybox-static binutils e2fsprogs \
 	libseccomp-dev pkg-config runc containerd protobuf-compiler
 
-.PHONY: run test deps kernel agent guest build bench lint clean-guest
+.PHONY: run test deps kernel agent guest test-guest build bench lint clean-guest
 
 ## deps: install the Debian packages the build and the tests need (root, or sudo).
 deps:
@@ -29,14 +32,20 @@ kernel: deps
 
 ## agent: the guest agent, statically linked (the guest has no libraries; libseccomp included).
 agent: deps
-	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p cocoon-agent --target $(HOST_TARGET)
+	$(STATIC_AGENT_ENV) $(CARGO) build --release -p cocoon-agent --target $(HOST_TARGET)
 
 ## guest: kernel + initramfs holding the agent; prints their sha256.
 guest: kernel agent
 	strip -o $(GUEST_DIR)/cocoon-agent $(AGENT)
 	$(CARGO) run -q -p cocoon-guest-image -- --agent $(GUEST_DIR)/cocoon-agent --out $(GUEST_DIR)/initramfs.cpio >/dev/null
 	@cd $(GUEST_DIR) && sha256sum bzImage vmlinux initramfs.cpio | tee SHA256SUMS
+
+## test-guest: for the tests only, an initramfs whose agent attacks the host through a volume's
+## copy-back (tests/hostile-agent; the container suite checks every attack is refused).
+test-guest: guest
+	$(STATIC_AGENT_ENV) $(CARGO) build --release -p cocoon-hostile-agent --target $(HOST_TARGET)
+	strip -o $(GUEST_DIR)/hostile-agent $(HOSTILE_AGENT)
+	$(CARGO) run -q -p cocoon-guest-image -- --agent $(GUEST_DIR)/hostile-agent --out $(GUEST_DIR)/hostile-initramfs.cpio >/dev/null
 
 ## build: the host binaries (VMM, harness, bench).
 build:
@@ -51,7 +60,7 @@ run: guest build
 	  status=$$?; echo "cocoon run exit status: $$status"; exit $$status
 
 ## test: every test, end-to-end ones under real KVM included (they may not skip here).
-test: guest build
+test: guest test-guest build
 	COCOON_REQUIRE_E2E=1 $(CARGO) test --workspace
 
 ## bench: boot latency and VMM memory, cocoon vs qemu -M microvm, side by side in one run
