@@ -8,7 +8,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::OnceLock;
 
-use cocoon_protocol::volume_export::{ExportLimits, OVER_LIMIT_KEY, TOKEN_LEN};
+use cocoon_protocol::volume_export::{ExportLimits, OVER_LIMIT_KEY};
 use cocoon_protocol::{AgentError, ErrorKind, Reply};
 use tar::{Header, HeaderMode};
 
@@ -35,12 +35,6 @@ pub(crate) fn export(
     token: &str,
     limits: ExportLimits,
 ) -> Result<Reply, AgentError> {
-    if token.len() != TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(AgentError::new(
-            ErrorKind::InvalidArgument,
-            format!("the export token must be {TOKEN_LEN} hex digits"),
-        ));
-    }
     let failed = |what: &str, e: io::Error| {
         AgentError::new(
             ErrorKind::Internal,
@@ -50,11 +44,8 @@ pub(crate) fn export(
     let device = fs::metadata(root)
         .map_err(|e| failed("reading the volume", e))?
         .dev();
-    let mut stream =
-        vsock::connect_to_host(port).map_err(|e| failed("connecting to the host", e))?;
-    stream
-        .write_all(format!("{token}\n").as_bytes())
-        .map_err(|e| failed("writing the token", e))?;
+    let stream =
+        vsock::connect_to_host(port, token).map_err(|e| failed("connecting to the host", e))?;
     let mut exporter = Exporter::new(BufWriter::with_capacity(64 << 10, stream), limits, device);
     if let Some(prelude) = PRELUDE.get() {
         prelude(&mut exporter).map_err(|e| failed("sending the prelude", e))?;

@@ -15,9 +15,9 @@ use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 use crate::vsock;
 
-fn connect(stream: &str, port: Option<u32>) -> Result<Option<File>, AgentError> {
+fn connect(stream: &str, port: Option<u32>, token: &str) -> Result<Option<File>, AgentError> {
     port.map(|port| {
-        vsock::connect_to_host(port).map_err(|e| {
+        vsock::connect_to_host(port, token).map_err(|e| {
             AgentError::new(
                 ErrorKind::FailedPrecondition,
                 format!("connecting the process's {stream} to host vsock port {port}: {e} (is the host listening?)"),
@@ -48,9 +48,9 @@ impl Stdio {
     /// Connects the streams the host asked for.
     pub fn connect(ports: &StdioPorts, terminal: bool) -> Result<Self, AgentError> {
         Ok(Self {
-            stdin: connect("stdin", ports.stdin)?,
-            stdout: connect("stdout", ports.stdout)?,
-            stderr: connect("stderr", ports.stderr)?,
+            stdin: connect("stdin", ports.stdin, &ports.token)?,
+            stdout: connect("stdout", ports.stdout, &ports.token)?,
+            stderr: connect("stderr", ports.stderr, &ports.token)?,
             terminal,
             stdin_handle: None,
         })

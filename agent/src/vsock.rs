@@ -1,7 +1,7 @@
 //! AF_VSOCK stream sockets: the control listener and the stdio connections to the host.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::sys::socket::{
@@ -22,11 +22,23 @@ fn stream_socket() -> io::Result<OwnedFd> {
     )?)
 }
 
-/// Connects to a host program listening on `port` (through the VMM, at `<uds>_<port>`).
-pub fn connect_to_host(port: u32) -> io::Result<File> {
+/// Connects to a host program listening on `port` (through the VMM, at `<uds>_<port>`) and
+/// identifies the agent with the host's `token` (`cocoon_protocol::port_token`).
+pub fn connect_to_host(port: u32, token: &str) -> io::Result<File> {
+    if !cocoon_protocol::port_token::is_token(token) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the host's token for port {port} is not {} hex digits",
+                cocoon_protocol::port_token::TOKEN_LEN
+            ),
+        ));
+    }
     let fd = stream_socket()?;
     connect(fd.as_raw_fd(), &VsockAddr::new(HOST_CID, port))?;
-    Ok(File::from(fd))
+    let mut stream = File::from(fd);
+    stream.write_all(format!("{token}\n").as_bytes())?;
+    Ok(stream)
 }
 
 pub fn listen_on(port: u32) -> io::Result<OwnedFd> {

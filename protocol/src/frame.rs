@@ -105,6 +105,7 @@ mod tests {
                         stdin: None,
                         stdout: Some(2000),
                         stderr: Some(2001),
+                        token: "0".repeat(32),
                     },
                 },
             }),

@@ -10,6 +10,7 @@ pub mod defaults;
 pub mod frame;
 pub mod messages;
 pub mod mounts;
+pub mod port_token;
 pub mod vmm_api;
 pub mod volume_export;
 

@@ -25,12 +25,15 @@ pub struct Response {
 }
 
 /// The vsock ports on which the agent connects a process's stdio back to the host (each stream its
-/// own connection); `None` means the stream is not wanted.
+/// own connection, which starts with `token`: see [`crate::port_token`]); `None` means the stream
+/// is not wanted.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StdioPorts {
     pub stdin: Option<u32>,
     pub stdout: Option<u32>,
     pub stderr: Option<u32>,
+    #[serde(default)]
+    pub token: String,
 }
 
 /// A filesystem the sandbox shares with its containers.

@@ -3,8 +3,8 @@
 //! of it).
 //!
 //! On [`Operation::ExportVolume`](crate::Operation::ExportVolume) the agent connects to the
-//! host's vsock port, writes the request's token and a newline (a connection without it is not
-//! the agent's: any guest process can reach host ports), then the volume as a GNU tar stream:
+//! host's vsock port, writes the request's token and a newline (see [`crate::port_token`]),
+//! then the volume as a GNU tar stream:
 //! - every entry's path relative to the volume's root (the root itself is not sent), a directory
 //!   before what it holds; names too long for a header in GNU long-name (`L`) and long-link (`K`)
 //!   entries;
@@ -40,6 +40,3 @@ pub const MAX_PATH_LEN: usize = 4096;
 
 /// Longest name (bytes) of one path component, as Linux's NAME_MAX.
 pub const MAX_NAME_LEN: usize = 255;
-
-/// Characters of the token (hex).
-pub const TOKEN_LEN: usize = 32;

@@ -96,15 +96,20 @@ impl Session {
             Ok(Some(HostPort::bind(&self.uds, port)?))
         };
         let (stdin, stdout, stderr) = (bind(want.stdin)?, bind(true)?, bind(want.stderr)?);
+        let token = cocoon_sandbox::host_port::new_token()?;
         let ports = StdioPorts {
             stdin: stdin.as_ref().map(|p| p.port),
             stdout: stdout.as_ref().map(|p| p.port),
             stderr: stderr.as_ref().map(|p| p.port),
+            token: token.clone(),
         };
         let reply = request(ports)?;
         let accept = |p: Option<HostPort>| -> Result<Option<UnixStream>> {
-            p.map(|p| p.accept(Duration::from_secs(10)).map_err(Into::into))
-                .transpose()
+            p.map(|p| {
+                p.accept_with_token(&token, Duration::from_secs(10))
+                    .map_err(Into::into)
+            })
+            .transpose()
         };
         let streams = Streams {
             stdin: accept(stdin)?,

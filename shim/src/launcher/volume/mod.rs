@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use cocoon_protocol::volume_export::{ExportLimits, TOKEN_LEN};
+use cocoon_protocol::volume_export::ExportLimits;
 use cocoon_protocol::{Operation, Reply};
 use cocoon_sandbox::{AgentClient, HostPort};
 use serde::{Deserialize, Serialize};
@@ -48,8 +48,6 @@ const EXPORT_PORT_BASE: u32 = 5000;
 const EXPORT_BASE_TIME: Duration = Duration::from_secs(60);
 /// How long the stream may stay silent.
 const EXPORT_IDLE_TIME: Duration = Duration::from_secs(60);
-/// Connections to the export port that may come without the token before it is given up.
-const MAX_STRANGER_CONNECTIONS: usize = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
@@ -164,7 +162,7 @@ impl Volume {
             Instant::now() + EXPORT_BASE_TIME + Duration::from_secs(limits.max_bytes >> 20);
         let port = HostPort::bind_free(guest.uds, EXPORT_PORT_BASE)
             .context("binding the volume's port")?;
-        let token = random_token()?;
+        let token = cocoon_sandbox::host_port::new_token().context("making the export's token")?;
         let (answer_tx, answer) = mpsc::channel();
         let client = guest.client.clone();
         let request = Operation::ExportVolume {
@@ -177,8 +175,9 @@ impl Volume {
         std::thread::spawn(move || {
             let _ = answer_tx.send(client.call(request));
         });
-        let stream =
-            accept_with_token(&port, &token, deadline).map_err(|e| anyhow!("{e:#}{untouched}"))?;
+        let stream = port
+            .accept_with_token(&token, deadline.saturating_duration_since(Instant::now()))
+            .map_err(|e| anyhow!("waiting for the volume's stream: {e}{untouched}"))?;
         let staging_dir = open_dir(staging)?;
         let received = receive::receive(Deadline { stream, deadline }, staging_dir.as_fd(), limits)
             .map_err(|e| anyhow!("the guest's stream of the volume: {e:#}{untouched}"))?;
@@ -208,40 +207,6 @@ fn open_dir(path: &Path) -> Result<OwnedFd> {
         Mode::empty(),
     )
     .with_context(|| format!("opening {}", path.display()))
-}
-
-/// A fresh token for one export, from the kernel's random source.
-fn random_token() -> Result<String> {
-    let mut bytes = [0u8; TOKEN_LEN / 2];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading /dev/urandom")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// The agent's connection: the first that starts with `token` and a newline. Any guest process
-/// can connect to a host port; one without the token is dropped.
-fn accept_with_token(port: &HostPort, token: &str, deadline: Instant) -> Result<UnixStream> {
-    for _ in 0..MAX_STRANGER_CONNECTIONS {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut stream = port
-            .accept(left)
-            .context("waiting for the volume's stream")?;
-        stream.set_read_timeout(Some(
-            EXPORT_IDLE_TIME.min(left.max(Duration::from_millis(1))),
-        ))?;
-        let mut first = [0u8; TOKEN_LEN + 1];
-        if stream.read_exact(&mut first).is_ok()
-            && first[..TOKEN_LEN] == *token.as_bytes()
-            && first[TOKEN_LEN] == b'\n'
-        {
-            return Ok(stream);
-        }
-        eprintln!(
-            "cocoon: dropped a connection to the volume's port that did not come from the agent"
-        );
-    }
-    bail!("{MAX_STRANGER_CONNECTIONS} connections to the volume's port came without the agent's token")
 }
 
 /// The stream, read within the copy-back's deadline and never silent for longer than
