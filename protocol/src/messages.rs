@@ -159,7 +159,8 @@ impl ExitStatus {
     pub fn code(self) -> i32 {
         match self {
             Self::Exited(code) => code,
-            Self::Signaled(signal) => 128 + signal,
+            // The agent's number: no overflow, whatever it says.
+            Self::Signaled(signal) => signal.saturating_add(128),
         }
     }
 }
@@ -255,5 +256,6 @@ mod tests {
         assert_eq!(ExitStatus::Exited(3).code(), 3);
         assert_eq!(ExitStatus::Signaled(9).code(), 137);
         assert_eq!(ExitStatus::Signaled(15).code(), 143);
+        assert_eq!(ExitStatus::Signaled(i32::MAX).code(), i32::MAX);
     }
 }
