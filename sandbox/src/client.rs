@@ -64,6 +64,28 @@ pub fn connect_vsock(uds: &Path, port: u32) -> io::Result<UnixStream> {
     ))
 }
 
+/// Longest agent error message passed on (characters).
+const MAX_MESSAGE_CHARS: usize = 2048;
+
+/// An agent's error as the host may show it on a terminal or in a log: the guest wrote it, so
+/// control characters are escaped (no escape sequences, no forged lines) and it is cut short.
+fn printable(mut error: AgentError) -> AgentError {
+    let mut text = String::new();
+    for (i, c) in error.message.chars().enumerate() {
+        if i == MAX_MESSAGE_CHARS {
+            text.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            text.extend(c.escape_default());
+        } else {
+            text.push(c);
+        }
+    }
+    error.message = text;
+    error
+}
+
 type Pending = Arc<Mutex<HashMap<u64, mpsc::Sender<Result<Reply, AgentError>>>>>;
 
 pub struct AgentClient {
@@ -123,7 +145,7 @@ impl AgentClient {
                 match message {
                     Message::Response(response) => {
                         if let Some(tx) = lock(&routes).remove(&response.id) {
-                            let _ = tx.send(response.result);
+                            let _ = tx.send(response.result.map_err(printable));
                         }
                     }
                     Message::Event(event) => {
@@ -183,5 +205,22 @@ impl Drop for AgentClient {
     fn drop(&mut self) {
         // Also ends the reader thread, which holds its own handle on the socket.
         self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cocoon_protocol::ErrorKind;
+
+    #[test]
+    fn agent_errors_reach_the_user_without_control_characters() {
+        let e = printable(AgentError::new(
+            ErrorKind::Internal,
+            "bad 'x'\x1b[2J\ncocoon: forged line\u{9b}",
+        ));
+        assert_eq!(e.message, "bad 'x'\\u{1b}[2J\\ncocoon: forged line\\u{9b}");
+        let long = printable(AgentError::new(ErrorKind::Internal, "y".repeat(10_000)));
+        assert_eq!(long.message.chars().count(), MAX_MESSAGE_CHARS + 3);
     }
 }
