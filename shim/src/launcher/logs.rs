@@ -1,9 +1,11 @@
 //! A detached container's log: its stdout and stderr in the order they arrived, each chunk framed
 //! as `[stream: u8][length: u32 LE][bytes]` (stream 1 is stdout, 2 is stderr), so `cocoon logs`
-//! can give each back to the stream it came from.
+//! can give each back to the stream it came from. Frames are the host's: a chunk is at most
+//! [`CHUNK`] bytes, a frame that could not be written whole (a full disk) is cut off again, and
+//! `replay` takes nothing else, so the guest's bytes never pass for a frame header.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -16,10 +18,14 @@ pub enum Stream {
     Stderr = 2,
 }
 
-/// Appends one stream's chunks to the shared log until the stream ends.
+/// The most bytes one frame holds.
+const CHUNK: usize = 64 << 10;
+
+/// Appends one stream's chunks to the shared log until the stream ends (or the log cannot take
+/// a frame: it is cut back to the frame's start, and the stream is no longer recorded).
 pub fn record(mut from: UnixStream, stream: Stream, log: Arc<Mutex<File>>) -> JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 << 10];
+        let mut buf = vec![0u8; CHUNK];
         while let Ok(n) = from.read(&mut buf) {
             if n == 0 {
                 break;
@@ -29,7 +35,12 @@ pub fn record(mut from: UnixStream, stream: Stream, log: Arc<Mutex<File>>) -> Jo
             frame.extend_from_slice(&(n as u32).to_le_bytes());
             frame.extend_from_slice(&buf[..n]);
             let mut file = log.lock().unwrap_or_else(|p| p.into_inner());
+            let Ok(start) = file.stream_position() else {
+                break;
+            };
             if file.write_all(&frame).is_err() {
+                let _ = file.set_len(start);
+                let _ = file.seek(SeekFrom::Start(start));
                 break;
             }
         }
@@ -71,6 +82,15 @@ pub fn replay(
         let mut used = 0;
         while pending.len() - used >= 5 {
             let len = u32::from_le_bytes(pending[used + 1..used + 5].try_into().unwrap()) as usize;
+            if len > CHUNK || !matches!(pending[used], 1 | 2) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is not a cocoon log (a bad frame header)",
+                        path.display()
+                    ),
+                ));
+            }
             if pending.len() - used < 5 + len {
                 break;
             }
@@ -114,6 +134,18 @@ mod tests {
         replay(&path, &mut out, &mut err, false, || false).unwrap();
         assert_eq!(out, b"one\n");
         assert_eq!(err, b"two\n");
+    }
+
+    #[test]
+    fn a_frame_the_host_never_writes_is_an_error_not_an_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        for bad in [[1u8, 0xff, 0xff, 0xff, 0xff], [7, 1, 0, 0, 0]] {
+            std::fs::write(&path, bad).unwrap();
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let e = replay(&path, &mut out, &mut err, false, || false).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        }
     }
 
     #[test]
