@@ -102,7 +102,19 @@ pub fn ext4_image_sized(dir: &Path, out: &Path, free_mib: u64) -> Result<Ext4Siz
     let (used, entries) = tree_size(dir)?;
     let size = (used + used / 4 + (free_mib << 20) + (8 << 20)).max(16 << 20);
     let inodes = entries + entries / 4 + (size - used) / 16384 + 64;
-    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    // A new inode, never the old one's: a VMM may still hold an image of that name open, and
+    // its guest writing into the new image while mkfs and debugfs read it must not be possible.
+    match std::fs::remove_file(out) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("replacing {}", out.display()))
+        }
+        _ => {}
+    }
+    let file = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
     file.set_len(size)?;
     drop(file);
     let result = Command::new("mkfs.ext4")
