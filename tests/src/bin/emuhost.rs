@@ -102,9 +102,12 @@ fn run(command: &str, cpus: u8, deadline: Duration) -> anyhow::Result<u8> {
     if finished.timed_out {
         anyhow::bail!("timed out after {}s", deadline.as_secs());
     }
+    // The last such line: the script prints it after the command has ended, while a container's
+    // output (the same console) could print one of its own before.
     let status = finished
         .output
         .lines()
+        .rev()
         .find_map(|l| l.strip_prefix(SCRIPT_EXIT))
         .and_then(|s| s.trim().parse::<u8>().ok());
     status.ok_or_else(|| anyhow::anyhow!("the emulated host stopped before the command finished"))
