@@ -68,37 +68,32 @@ pub fn open_dir(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
     }
 }
 
-/// `name` in `dir` opened for reading; `ELOOP` if it is a link.
+/// `name` in `dir` opened with `flags`, never through a link (`ELOOP`), and never waiting on a
+/// fifo that took a file's place (`O_NONBLOCK` does nothing to regular files).
+fn open_file_at(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlags, mode: u32) -> io::Result<File> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(mode))?;
+    Ok(File::from(fd))
+}
+
+/// `name` in `dir` opened for reading.
 pub fn open_file(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    Ok(File::from(rustix::fs::openat(
-        dir,
-        name,
-        flags,
-        Mode::empty(),
-    )?))
+    open_file_at(dir, name, OFlags::RDONLY, 0)
 }
 
 /// A new file `name` in `dir`, for writing, mode 0600; `EEXIST` if anything has that name.
 pub fn create_file(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
-    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    Ok(File::from(rustix::fs::openat(
+    open_file_at(
         dir,
         name,
-        flags,
-        Mode::from_raw_mode(0o600),
-    )?))
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+        0o600,
+    )
 }
 
-/// The existing regular file `name` in `dir`, truncated for writing; `ELOOP` if it is a link.
+/// The existing regular file `name` in `dir`, truncated for writing.
 pub fn rewrite_file(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
-    let flags = OFlags::WRONLY | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    Ok(File::from(rustix::fs::openat(
-        dir,
-        name,
-        flags,
-        Mode::empty(),
-    )?))
+    open_file_at(dir, name, OFlags::WRONLY | OFlags::TRUNC, 0)
 }
 
 /// What `name` in `dir` is, the link itself for a link; `None` if nothing has that name.

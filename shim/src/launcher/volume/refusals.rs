@@ -31,45 +31,45 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The line's wording after the count.
-    fn what(self, many: bool) -> &'static str {
-        match (self, many) {
-            (Self::UnsafePath, false) => {
-                "entry whose path leaves the volume (absolute, '..', NUL or too long)"
-            }
-            (Self::UnsafePath, true) => {
-                "entries whose paths leave the volume (absolute, '..', NUL or too long)"
-            }
-            (Self::ThroughLink, false) => "entry under a symbolic link (links are never followed)",
-            (Self::ThroughLink, true) => "entries under a symbolic link (links are never followed)",
-            (Self::NoDirectory, false) => "entry whose directory was not sent before it",
-            (Self::NoDirectory, true) => "entries whose directory was not sent before them",
-            (Self::Duplicate, false) => "second entry for a name already written",
-            (Self::Duplicate, true) => "second entries for names already written",
-            (Self::BadLinkTarget, false) => {
-                "symbolic link with an empty, NUL-holding or overlong target"
-            }
-            (Self::BadLinkTarget, true) => {
-                "symbolic links with empty, NUL-holding or overlong targets"
-            }
-            (Self::HardLink, false) => "hard link",
-            (Self::HardLink, true) => "hard links",
-            (Self::Device, false) => "device node",
-            (Self::Device, true) => "device nodes",
-            (Self::Fifo, false) => "fifo",
-            (Self::Fifo, true) => "fifos",
-            (Self::OtherKind, false) => {
-                "entry of a kind the host does not make (sparse, contiguous, ...)"
-            }
-            (Self::OtherKind, true) => {
-                "entries of kinds the host does not make (sparse, contiguous, ...)"
-            }
-            (Self::Extension, false) => "entry with an archive extension the host does not take",
-            (Self::Extension, true) => "entries with archive extensions the host does not take",
-            (Self::OverLimit, false) => "file past the volume's size limit",
-            (Self::OverLimit, true) => "files past the volume's size limit",
-            (Self::SetId, false) => "file",
-            (Self::SetId, true) => "files",
+    /// The line's wording after the count: (one, several).
+    fn what(self) -> (&'static str, &'static str) {
+        match self {
+            Self::UnsafePath => (
+                "entry whose path leaves the volume (absolute, '..', NUL or too long)",
+                "entries whose paths leave the volume (absolute, '..', NUL or too long)",
+            ),
+            Self::ThroughLink => (
+                "entry under a symbolic link (links are never followed)",
+                "entries under a symbolic link (links are never followed)",
+            ),
+            Self::NoDirectory => (
+                "entry whose directory was not sent before it",
+                "entries whose directory was not sent before them",
+            ),
+            Self::Duplicate => (
+                "second entry for a name already written",
+                "second entries for names already written",
+            ),
+            Self::BadLinkTarget => (
+                "symbolic link with an empty, NUL-holding or overlong target",
+                "symbolic links with empty, NUL-holding or overlong targets",
+            ),
+            Self::HardLink => ("hard link", "hard links"),
+            Self::Device => ("device node", "device nodes"),
+            Self::Fifo => ("fifo", "fifos"),
+            Self::OtherKind => (
+                "entry of a kind the host does not make (sparse, contiguous, ...)",
+                "entries of kinds the host does not make (sparse, contiguous, ...)",
+            ),
+            Self::Extension => (
+                "entry with an archive extension the host does not take",
+                "entries with archive extensions the host does not take",
+            ),
+            Self::OverLimit => (
+                "file past the volume's size limit",
+                "files past the volume's size limit",
+            ),
+            Self::SetId => ("file", "files"),
         }
     }
 }
@@ -112,7 +112,8 @@ impl Refusals {
         self.kinds
             .iter()
             .map(|(kind, (count, examples))| {
-                let what = kind.what(*count > 1);
+                let (one, several) = kind.what();
+                let what = if *count > 1 { several } else { one };
                 let mut list = examples.join(", ");
                 if *count > examples.len() as u64 {
                     list.push_str(", ...");
