@@ -4,28 +4,18 @@
 //! mounted volume and streams it back (`cocoon_protocol::volume_export`), and the host directory
 //! is made to hold what it held — files added, changed and removed.
 //!
-//! The host never parses the image the guest wrote: a guest whose kernel is compromised can
-//! forge any byte of it, and a filesystem parser (debugfs did this job once) builds host paths
-//! from names the guest chose. The stream is hostile input too. `receive` checks every entry
-//! and makes it in a private staging directory beneath a descriptor, never through a link;
-//! only a complete stream whose entries the agent's count confirms is then applied to the host
-//! directory, again through descriptors (`sync`); a stream that fails leaves the host directory
-//! as it was. Links come back as links, never followed; hard links, device nodes, fifos and
-//! setuid/setgid bits never; owners are the invoking user's (the copy-back runs as that user,
-//! with no privilege beyond theirs); bytes and entries are bounded by what the volume's disk
-//! holds. This is the design the issue asked for, and no less safe than a guest-side tar with a
-//! host-side `tar -x`, which follows what the archive says.
-
-mod beneath;
-mod entry_path;
-#[cfg(test)]
-mod hostile_tests;
-mod receive;
-mod refusals;
-mod sync;
+//! The host never parses the image the guest wrote (a guest whose kernel is compromised can
+//! forge any byte of it): the stream is taken by `cocoon_sandbox::volume_import`, which checks
+//! every entry as hostile input and makes it beneath a private staging directory; only a stream
+//! the agent's count confirms complete is applied to the host directory, so one that fails
+//! leaves it as it was. Links come back as links, never followed; hard links, device nodes,
+//! fifos and setuid/setgid bits never; owners are the invoking user's (the copy-back runs as
+//! that user, with no privilege beyond theirs); bytes and entries are bounded by what the
+//! volume's disk holds. Safer than a guest-side tar and a host-side `tar -x`, which follows what
+//! the archive says.
 
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -35,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use cocoon_protocol::volume_export::ExportLimits;
 use cocoon_protocol::{Operation, Reply};
+use cocoon_sandbox::volume_import::{self, open_dir};
 use cocoon_sandbox::{AgentClient, HostPort};
 use serde::{Deserialize, Serialize};
 
@@ -140,10 +131,11 @@ impl Volume {
             .ok_or_else(|| anyhow!("the volume's disk was never made"))?;
         let staging = scratch.join(format!("volume-{index}-incoming"));
         let scratch_dir = open_dir(scratch)?;
-        beneath::remove(scratch_dir.as_fd(), staging.file_name().unwrap_or_default())?;
+        volume_import::remove(scratch_dir.as_fd(), staging.file_name().unwrap_or_default())?;
         std::fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
         let result = self.bring_back(guest, index, &staging, limits);
-        let removed = beneath::remove(scratch_dir.as_fd(), staging.file_name().unwrap_or_default());
+        let removed =
+            volume_import::remove(scratch_dir.as_fd(), staging.file_name().unwrap_or_default());
         let received = result
             .with_context(|| format!("copying the volume back into {}", self.host.display()))?;
         removed.with_context(|| format!("removing {}", staging.display()))?;
@@ -156,7 +148,7 @@ impl Volume {
         index: usize,
         staging: &Path,
         limits: ExportLimits,
-    ) -> Result<receive::Received> {
+    ) -> Result<volume_import::Received> {
         let untouched = "; the host directory was left as it was";
         let deadline =
             Instant::now() + EXPORT_BASE_TIME + Duration::from_secs(limits.max_bytes >> 20);
@@ -179,8 +171,9 @@ impl Volume {
             .accept_with_token(&token, deadline.saturating_duration_since(Instant::now()))
             .map_err(|e| anyhow!("waiting for the volume's stream: {e}{untouched}"))?;
         let staging_dir = open_dir(staging)?;
-        let received = receive::receive(Deadline { stream, deadline }, staging_dir.as_fd(), limits)
-            .map_err(|e| anyhow!("the guest's stream of the volume: {e:#}{untouched}"))?;
+        let received =
+            volume_import::receive(Deadline { stream, deadline }, staging_dir.as_fd(), limits)
+                .map_err(|e| anyhow!("the guest's stream of the volume: {e:#}{untouched}"))?;
         let left = deadline.saturating_duration_since(Instant::now());
         match answer.recv_timeout(left) {
             Ok(Ok(Reply::Exported { entries })) if entries == received.entries => {}
@@ -193,20 +186,10 @@ impl Volume {
             Err(_) => bail!("the agent did not finish the export in time{untouched}"),
         }
         let host_dir = open_dir(&self.host)?;
-        sync::sync(staging_dir.as_fd(), host_dir.as_fd(), &received)
+        volume_import::sync(staging_dir.as_fd(), host_dir.as_fd(), &received)
             .context("writing the volume's contents")?;
         Ok(received)
     }
-}
-
-fn open_dir(path: &Path) -> Result<OwnedFd> {
-    use rustix::fs::{Mode, OFlags};
-    rustix::fs::open(
-        path,
-        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .with_context(|| format!("opening {}", path.display()))
 }
 
 /// The stream, read within the copy-back's deadline and never silent for longer than
