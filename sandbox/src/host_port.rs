@@ -49,38 +49,12 @@ impl HostPort {
             }
         }
     }
-
-    /// The guest's connection, once it has arrived (the VMM connects when the guest does).
-    pub fn accept(&self, timeout: Duration) -> io::Result<UnixStream> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    stream.set_nonblocking(false)?;
-                    return Ok(stream);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "the guest did not connect to host port {} in {timeout:?}",
-                            self.port
-                        ),
-                    ))
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
 }
 
-/// Guest connections without the token one accept drops before it gives up.
-const MAX_STRANGERS: usize = 16;
-/// How long a connection may take to send its token.
-const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections heard at once while waiting for the agent's; the oldest is dropped for a new one.
+const MAX_CANDIDATES: usize = 64;
+/// How long a connection may take to send its token (the agent writes it as it connects).
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A fresh token for the connections of one request, from the kernel's random source.
 pub fn new_token() -> io::Result<String> {
@@ -89,34 +63,102 @@ pub fn new_token() -> io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A connection that has not said its token yet.
+struct Candidate {
+    stream: UnixStream,
+    said: Vec<u8>,
+    since: Instant,
+}
+
 impl HostPort {
-    /// The agent's connection: the first that starts with `token` and a newline (each other is
-    /// dropped, up to [`MAX_STRANGERS`]), within `timeout`.
+    /// The agent's connection: the first that starts with `token` and a newline, within
+    /// `timeout`. Every connection is heard at once (a guest process that connects and says
+    /// nothing holds up no one) and dropped as soon as it says something else or stays silent
+    /// [`TOKEN_TIMEOUT`]; nothing past the token is read.
     pub fn accept_with_token(&self, token: &str, timeout: Duration) -> io::Result<UnixStream> {
         let deadline = Instant::now() + timeout;
-        for _ in 0..=MAX_STRANGERS {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mut stream = self.accept(left)?;
-            let wait = left.min(TOKEN_TIMEOUT).max(Duration::from_millis(1));
-            stream.set_read_timeout(Some(wait))?;
-            let mut first = vec![0u8; token.len() + 1];
-            let said = stream.read_exact(&mut first);
-            if said.is_ok()
-                && first[..token.len()] == *token.as_bytes()
-                && first[token.len()] == b'\n'
-            {
-                stream.set_read_timeout(None)?;
-                return Ok(stream);
+        let expected = format!("{token}\n").into_bytes();
+        let mut candidates: Vec<Candidate> = Vec::new();
+        let mut strangers = 0u64;
+        loop {
+            loop {
+                match self.listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(true)?;
+                        if candidates.len() == MAX_CANDIDATES {
+                            candidates.remove(0);
+                            strangers += 1;
+                        }
+                        candidates.push(Candidate {
+                            stream,
+                            said: Vec::new(),
+                            since: Instant::now(),
+                        });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut i = 0;
+            while i < candidates.len() {
+                match hear(&mut candidates[i], &expected) {
+                    Some(true) => {
+                        let agent = candidates.swap_remove(i).stream;
+                        agent.set_nonblocking(false)?;
+                        return Ok(agent);
+                    }
+                    Some(false) => {
+                        candidates.swap_remove(i);
+                        strangers += 1;
+                    }
+                    None => i += 1,
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(if strangers > 0 {
+                    io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!(
+                            "{strangers} connections to host port {} came without the agent's token (a guest process other than the agent?), and the agent's did not come in {timeout:?}",
+                            self.port
+                        ),
+                    )
+                } else {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "the guest did not connect to host port {} in {timeout:?}",
+                            self.port
+                        ),
+                    )
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// What `candidate` has said so far: its token (`true`), something else or nothing in time
+/// (`false`), or not all of it yet.
+fn hear(candidate: &mut Candidate, expected: &[u8]) -> Option<bool> {
+    let mut buf = [0u8; 64];
+    let want = (expected.len() - candidate.said.len()).min(buf.len());
+    match candidate.stream.read(&mut buf[..want]) {
+        Ok(0) => Some(false),
+        Ok(n) => {
+            candidate.said.extend_from_slice(&buf[..n]);
+            if !expected.starts_with(&candidate.said) {
+                Some(false)
+            } else if candidate.said.len() == expected.len() {
+                Some(true)
+            } else {
+                None
             }
         }
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "{} connections to host port {} came without the agent's token (a guest process other than the agent?)",
-                MAX_STRANGERS + 1,
-                self.port
-            ),
-        ))
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            (candidate.since.elapsed() > TOKEN_TIMEOUT).then_some(false)
+        }
+        Err(_) => Some(false),
     }
 }
 
@@ -215,22 +257,45 @@ mod tests {
     }
 
     #[test]
-    fn a_flood_of_strangers_is_an_error_not_a_wait() {
+    fn a_silent_stranger_holds_up_no_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock");
+        let port = HostPort::bind(&uds, 9).unwrap();
+        let token = new_token().unwrap();
+        let _silent = UnixStream::connect(port_path(&uds, 9)).unwrap();
+        let _agent = connect_saying(&port_path(&uds, 9), format!("{token}\n").as_bytes());
+        let started = Instant::now();
+        port.accept_with_token(&token, Duration::from_secs(10))
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn strangers_alone_are_an_error_at_the_deadline() {
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("vsock");
         let port = HostPort::bind(&uds, 8).unwrap();
-        let strangers: Vec<_> = (0..=MAX_STRANGERS)
+        let strangers: Vec<_> = (0..100)
             .map(|_| {
                 connect_saying(
                     &port_path(&uds, 8),
-                    b"not the agent\n........................",
+                    b"not the agent\n.......................",
                 )
             })
             .collect();
         let err = port
-            .accept_with_token(&new_token().unwrap(), Duration::from_secs(5))
+            .accept_with_token(&new_token().unwrap(), Duration::from_millis(300))
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        assert!(err.to_string().starts_with("100 connections"), "{err}");
         drop(strangers);
+        let err = port
+            .accept_with_token(&new_token().unwrap(), Duration::from_millis(50))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
     }
 }
