@@ -136,7 +136,7 @@ pub fn ext4_image_sized(dir: &Path, out: &Path, free_mib: u64) -> Result<Ext4Siz
         Ok(o) if o.status.success() => {
             return Ok(Ext4Size {
                 bytes: size,
-                inodes,
+                inodes: inode_count(out)?,
             })
         }
         Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
@@ -148,6 +148,26 @@ pub fn ext4_image_sized(dir: &Path, out: &Path, free_mib: u64) -> Result<Ext4Siz
         dir.display(),
         out.display()
     )
+}
+
+/// The inode count of the ext4 image `image` just made (mke2fs rounds `-N` up to whole inode
+/// table blocks per group): `s_inodes_count`, the first field of the superblock at byte 1024.
+/// Read from an image this host made, before any guest had it.
+fn inode_count(image: &Path) -> Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut superblock = [0u8; 60];
+    let mut file = std::fs::File::open(image)?;
+    file.seek(SeekFrom::Start(1024))?;
+    file.read_exact(&mut superblock)?;
+    if superblock[56..58] != [0x53, 0xef] {
+        bail!(
+            "{} is not an ext4 image (no superblock magic)",
+            image.display()
+        );
+    }
+    Ok(u64::from(u32::from_le_bytes(
+        superblock[..4].try_into().expect("4 bytes"),
+    )))
 }
 
 /// Paths of everything under `dir`, relative to it, as `/a/b`.
@@ -228,6 +248,31 @@ mod tests {
             .output()
             .expect("debugfs (e2fsprogs) is installed by make deps");
         String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    #[test]
+    fn sized_images_report_what_mke2fs_made() {
+        let s = Scratch::new("sized");
+        let tree = s.join("tree");
+        std::fs::create_dir_all(tree.join("d")).unwrap();
+        std::fs::write(tree.join("d/f"), "x").unwrap();
+        let image = s.join("sized.ext4");
+        let size = ext4_image_sized(&tree, &image, 300).unwrap();
+        assert_eq!(size.bytes, std::fs::metadata(&image).unwrap().len());
+        let out = Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(&image)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let reported: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Inode count:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(size.inodes, reported, "{text}");
     }
 
     #[test]
