@@ -10,9 +10,11 @@
 //!   entries;
 //! - directories, regular files and symbolic links as they are (mode and mtime; owners are not
 //!   kept on the host); device nodes and fifos as their tar types, size 0, for the host to refuse
-//!   by name; sockets not at all; hard-linked files as separate copies (no `1` entries);
-//! - a regular file that would take the stream past [`ExportLimits::max_bytes`] as a size-0 entry
-//!   after a PAX header with [`OVER_LIMIT_KEY`] (its real size): the host keeps its own copy;
+//!   by name; hard-linked files as separate copies (no `1` entries);
+//! - what the agent leaves out, but whose host copy must not be taken for deleted, as a size-0
+//!   entry after a PAX header with [`LEFT_OUT_KEY`] saying why ([`LeftOut`]): a file that would
+//!   take the stream past [`ExportLimits::max_bytes`], a socket (tar has no type for it), a
+//!   directory on another filesystem mounted in the volume;
 //! - then the end-of-archive blocks, and the answer `Exported` counting the entries.
 //!
 //! The host trusts none of it: it checks every path and type, resolves every entry beneath the
@@ -31,9 +33,34 @@ pub struct ExportLimits {
     pub max_entries: u64,
 }
 
-/// PAX key marking the next entry as a file left out for the byte limit; its value is the
-/// file's size.
-pub const OVER_LIMIT_KEY: &str = "COCOON.over-limit";
+/// PAX key marking the next entry as one the agent left out; its value is a [`LeftOut`].
+pub const LEFT_OUT_KEY: &str = "COCOON.left-out";
+
+/// Why an entry was left out of the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeftOut {
+    /// A file past the byte limit.
+    OverLimit,
+    Socket,
+    /// A directory another filesystem is mounted on.
+    OtherFilesystem,
+}
+
+impl LeftOut {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OverLimit => "over-limit",
+            Self::Socket => "socket",
+            Self::OtherFilesystem => "other-filesystem",
+        }
+    }
+
+    pub fn parse(value: &[u8]) -> Option<Self> {
+        [Self::OverLimit, Self::Socket, Self::OtherFilesystem]
+            .into_iter()
+            .find(|why| why.as_str().as_bytes() == value)
+    }
+}
 
 /// Longest path (bytes) an entry may have, as Linux's PATH_MAX.
 pub const MAX_PATH_LEN: usize = 4096;

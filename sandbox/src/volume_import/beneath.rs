@@ -3,7 +3,8 @@
 //! and whatever links the tree holds. Multi-component paths resolve with `openat2`
 //! (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV`), or where
 //! the kernel lacks it (before 5.6) one `O_NOFOLLOW` directory at a time, which is as strict; the
-//! last component is always acted on by an `*at` call that does not follow it.
+//! last component is always acted on by an `*at` call that does not follow it. (`openat2`
+//! refused by a seccomp profile, `EPERM`, takes the same fallback.)
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -44,7 +45,8 @@ pub fn open_dir_beneath(root: BorrowedFd<'_>, components: &[&OsStr]) -> io::Resu
         Mode::empty(),
         resolve,
     ) {
-        Err(rustix::io::Errno::NOSYS) => {
+        // Kernels before 5.6 lack openat2; some seccomp profiles refuse it.
+        Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
             let mut dir = open_dir(root, components[0])?;
             for c in &components[1..] {
                 dir = open_dir(dir.as_fd(), c)?;
@@ -123,9 +125,20 @@ pub fn names(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
 
 /// Removes `name` from `dir`, a directory with everything in it, links as links.
 pub fn remove(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    remove_on(dir, name, None)
+}
+
+/// [`remove`], refusing to touch anything on a filesystem other than `device` (one mounted
+/// inside the tree) when given.
+pub fn remove_on(dir: BorrowedFd<'_>, name: &OsStr, device: Option<u64>) -> io::Result<()> {
     let Some(stat) = stat(dir, name)? else {
         return Ok(());
     };
+    if device.is_some_and(|d| d != stat.st_dev) {
+        return Err(io::Error::other(
+            "another filesystem is mounted there; left as it is",
+        ));
+    }
     if kind(&stat) == FileType::Directory {
         let sub = open_dir(dir, name)?;
         if stat.st_mode & 0o300 != 0o300 {
@@ -133,7 +146,7 @@ pub fn remove(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
             rustix::fs::fchmod(&sub, Mode::from_raw_mode((stat.st_mode & 0o7777) | 0o700))?;
         }
         for child in names(sub.as_fd())? {
-            remove(sub.as_fd(), &child)?;
+            remove_on(sub.as_fd(), &child, device)?;
         }
         rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
     } else {

@@ -22,12 +22,12 @@ mod sync;
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 pub use receive::{receive, Received};
 pub use refusals::{Refusal, Refusals};
-pub use sync::sync;
+pub use sync::{sync, Synced};
 
 /// Opens the directory at `path` (a host path the caller chose, links in it followed).
 pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
@@ -37,6 +37,37 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )?)
+}
+
+/// Which directory a path named when it was checked: (device, inode).
+pub type DirIdentity = (u64, u64);
+
+/// The identity of the directory at `path`.
+pub fn dir_identity(path: &Path) -> io::Result<DirIdentity> {
+    let stat = rustix::fs::fstat(open_dir(path)?)?;
+    Ok((stat.st_dev, stat.st_ino))
+}
+
+/// Opens `path`, an absolute path without links (as `canonicalize` makes it), only if it
+/// still names the directory `identity` says: between the check and the copy-back, whoever can
+/// write one of its parents could have put a link or another directory in its place.
+pub fn open_same_dir(path: &Path, identity: DirIdentity) -> io::Result<OwnedFd> {
+    let relative = path
+        .strip_prefix("/")
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "not an absolute path"))?;
+    // One directory at a time, no link followed (mount points may be crossed).
+    let mut dir = open_dir(Path::new("/"))?;
+    for component in relative.iter() {
+        dir = beneath::open_dir(dir.as_fd(), component)?;
+    }
+    let stat = rustix::fs::fstat(&dir)?;
+    if (stat.st_dev, stat.st_ino) != identity {
+        return Err(io::Error::other(format!(
+            "{} is no longer the directory it was when the container started (moved or replaced)",
+            path.display()
+        )));
+    }
+    Ok(dir)
 }
 
 /// Removes `name` from `dir`, a directory with all it holds, links as links (a staging

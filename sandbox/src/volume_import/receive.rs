@@ -7,8 +7,9 @@
 //!
 //! Refused entries are counted by kind (`refusals`) and skipped; the stream goes on. What makes
 //! the whole stream void — the host directory then stays as it was — is a malformed or
-//! truncated stream, more entries than the volume's filesystem has inodes, or more than
-//! [`MAX_KEPT_NAME_BYTES`] of names to remember.
+//! truncated stream, more entries than the volume's filesystem has inodes, more data than an
+//! honest stream of the volume could hold, or more than [`MAX_KEPT_NAME_BYTES`] of names to
+//! remember.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -16,7 +17,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 
 use anyhow::{bail, Context, Result};
-use cocoon_protocol::volume_export::{ExportLimits, MAX_PATH_LEN, OVER_LIMIT_KEY};
+use cocoon_protocol::volume_export::{ExportLimits, LeftOut, LEFT_OUT_KEY, MAX_PATH_LEN};
 use rustix::fs::{Mode, Timespec, Timestamps, UTIME_OMIT};
 use tar::EntryType;
 
@@ -28,13 +29,20 @@ use super::refusals::{Refusal, Refusals};
 const MAX_PAX_LEN: u64 = 64 << 10;
 /// Names the copy-back may have to remember (kept host copies, modes staging cannot carry).
 pub const MAX_KEPT_NAME_BYTES: usize = 16 << 20;
+/// What remembering one name costs beyond its bytes (the maps' own entries).
+const KEPT_NAME_OVERHEAD: usize = 64;
+/// Deepest entry taken: the sync holds two descriptors per level, so the host's descriptor
+/// limit (1024 by default) must not be reached.
+pub const MAX_DEPTH: usize = 256;
+/// What a directory costs against the byte limit (one ext4 block).
+const DIRECTORY_BYTES: u64 = 4096;
 
 /// What the stream made, and what it refused.
 #[derive(Debug, Default)]
 pub struct Received {
     /// Entries (extension headers not counted), to check against the agent's count.
     pub entries: u64,
-    /// Bytes of the files made, against [`ExportLimits::max_bytes`].
+    /// Bytes staged (files, directories, link targets), against [`ExportLimits::max_bytes`].
     pub bytes: u64,
     pub refusals: Refusals,
     /// Paths (joined by `/`) of entries refused by name: the host's copies stay as they are.
@@ -47,7 +55,7 @@ pub struct Received {
 
 impl Received {
     fn remember(&mut self, bytes: usize) -> Result<()> {
-        self.kept_name_bytes += bytes;
+        self.kept_name_bytes += bytes + KEPT_NAME_OVERHEAD;
         if self.kept_name_bytes > MAX_KEPT_NAME_BYTES {
             bail!(
                 "the guest sent over {} MiB of names of refused or unreadable entries",
@@ -63,6 +71,15 @@ impl Received {
         self.keep.insert(path);
         Ok(())
     }
+
+    /// Takes `cost` bytes of the limit, if they are left.
+    fn charge(&mut self, cost: u64, limits: &ExportLimits) -> bool {
+        if cost > limits.max_bytes - self.bytes {
+            return false;
+        }
+        self.bytes += cost;
+        true
+    }
 }
 
 /// Extension headers that apply to the next entry.
@@ -70,13 +87,13 @@ impl Received {
 struct Pending {
     long_name: Option<Vec<u8>>,
     long_link: Option<Vec<u8>>,
-    over_limit: bool,
+    left_out: Option<LeftOut>,
     unknown_extension: bool,
 }
 
-/// Reads `input` (up to its end-of-archive) into `staging`, an empty directory of the host's.
+/// Reads `input` up to its end-of-archive into `staging`, an empty directory of the host's.
 pub fn receive(
-    input: impl Read,
+    input: &mut impl Read,
     staging: BorrowedFd<'_>,
     limits: ExportLimits,
 ) -> Result<Received> {
@@ -88,12 +105,22 @@ pub fn receive(
         .raw(true);
     let mut pending = Pending::default();
     // Extension headers carry no entry of their own: bounded apart, as a stream of nothing else
-    // would otherwise never reach the entry limit.
+    // would otherwise never reach the entry limit. Data the host does not keep (refused entries,
+    // extension headers) is read and dropped; no honest stream has more than this of it.
     let max_extensions = limits.max_entries.saturating_mul(3).saturating_add(16);
-    let mut extensions = 0u64;
+    let max_read = limits.max_bytes.saturating_add(
+        limits
+            .max_entries
+            .saturating_mul(2 * (MAX_PATH_LEN as u64 + 1) + 1024),
+    );
+    let (mut extensions, mut read) = (0u64, 0u64);
     for entry in entries {
         let mut entry = entry.context("reading the volume stream")?;
         let kind = entry.header().entry_type();
+        read = read.saturating_add(entry.header().entry_size().context("an entry's size")?);
+        if read > max_read {
+            bail!("the guest sent over {max_read} bytes, more than the volume holds");
+        }
         if matches!(
             kind,
             EntryType::GNULongName
@@ -139,8 +166,14 @@ pub fn receive(
         let path = entry_path::joined(&components);
         let refusal = if pending.unknown_extension {
             Some(Refusal::Extension)
-        } else if pending.over_limit {
-            Some(Refusal::OverLimit)
+        } else if components.len() > MAX_DEPTH {
+            Some(Refusal::TooDeep)
+        } else if let Some(why) = pending.left_out {
+            Some(match why {
+                LeftOut::OverLimit => Refusal::OverLimit,
+                LeftOut::Socket => Refusal::Socket,
+                LeftOut::OtherFilesystem => Refusal::OtherFilesystem,
+            })
         } else {
             match kind {
                 EntryType::Regular | EntryType::Directory | EntryType::Symlink => None,
@@ -154,23 +187,45 @@ pub fn receive(
             received.refuse_keeping(refusal, path)?;
             continue;
         }
+        let link = match kind {
+            EntryType::Symlink => match link.as_deref().and_then(checked_link_target) {
+                Some(target) => Some(target.to_owned()),
+                None => {
+                    received.refusals.note(Refusal::BadLinkTarget, &path);
+                    continue;
+                }
+            },
+            _ => None,
+        };
         let header = entry.header();
         let size = header.entry_size().context("an entry's size")?;
-        if kind == EntryType::Regular && size > limits.max_bytes - received.bytes {
-            // Its data is skipped unread, within the copy-back's deadline.
+        let cost = match (kind, &link) {
+            (EntryType::Directory, _) => DIRECTORY_BYTES,
+            (_, Some(target)) => target.len() as u64,
+            _ => size,
+        };
+        if !received.charge(cost, &limits) {
+            // A file's data is skipped unread (counted in what the stream may hold).
             received.refuse_keeping(Refusal::OverLimit, path)?;
             continue;
         }
         let mode = header.mode().context("an entry's mode")? & 0o7777;
-        let mtime = header.mtime().context("an entry's mtime")?;
-        if mode & 0o6000 != 0 {
-            received.refusals.note(Refusal::SetId, &path);
-        }
-        let mode = mode & 0o1777;
+        // As a signed number of seconds: a time before 1970 is negative.
+        let mtime = header.mtime().context("an entry's mtime")? as i64;
+        let mode = if kind == EntryType::Directory {
+            // setgid on a directory only passes its group on; setuid means nothing there.
+            mode & 0o3777
+        } else {
+            if mode & 0o6000 != 0 {
+                received.refusals.note(Refusal::SetId, &path);
+            }
+            mode & 0o1777
+        };
         let (name, parent) = components.split_last().expect("not the root");
         let parent = match beneath::open_dir_beneath(staging, parent) {
             Ok(fd) => fd,
             Err(e) => {
+                received.bytes -= cost;
                 let refusal = match e.raw_os_error() {
                     Some(libc::ELOOP) => Refusal::ThroughLink,
                     Some(libc::ENOENT | libc::ENOTDIR) => Refusal::NoDirectory,
@@ -180,22 +235,17 @@ pub fn receive(
                 continue;
             }
         };
-        let made = match kind {
-            EntryType::Directory => make_dir(parent.as_fd(), name, mode),
-            EntryType::Regular => make_file(parent.as_fd(), name, mode, mtime, size, &mut entry),
-            _ => match link.as_deref().map(checked_link_target) {
-                Some(Some(target)) => {
-                    rustix::fs::symlinkat(target, &parent, *name).map_err(Into::into)
-                }
-                _ => {
-                    received.refusals.note(Refusal::BadLinkTarget, &path);
-                    continue;
-                }
-            },
+        let made = match &link {
+            Some(target) => {
+                rustix::fs::symlinkat(target.as_os_str(), &parent, *name).map_err(Into::into)
+            }
+            None if kind == EntryType::Directory => make_dir(parent.as_fd(), name, mode),
+            None => make_file(parent.as_fd(), name, mode, mtime, size, &mut entry),
         };
         match made {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                received.bytes -= cost;
                 received.refusals.note(Refusal::Duplicate, &path);
                 continue;
             }
@@ -205,15 +255,12 @@ pub fn receive(
                 })
             }
         }
-        if kind == EntryType::Regular {
-            received.bytes += size;
-        }
         let owner_bits = if kind == EntryType::Directory {
             0o700
         } else {
             0o600
         };
-        if kind != EntryType::Symlink && mode & owner_bits != owner_bits {
+        if link.is_none() && mode & owner_bits != owner_bits {
             received.remember(path.len())?;
             received.modes.insert(path, mode);
         }
@@ -230,15 +277,17 @@ fn long_text(entry: &mut impl Read) -> Result<Vec<u8>> {
     Ok(text)
 }
 
-/// A PAX header: only [`OVER_LIMIT_KEY`] is known; anything else voids the next entry.
+/// A PAX header: only [`LEFT_OUT_KEY`] with a known reason is taken; anything else voids the
+/// next entry.
 fn pax(entry: &mut impl Read, pending: &mut Pending) -> Result<()> {
     let data = bounded(entry, MAX_PAX_LEN, "a PAX header")?;
     for record in tar::PaxExtensions::new(&data) {
         let record = record.context("a malformed PAX header")?;
-        if record.key_bytes() == OVER_LIMIT_KEY.as_bytes() {
-            pending.over_limit = true;
-        } else {
-            pending.unknown_extension = true;
+        match LeftOut::parse(record.value_bytes()) {
+            Some(why) if record.key_bytes() == LEFT_OUT_KEY.as_bytes() => {
+                pending.left_out = Some(why)
+            }
+            _ => pending.unknown_extension = true,
         }
     }
     Ok(())
@@ -275,7 +324,7 @@ fn make_file(
     parent: BorrowedFd<'_>,
     name: &OsStr,
     mode: u32,
-    mtime: u64,
+    mtime: i64,
     size: u64,
     data: &mut impl Read,
 ) -> io::Result<()> {
@@ -293,14 +342,14 @@ fn make_file(
 }
 
 /// A modification time to set, the access time left alone.
-pub fn timestamps(mtime: u64) -> Timestamps {
+pub fn timestamps(mtime: i64) -> Timestamps {
     Timestamps {
         last_access: Timespec {
             tv_sec: 0,
             tv_nsec: UTIME_OMIT,
         },
         last_modification: Timespec {
-            tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
+            tv_sec: mtime,
             tv_nsec: 0,
         },
     }

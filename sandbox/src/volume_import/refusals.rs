@@ -24,8 +24,14 @@ pub enum Refusal {
     OtherKind,
     /// After an archive extension the host does not take.
     Extension,
-    /// A file past the volume's byte limit.
+    /// Nested deeper than `receive::MAX_DEPTH`.
+    TooDeep,
+    /// Past the volume's byte limit.
     OverLimit,
+    /// Left out by the agent: a socket (tar has no type for it).
+    Socket,
+    /// Left out by the agent: a directory another filesystem is mounted on.
+    OtherFilesystem,
     /// Written, but without its setuid/setgid bits.
     SetId,
 }
@@ -65,9 +71,18 @@ impl Refusal {
                 "entry with an archive extension the host does not take",
                 "entries with archive extensions the host does not take",
             ),
+            Self::TooDeep => (
+                "entry nested over 256 directories deep",
+                "entries nested over 256 directories deep",
+            ),
             Self::OverLimit => (
-                "file past the volume's size limit",
-                "files past the volume's size limit",
+                "entry past the volume's size limit",
+                "entries past the volume's size limit",
+            ),
+            Self::Socket => ("socket", "sockets"),
+            Self::OtherFilesystem => (
+                "directory another filesystem is mounted on",
+                "directories other filesystems are mounted on",
             ),
             Self::SetId => ("file", "files"),
         }
@@ -135,8 +150,12 @@ impl Refusals {
                     | Refusal::Device
                     | Refusal::Fifo
                     | Refusal::OtherKind
-                    | Refusal::Extension => format!(
+                    | Refusal::Extension
+                    | Refusal::TooDeep => format!(
                         "refused {count} {what} ({list}); the host's copies, if any, are kept"
+                    ),
+                    Refusal::Socket | Refusal::OtherFilesystem => format!(
+                        "the guest left out {count} {what} ({list}); the host's copies, if any, are kept"
                     ),
                 }
             })

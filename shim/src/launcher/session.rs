@@ -247,15 +247,23 @@ pub fn finish(session: &Session, entry: &Entry, request: &Request) -> Result<()>
         client: &session.client,
         uds: &uds,
     };
+    // Every volume gets its copy-back, whatever became of the one before.
+    let mut failed = None;
     for (i, volume) in request.volumes.iter().enumerate() {
         if volume.read_only {
             continue;
         }
-        for line in volume.copy_back(&guest, i, &entry.dir)? {
-            eprintln!("cocoon: volume {}: {line}", volume.host.display());
+        match volume.copy_back(&guest, i, &entry.dir) {
+            Ok(lines) => {
+                for line in lines {
+                    eprintln!("cocoon: volume {}: {line}", volume.host.display());
+                }
+            }
+            Err(e) if failed.is_none() => failed = Some(e),
+            Err(e) => eprintln!("cocoon: {e:#}"),
         }
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// Ends the sandbox: lets the guest power off (`clean`; the agent deletes what containers are

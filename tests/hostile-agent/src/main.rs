@@ -1,12 +1,13 @@
 //! `cocoon-hostile-agent`, test only (never in the guest image; `make test-guest` builds it into
 //! `target/guest/hostile-initramfs.cpio`): the agent, with what a guest whose kernel or agent is
 //! compromised could put in a volume's stream sent before the volume's real tree, so that the
-//! container suite can check the host refuses each kind and still takes the rest. Entries are
-//! written as raw headers: the tar crate rightly refuses to make most of them.
+//! container suite can check the host refuses each kind and still takes the rest. Entries go
+//! through the agent's raw writer (`Exporter::append`): the tar crate rightly refuses to make
+//! most of them.
 
 use std::io;
 
-use cocoon_protocol::volume_export::OVER_LIMIT_KEY;
+use cocoon_protocol::volume_export::LeftOut;
 use tar::{EntryType, Header};
 
 use cocoon_agent::export::{Exporter, Stream};
@@ -25,32 +26,15 @@ fn raw(
     mode: u32,
     data: &[u8],
 ) -> io::Result<()> {
-    let tar = exporter.archive();
     let mut header = Header::new_gnu();
-    if name.len() >= 100 || name.contains(&0) {
-        let mut long = name.to_vec();
-        long.push(0);
-        let mut extension = Header::new_gnu();
-        extension.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
-        extension.set_entry_type(EntryType::GNULongName);
-        extension.set_size(long.len() as u64);
-        extension.set_cksum();
-        tar.append(&extension, long.as_slice())?;
-        header.as_old_mut().name[..4].copy_from_slice(b"long");
-    } else {
-        header.as_old_mut().name[..name.len()].copy_from_slice(name);
-    }
-    header.as_old_mut().linkname[..link.len()].copy_from_slice(link);
     header.set_entry_type(kind);
     header.set_mode(mode);
     header.set_mtime(1_700_000_000);
     header.set_size(data.len() as u64);
-    header.set_cksum();
-    tar.append(&header, data)?;
-    exporter.counted()
+    exporter.append(&mut header, name, link, data)
 }
 
-/// Every attack, each its own kind of refusal on the host (`shim`'s `volume::refusals`).
+/// Every attack, each its own kind of refusal on the host (`cocoon_sandbox::volume_import`).
 fn send_attacks(exporter: &mut Exporter<Stream>) -> io::Result<()> {
     let file = EntryType::Regular;
     let pwned = b"written by a hostile guest\n";
@@ -136,9 +120,6 @@ fn send_attacks(exporter: &mut Exporter<Stream>) -> io::Result<()> {
     raw(exporter, file, b"setuid", b"", 0o4755, b"#!/bin/sh\nid\n")?;
     // A file past the byte limit, as an honest agent marks it (the test's container removed
     // `big`, which the host directory has: the host keeps its copy).
-    exporter
-        .archive()
-        .append_pax_extensions([(OVER_LIMIT_KEY, b"5000000000".as_slice())])?;
-    raw(exporter, file, b"big", b"", 0o644, b"")?;
+    exporter.left_out(b"big", LeftOut::OverLimit)?;
     Ok(())
 }

@@ -14,7 +14,7 @@
 //! volume's disk holds. Safer than a guest-side tar and a host-side `tar -x`, which follows what
 //! the archive says.
 
-use std::io::{self, Read};
+use std::io::{self, BufReader, Read};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use cocoon_protocol::volume_export::ExportLimits;
 use cocoon_protocol::{Operation, Reply};
-use cocoon_sandbox::volume_import::{self, open_dir};
+use cocoon_sandbox::volume_import::{self, open_dir, DirIdentity};
 use cocoon_sandbox::{AgentClient, HostPort};
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +48,9 @@ pub struct Volume {
     /// What its copy-back may bring, set when its disk is made.
     #[serde(default)]
     pub limits: Option<ExportLimits>,
+    /// The host directory `-v` named (device, inode): the copy-back writes into no other.
+    #[serde(default)]
+    pub identity: Option<DirIdentity>,
 }
 
 /// Parses one `-v`.
@@ -74,13 +77,17 @@ pub fn parse(text: &str) -> Result<Volume> {
     if !host_path.is_dir() {
         bail!("-v '{text}': the host directory {host} does not exist (or is not a directory)");
     }
+    let host = host_path
+        .canonicalize()
+        .with_context(|| format!("resolving {host}"))?;
+    let identity = volume_import::dir_identity(&host)
+        .with_context(|| format!("-v '{text}': opening {}", host.display()))?;
     Ok(Volume {
-        host: host_path
-            .canonicalize()
-            .with_context(|| format!("resolving {host}"))?,
+        host,
         guest: guest.trim_end_matches('/').to_string(),
         read_only,
         limits: None,
+        identity: Some(identity),
     })
 }
 
@@ -110,10 +117,9 @@ impl Volume {
             )
             .context("debugfs 'rmdir lost+found'")?;
         }
-        // mke2fs may round the inode count up a little: no honest guest is refused for that.
         self.limits = Some(ExportLimits {
             max_bytes: size.bytes,
-            max_entries: size.inodes + size.inodes / 8 + 1024,
+            max_entries: size.inodes,
         });
         Ok(())
     }
@@ -136,10 +142,12 @@ impl Volume {
         let result = self.bring_back(guest, index, &staging, limits);
         let removed =
             volume_import::remove(scratch_dir.as_fd(), staging.file_name().unwrap_or_default());
-        let received = result
+        let (received, synced) = result
             .with_context(|| format!("copying the volume back into {}", self.host.display()))?;
         removed.with_context(|| format!("removing {}", staging.display()))?;
-        Ok(received.refusals.lines(limits.max_bytes))
+        let mut lines = received.refusals.lines(limits.max_bytes);
+        lines.extend(synced.line());
+        Ok(lines)
     }
 
     fn bring_back(
@@ -148,8 +156,11 @@ impl Volume {
         index: usize,
         staging: &Path,
         limits: ExportLimits,
-    ) -> Result<volume_import::Received> {
+    ) -> Result<(volume_import::Received, volume_import::Synced)> {
         let untouched = "; the host directory was left as it was";
+        let identity = self
+            .identity
+            .ok_or_else(|| anyhow!("the volume's host directory was never checked"))?;
         let deadline =
             Instant::now() + EXPORT_BASE_TIME + Duration::from_secs(limits.max_bytes >> 20);
         let port = HostPort::bind_free(guest.uds, EXPORT_PORT_BASE)
@@ -171,9 +182,11 @@ impl Volume {
             .accept_with_token(&token, deadline.saturating_duration_since(Instant::now()))
             .map_err(|e| anyhow!("waiting for the volume's stream: {e}{untouched}"))?;
         let staging_dir = open_dir(staging)?;
-        let received =
-            volume_import::receive(Deadline { stream, deadline }, staging_dir.as_fd(), limits)
-                .map_err(|e| anyhow!("the guest's stream of the volume: {e:#}{untouched}"))?;
+        let mut input = BufReader::with_capacity(256 << 10, Deadline { stream, deadline });
+        let received = volume_import::receive(&mut input, staging_dir.as_fd(), limits)
+            .map_err(|e| anyhow!("the guest's stream of the volume: {e:#}{untouched}"))?;
+        // The rest of the end-of-archive blocks: read, so the agent's last write is not refused.
+        let _ = io::copy(&mut input.take(64 << 10), &mut io::sink());
         let left = deadline.saturating_duration_since(Instant::now());
         match answer.recv_timeout(left) {
             Ok(Ok(Reply::Exported { entries })) if entries == received.entries => {}
@@ -185,10 +198,11 @@ impl Volume {
             Ok(Err(e)) => bail!("the agent could not export the volume: {e}{untouched}"),
             Err(_) => bail!("the agent did not finish the export in time{untouched}"),
         }
-        let host_dir = open_dir(&self.host)?;
-        volume_import::sync(staging_dir.as_fd(), host_dir.as_fd(), &received)
+        let host_dir = volume_import::open_same_dir(&self.host, identity)
+            .map_err(|e| anyhow!("{e}{untouched}"))?;
+        let synced = volume_import::sync(staging_dir.as_fd(), host_dir.as_fd(), &received)
             .context("writing the volume's contents")?;
-        Ok(received)
+        Ok((received, synced))
     }
 }
 
