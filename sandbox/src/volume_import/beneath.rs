@@ -25,13 +25,7 @@ pub fn open_dir_beneath(root: BorrowedFd<'_>, components: &[&OsStr]) -> io::Resu
     if components.is_empty() {
         return root.try_clone_to_owned();
     }
-    let mut path = Vec::new();
-    for (i, c) in components.iter().enumerate() {
-        if i > 0 {
-            path.push(b'/');
-        }
-        path.extend_from_slice(c.as_bytes());
-    }
+    let path = super::entry_path::joined(components);
     let resolve = ResolveFlags::BENEATH
         | ResolveFlags::NO_SYMLINKS
         | ResolveFlags::NO_MAGICLINKS
@@ -47,14 +41,23 @@ pub fn open_dir_beneath(root: BorrowedFd<'_>, components: &[&OsStr]) -> io::Resu
     ) {
         // Kernels before 5.6 lack openat2; some seccomp profiles refuse it.
         Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
-            let mut dir = open_dir(root, components[0])?;
-            for c in &components[1..] {
-                dir = open_dir(dir.as_fd(), c)?;
-            }
-            Ok(dir)
+            open_dirs(root, components.iter().copied())
         }
         other => Ok(other?),
     }
+}
+
+/// The directory `components` name under `dir`, opened one `O_NOFOLLOW` directory at a time
+/// (which, unlike `open_dir_beneath`, crosses mount points).
+pub fn open_dirs<'a>(
+    dir: BorrowedFd<'_>,
+    components: impl IntoIterator<Item = &'a OsStr>,
+) -> io::Result<OwnedFd> {
+    let mut dir = dir.try_clone_to_owned()?;
+    for c in components {
+        dir = open_dir(dir.as_fd(), c)?;
+    }
+    Ok(dir)
 }
 
 /// The directory `name` in `dir`; `ELOOP` if it is a link.
@@ -123,6 +126,11 @@ pub fn names(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
     Ok(names)
 }
 
+/// What an operation on another filesystem mounted in the tree answers.
+pub fn mounted_elsewhere() -> io::Error {
+    io::Error::other("another filesystem is mounted there; left as it is")
+}
+
 /// Removes `name` from `dir`, a directory with everything in it, links as links.
 pub fn remove(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     remove_on(dir, name, None)
@@ -135,9 +143,7 @@ pub fn remove_on(dir: BorrowedFd<'_>, name: &OsStr, device: Option<u64>) -> io::
         return Ok(());
     };
     if device.is_some_and(|d| d != stat.st_dev) {
-        return Err(io::Error::other(
-            "another filesystem is mounted there; left as it is",
-        ));
+        return Err(mounted_elsewhere());
     }
     if kind(&stat) == FileType::Directory {
         let sub = open_dir(dir, name)?;

@@ -20,9 +20,8 @@ mod receive;
 mod refusals;
 mod sync;
 
-use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 pub use receive::{receive, Received};
@@ -55,11 +54,7 @@ pub fn open_same_dir(path: &Path, identity: DirIdentity) -> io::Result<OwnedFd> 
     let relative = path
         .strip_prefix("/")
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "not an absolute path"))?;
-    // One directory at a time, no link followed (mount points may be crossed).
-    let mut dir = open_dir(Path::new("/"))?;
-    for component in relative.iter() {
-        dir = beneath::open_dir(dir.as_fd(), component)?;
-    }
+    let dir = beneath::open_dirs(open_dir(Path::new("/"))?.as_fd(), relative)?;
     let stat = rustix::fs::fstat(&dir)?;
     if (stat.st_dev, stat.st_ino) != identity {
         return Err(io::Error::other(format!(
@@ -70,8 +65,5 @@ pub fn open_same_dir(path: &Path, identity: DirIdentity) -> io::Result<OwnedFd> 
     Ok(dir)
 }
 
-/// Removes `name` from `dir`, a directory with all it holds, links as links (a staging
-/// directory the guest filled).
-pub fn remove(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    beneath::remove(dir, name)
-}
+/// Removes a directory the guest filled (staging), links as links.
+pub use beneath::remove;

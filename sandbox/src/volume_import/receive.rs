@@ -117,7 +117,8 @@ pub fn receive(
     for entry in entries {
         let mut entry = entry.context("reading the volume stream")?;
         let kind = entry.header().entry_type();
-        read = read.saturating_add(entry.header().entry_size().context("an entry's size")?);
+        let size = entry.header().entry_size().context("an entry's size")?;
+        read = read.saturating_add(size);
         if read > max_read {
             bail!("the guest sent over {max_read} bytes, more than the volume holds");
         }
@@ -198,7 +199,6 @@ pub fn receive(
             _ => None,
         };
         let header = entry.header();
-        let size = header.entry_size().context("an entry's size")?;
         let cost = match (kind, &link) {
             (EntryType::Directory, _) => DIRECTORY_BYTES,
             (_, Some(target)) => target.len() as u64,

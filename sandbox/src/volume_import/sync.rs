@@ -126,9 +126,7 @@ impl Sync<'_> {
             beneath::stat(from, name)?.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         let target = beneath::stat(to, name)?;
         if target.is_some_and(|t| t.st_dev != self.device) {
-            return Err(io::Error::other(
-                "another filesystem is mounted there; left as it is",
-            ));
+            return Err(beneath::mounted_elsewhere());
         }
         let same_kind = target.is_some_and(|t| beneath::kind(&t) == beneath::kind(&source));
         if target.is_some() && !same_kind {
