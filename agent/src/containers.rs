@@ -21,6 +21,7 @@ use nix::mount::{mount, MsFlags};
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 
 use crate::events::EventBus;
+use crate::exec_confinement::Confinement;
 use crate::reaper::{lock, ExitCell, Reaper};
 use crate::rootfs::Layers;
 use crate::stdio::{self, Stdio, Terminal};
@@ -30,8 +31,11 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Where the sandbox keeps its containers.
 #[derive(Clone, Debug)]
 pub struct Layout {
-    /// One bundle (config.json, rootfs mount point, console sockets) per container.
+    /// One bundle (config.json, rootfs mount point) per container.
     pub bundles: PathBuf,
+    /// The sockets libcontainer hands new ptys through: short names of their own, as a Unix
+    /// socket's path has room for 107 bytes and ids for 64 each.
+    pub consoles: PathBuf,
     /// libcontainer's state.
     pub state: PathBuf,
     /// Parent cgroup of containers whose spec names none.
@@ -43,6 +47,7 @@ impl Layout {
     pub fn guest() -> Self {
         Self {
             bundles: "/run/cocoon/bundles".into(),
+            consoles: "/run/cocoon/tty".into(),
             state: "/run/cocoon/state".into(),
             cgroup_parent: "/cocoon".into(),
         }
@@ -90,6 +95,8 @@ struct ContainerEntry {
     /// The container's cgroup directory.
     cgroup: PathBuf,
     init: ProcessEntry,
+    /// What its exec'd processes inherit.
+    confinement: Confinement,
     execs: HashMap<String, ProcessEntry>,
     started: bool,
     oom_kills: u64,
@@ -387,6 +394,7 @@ impl Sandbox {
         let pid = init.pid;
         let entry = ContainerEntry {
             container,
+            confinement: Confinement::of(&spec),
             cgroup: cgroup_dir(&spec),
             bundle,
             lower,
@@ -415,7 +423,7 @@ impl Sandbox {
             .unwrap_or(false);
         let mut stdio = Stdio::connect(ports, terminal)?;
         let console = terminal
-            .then(|| stdio::ConsoleSocket::bind(&bundle.join("console.sock")))
+            .then(|| stdio::ConsoleSocket::bind_new(&self.layout.consoles))
             .transpose()?;
         fs::create_dir_all(&self.layout.state)
             .map_err(|e| internal("creating the state directory", e))?;
@@ -524,24 +532,21 @@ impl Sandbox {
                 "the process has no args: say what to run",
             ));
         }
-        let mut process = process.clone();
-        if process.no_new_privileges().is_none() {
-            process.set_no_new_privileges(Some(true));
-        }
+        let process = entry.confinement.exec_process(process);
+        let executor = entry.confinement.executor()?;
         let process_file = entry.bundle.join(format!("exec-{exec_id}.json"));
         let json = serde_json::to_vec(&process).map_err(|e| internal("encoding the process", e))?;
         fs::write(&process_file, json).map_err(|e| internal("writing the process file", e))?;
         let terminal = process.terminal().unwrap_or(false);
         let mut stdio = Stdio::connect(ports, terminal)?;
         let console = terminal
-            .then(|| {
-                stdio::ConsoleSocket::bind(&entry.bundle.join(format!("console-{exec_id}.sock")))
-            })
+            .then(|| stdio::ConsoleSocket::bind_new(&self.layout.consoles))
             .transpose()?;
 
         let spawning = self.reaper.spawn_lock();
         let builder = self.builder(container_id, &mut stdio, console.as_ref())?;
         let result = builder
+            .with_executor(executor)
             .as_tenant()
             .with_process(Some(&process_file))
             .with_detach(true)
@@ -970,6 +975,10 @@ mod tests {
 #[cfg(test)]
 mod host_tests {
     use super::*;
+    use cocoon_protocol::ExitStatus;
+    use oci_spec::runtime::{
+        Capability, LinuxCapabilities, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder,
+    };
     use std::process::Command;
 
     /// A read-only loop device over an image, detached on drop.
@@ -981,65 +990,108 @@ mod host_tests {
         }
     }
 
-    fn skip(why: &str) {
+    fn skip(test: &str, why: &str) {
         use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED a_container_runs_isolated_on_this_host: {why}"
-        );
+        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
     }
 
-    #[test]
-    fn a_container_runs_isolated_on_this_host() {
-        if !nix::unistd::geteuid().is_root() {
-            return skip("needs root (namespaces, cgroups, mounts)");
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let (tree, image) = (dir.path().join("tree"), dir.path().join("rootfs.ext4"));
-        cocoon_guest_image::rootfs::busybox_rootfs(&tree, Path::new("/bin/busybox"))
-            .and_then(|()| cocoon_guest_image::rootfs::ext4_image(&tree, &image, 0))
-            .expect("building the busybox rootfs (busybox-static, e2fsprogs)");
-        let out = Command::new("losetup")
-            .args(["--find", "--show", "--read-only"])
-            .arg(&image)
-            .output()
-            .expect("running losetup");
-        if !out.status.success() {
-            return skip(&format!(
-                "no loop device: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let device = LoopDevice(String::from_utf8_lossy(&out.stdout).trim().to_string());
-
-        let cgroup_parent = format!("/cocoon-test-{}", std::process::id());
+    /// The tests' one reaper: like the agent's, it collects every child of this process, so
+    /// the tests' own commands run under its spawn lock.
+    static REAPER: std::sync::LazyLock<Arc<Reaper>> = std::sync::LazyLock::new(|| {
         let reaper = Arc::new(Reaper::default());
-        let sandbox = Sandbox::new(
-            Layout {
-                bundles: dir.path().join("bundles"),
-                state: dir.path().join("state"),
-                cgroup_parent: cgroup_parent.clone(),
-            },
-            reaper.clone(),
-            Arc::new(EventBus::default()),
-        );
-        {
-            let reaper = reaper.clone();
-            std::thread::spawn(move || reaper.run());
+        let running = reaper.clone();
+        std::thread::spawn(move || running.run());
+        reaper
+    });
+
+    /// An agent's sandbox on this host over a busybox root on a loop device; its cgroups and
+    /// device go on drop.
+    struct HostSandbox {
+        sandbox: Arc<Sandbox>,
+        reaper: Arc<Reaper>,
+        device: Option<LoopDevice>,
+        cgroup_parent: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl HostSandbox {
+        /// None after saying why it cannot run here.
+        fn new(test: &str) -> Option<Self> {
+            if !nix::unistd::geteuid().is_root() {
+                skip(test, "needs root (namespaces, cgroups, mounts)");
+                return None;
+            }
+            let reaper = REAPER.clone();
+            let spawning = reaper.spawn_lock();
+            let dir = tempfile::tempdir().unwrap();
+            let (tree, image) = (dir.path().join("tree"), dir.path().join("rootfs.ext4"));
+            cocoon_guest_image::rootfs::busybox_rootfs(&tree, Path::new("/bin/busybox"))
+                .and_then(|()| cocoon_guest_image::rootfs::ext4_image(&tree, &image, 0))
+                .expect("building the busybox rootfs (busybox-static, e2fsprogs)");
+            let out = Command::new("losetup")
+                .args(["--find", "--show", "--read-only"])
+                .arg(&image)
+                .output()
+                .expect("running losetup");
+            if !out.status.success() {
+                let why = String::from_utf8_lossy(&out.stderr);
+                skip(test, &format!("no loop device: {}", why.trim()));
+                return None;
+            }
+            let device = LoopDevice(String::from_utf8_lossy(&out.stdout).trim().to_string());
+            drop(spawning);
+            let cgroup_parent = format!("/cocoon-test-{}-{test}", std::process::id());
+            let sandbox = Sandbox::new(
+                Layout {
+                    bundles: dir.path().join("bundles"),
+                    consoles: dir.path().join("tty"),
+                    state: dir.path().join("state"),
+                    cgroup_parent: cgroup_parent.clone(),
+                },
+                reaper.clone(),
+                Arc::new(EventBus::default()),
+            );
+            Some(Self {
+                sandbox,
+                reaper,
+                device: Some(device),
+                cgroup_parent,
+                _dir: dir,
+            })
         }
+
+        fn rootfs(&self) -> Rootfs {
+            Rootfs::BlockDevice {
+                device: self.device.as_ref().unwrap().0.clone(),
+                fstype: "ext4".into(),
+                read_only: true,
+            }
+        }
+
+        fn bundle(&self, id: &str) -> PathBuf {
+            self.sandbox.layout.bundles.join(id)
+        }
+    }
+
+    impl Drop for HostSandbox {
+        fn drop(&mut self) {
+            // Commands below must not have their children reaped by the reaper thread.
+            let _spawning = self.reaper.spawn_lock();
+            drop(self.device.take());
+            let parent = self.cgroup_parent.trim_start_matches('/');
+            for controller in fs::read_dir(CGROUP_ROOT).unwrap().flatten() {
+                let _ = fs::remove_dir(controller.path().join(parent));
+            }
+            let _ = fs::remove_dir(Path::new(CGROUP_ROOT).join(parent));
+        }
+    }
+
+    /// A spec running `sh -c script`, with the host's network (no loopback set up here).
+    fn spec_running(script: &str) -> Spec {
         let mut spec = Spec::default();
         let mut process = spec.process().clone().unwrap();
-        process.set_args(Some(vec![
-            "sh".into(),
-            "-c".into(),
-            // PID 1 of its own pid namespace, its own hostname, a read-only root, no new privileges.
-            "test $$ = 1 && test \"$(hostname)\" = unit-box && ! touch /x 2>/dev/null && grep -q 'NoNewPrivs:.1' /proc/self/status && exit 7".into(),
-        ]));
+        process.set_args(Some(vec!["sh".into(), "-c".into(), script.into()]));
         spec.set_process(Some(process));
-        spec.set_hostname(Some("unit-box".into()));
-        let mut root = spec.root().clone().unwrap();
-        root.set_readonly(Some(true));
-        spec.set_root(Some(root));
         let mut linux = spec.linux().clone().unwrap();
         let namespaces = linux.namespaces().clone().unwrap_or_default();
         linux.set_namespaces(Some(
@@ -1049,41 +1101,212 @@ mod host_tests {
                 .collect(),
         ));
         spec.set_linux(Some(linux));
-        let rootfs = Rootfs::BlockDevice {
-            device: device.0.clone(),
-            fstype: "ext4".into(),
-            read_only: true,
-        };
+        spec
+    }
 
+    fn exec(host: &HostSandbox, id: &str, exec_id: &str, script: &str) -> AgentResult<Reply> {
+        let mut process = Process::default();
+        process
+            .set_args(Some(vec!["sh".into(), "-c".into(), script.into()]))
+            .set_capabilities(None)
+            .set_no_new_privileges(None)
+            .set_rlimits(None);
+        host.sandbox
+            .exec(id, exec_id, &process, &StdioPorts::default())
+    }
+
+    fn exit_code(reply: AgentResult<Reply>) -> i32 {
+        match reply {
+            Ok(Reply::Exited { status }) => status.code(),
+            other => panic!("not an exit: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_container_runs_isolated_on_this_host() {
+        let Some(host) = HostSandbox::new("a_container_runs_isolated_on_this_host") else {
+            return;
+        };
+        // PID 1 of its own pid namespace, its own hostname, a read-only root, no new privileges.
+        let mut spec = spec_running(
+            "test $$ = 1 && test \"$(hostname)\" = unit-box && ! touch /x 2>/dev/null && grep -q 'NoNewPrivs:.1' /proc/self/status && exit 7",
+        );
+        spec.set_hostname(Some("unit-box".into()));
+        let mut root = spec.root().clone().unwrap();
+        root.set_readonly(Some(true));
+        spec.set_root(Some(root));
+
+        let sandbox = &host.sandbox;
         let result = sandbox
-            .create_container("unit", spec, &rootfs, &StdioPorts::default())
+            .create_container("unit", spec, &host.rootfs(), &StdioPorts::default())
             .and_then(|_| sandbox.start("unit"))
             .and_then(|_| sandbox.wait("unit", None));
         let deleted = sandbox.delete("unit");
-        {
-            // Commands below must not have their children reaped by the reaper thread.
-            let _spawning = reaper.spawn_lock();
-            drop(device);
-            for controller in fs::read_dir(CGROUP_ROOT).unwrap().flatten() {
-                let _ = fs::remove_dir(
-                    controller
-                        .path()
-                        .join(cgroup_parent.trim_start_matches('/')),
-                );
-            }
-            let _ =
-                fs::remove_dir(Path::new(CGROUP_ROOT).join(cgroup_parent.trim_start_matches('/')));
-        }
         assert_eq!(
             result.unwrap(),
             Reply::Exited {
-                status: cocoon_protocol::ExitStatus::Exited(7)
+                status: ExitStatus::Exited(7)
             }
         );
         deleted.unwrap();
-        assert!(
-            !dir.path().join("bundles/unit").exists(),
-            "bundle left behind"
+        assert!(!host.bundle("unit").exists(), "bundle left behind");
+    }
+
+    /// The container's process may do what only its seccomp filter stops (CAP_SYS_ADMIN, in a
+    /// UTS namespace of its own): sethostname. Its execs name no capabilities, rlimits or
+    /// no_new_privs, so they get the container's.
+    fn confined_spec(init_script: &str) -> Spec {
+        let mut spec = spec_running(init_script);
+        let blocked = LinuxSyscallBuilder::default()
+            .names(vec!["sethostname".to_string()])
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .build()
+            .unwrap();
+        let seccomp = LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActAllow)
+            .syscalls(vec![blocked])
+            .build()
+            .unwrap();
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_seccomp(Some(seccomp));
+        spec.set_linux(Some(linux));
+        let mut caps = LinuxCapabilities::default();
+        let set: oci_spec::runtime::Capabilities = [Capability::Chown, Capability::SysAdmin].into();
+        caps.set_bounding(Some(set.clone()))
+            .set_effective(Some(set.clone()))
+            .set_permitted(Some(set))
+            .set_inheritable(None)
+            .set_ambient(None);
+        let mut process = spec.process().clone().unwrap();
+        process.set_capabilities(Some(caps));
+        spec.set_process(Some(process));
+        spec
+    }
+
+    /// CapEff/CapBnd of {CHOWN (0), SYS_ADMIN (21)}.
+    const CONTAINER_CAPS: &str = "0000000000200001";
+
+    #[test]
+    fn an_exec_is_confined_like_its_container() {
+        let test = "an_exec_is_confined_like_its_container";
+        let Some(host) = HostSandbox::new(test) else {
+            return;
+        };
+        let sandbox = &host.sandbox;
+        let init = "hostname blocked 2>/dev/null && exit 3; grep -q '^Seccomp:.2' /proc/self/status || exit 4; exec sleep 60";
+        let created = sandbox
+            .create_container(
+                "confined",
+                confined_spec(init),
+                &host.rootfs(),
+                &StdioPorts::default(),
+            )
+            .and_then(|_| sandbox.start("confined"));
+        let check = format!(
+            "grep -q '^Seccomp:.2' /proc/self/status || exit 11; \
+             hostname escaped 2>/dev/null && exit 12; \
+             grep -q '^NoNewPrivs:.1' /proc/self/status || exit 13; \
+             grep -q '^CapEff:.{CONTAINER_CAPS}$' /proc/self/status || exit 14; \
+             grep -q '^CapBnd:.{CONTAINER_CAPS}$' /proc/self/status || exit 15; \
+             awk '$2 == \"/proc/sys\" && $4 ~ /^ro/' /proc/mounts | grep -q . || exit 16; \
+             masked=0; for p in /proc/kcore /proc/keys /proc/timer_list; do \
+               [ -e $p ] || continue; grep -q \" $p \" /proc/mounts || exit 17; masked=1; \
+             done; [ $masked = 1 ] || exit 17; \
+             test \"$(id -u)\" = 0 || exit 18; exit 0"
         );
+        let confined = created.and_then(|_| {
+            let started = exec(&host, "confined", "check", &check)?;
+            assert!(matches!(started, Reply::Started { .. }), "{started:?}");
+            sandbox.wait("confined", Some("check"))
+        });
+        let init_alive = sandbox.entry("confined").map(|e| lock(&e).init.exit.get());
+        let deleted = sandbox.delete("confined");
+        assert_eq!(
+            exit_code(confined),
+            0,
+            "an exec'd process broke out of its container's confinement (the exit code says which check)"
+        );
+        assert!(
+            matches!(init_alive, Ok(None)),
+            "the init process's own checks failed: {init_alive:?}"
+        );
+        deleted.unwrap();
+    }
+
+    #[test]
+    fn a_profile_an_exec_cannot_be_given_refuses_the_exec() {
+        let test = "a_profile_an_exec_cannot_be_given_refuses_the_exec";
+        let Some(host) = HostSandbox::new(test) else {
+            return;
+        };
+        let sandbox = &host.sandbox;
+        // Without no_new_privileges and without CAP_SYS_ADMIN, a filter cannot be installed: the
+        // exec fails with the reason, rather than run unconfined.
+        let mut spec = confined_spec("exec sleep 60");
+        let mut process = spec.process().clone().unwrap();
+        let mut caps = process.capabilities().clone().unwrap();
+        let set: oci_spec::runtime::Capabilities = [Capability::Chown].into();
+        caps.set_bounding(Some(set.clone()))
+            .set_effective(Some(set.clone()))
+            .set_permitted(Some(set));
+        process.set_capabilities(Some(caps));
+        spec.set_process(Some(process));
+        let created = sandbox
+            .create_container("strict", spec, &host.rootfs(), &StdioPorts::default())
+            .and_then(|_| sandbox.start("strict"));
+        let refused = created.and_then(|_| {
+            let mut process = Process::default();
+            process
+                .set_args(Some(vec!["true".into()]))
+                .set_no_new_privileges(Some(false));
+            sandbox.exec("strict", "loose", &process, &StdioPorts::default())
+        });
+        let deleted = sandbox.delete("strict");
+        let e = refused.expect_err("an exec the filter cannot be put on ran");
+        assert!(e.message.contains("seccomp"), "{}", e.message);
+        deleted.unwrap();
+    }
+
+    #[test]
+    fn many_short_execs_return_their_exact_exit_codes() {
+        let test = "many_short_execs_return_their_exact_exit_codes";
+        let Some(host) = HostSandbox::new(test) else {
+            return;
+        };
+        let sandbox = &host.sandbox;
+        let created = sandbox
+            .create_container(
+                "busy",
+                spec_running("exec sleep 120"),
+                &host.rootfs(),
+                &StdioPorts::default(),
+            )
+            .and_then(|_| sandbox.start("busy"));
+        let mut wrong = Vec::new();
+        let outcome = created.map(|_| {
+            for i in 0..200 {
+                let exec_id = format!("e{i}");
+                let (script, expected) = match i % 4 {
+                    0 => ("exit 0", 0),
+                    1 => ("false", 1),
+                    2 => ("exit 7", 7),
+                    _ => ("exec sleep 30", 137),
+                };
+                let got = exec(&host, "busy", &exec_id, script).and_then(|_| {
+                    if expected == 137 {
+                        sandbox.signal("busy", Some(&exec_id), libc::SIGKILL, false)?;
+                    }
+                    sandbox.wait("busy", Some(&exec_id))
+                });
+                match got {
+                    Ok(Reply::Exited { status }) if status.code() == expected => {}
+                    other => wrong.push(format!("{exec_id} ({script}): {other:?}")),
+                }
+            }
+        });
+        let deleted = sandbox.delete("busy");
+        outcome.unwrap();
+        assert!(wrong.is_empty(), "exits not as expected: {wrong:#?}");
+        deleted.unwrap();
     }
 }

@@ -11,6 +11,7 @@ use std::io::Write;
 
 mod containers;
 mod events;
+mod exec_confinement;
 pub mod export;
 mod init;
 mod reaper;

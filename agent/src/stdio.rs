@@ -4,12 +4,14 @@
 use std::fs::File;
 use std::io::{self, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cocoon_protocol::{AgentError, ErrorKind, StdioPorts};
+use cocoon_protocol::{socket_path, AgentError, ErrorKind, StdioPorts};
 use libcontainer::container::builder::ContainerBuilder;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
@@ -111,8 +113,42 @@ pub struct ConsoleSocket {
     path: PathBuf,
 }
 
+/// Numbers the console sockets, for names unique for the agent's life whatever the ids.
+static NEXT_CONSOLE: AtomicU64 = AtomicU64::new(0);
+
+/// The path of console socket number `n` in `dir`: short whatever the container and exec ids.
+fn console_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(n.to_string())
+}
+
 impl ConsoleSocket {
-    pub fn bind(path: &Path) -> Result<Self, AgentError> {
+    /// A new console socket in `dir` (made 0700 if missing).
+    pub fn bind_new(dir: &Path) -> Result<Self, AgentError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                AgentError::new(
+                    ErrorKind::Internal,
+                    format!("creating {}: {e}", dir.display()),
+                )
+            })?;
+        let path = console_path(dir, NEXT_CONSOLE.fetch_add(1, Ordering::Relaxed));
+        if !socket_path::fits(&path) {
+            return Err(AgentError::new(
+                ErrorKind::Internal,
+                format!(
+                    "console socket {}: longer than a Unix socket's {} bytes",
+                    path.display(),
+                    socket_path::MAX_SOCKET_PATH_LEN
+                ),
+            ));
+        }
+        Self::bind(&path)
+    }
+
+    fn bind(path: &Path) -> Result<Self, AgentError> {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path).map_err(|e| {
             AgentError::new(
@@ -238,5 +274,33 @@ impl Terminal {
             let _ = nix::sys::socket::shutdown(input.as_raw_fd(), nix::sys::socket::Shutdown::Read);
         }
         let _ = (&*self.master).write_all(&[0x04]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::containers::Layout;
+
+    #[test]
+    fn console_sockets_stay_short_whatever_the_ids() {
+        // Named by a counter in the guest's console directory: the longest name is u64::MAX's.
+        let longest = console_path(&Layout::guest().consoles, u64::MAX);
+        assert!(socket_path::fits(&longest), "{}", longest.display());
+    }
+
+    #[test]
+    fn a_console_socket_binds_and_goes_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let consoles = dir.path().join("tty");
+        let (first, second) = (
+            ConsoleSocket::bind_new(&consoles).unwrap(),
+            ConsoleSocket::bind_new(&consoles).unwrap(),
+        );
+        assert_ne!(first.path, second.path);
+        assert!(first.path.exists());
+        let path = first.path.clone();
+        drop(first);
+        assert!(!path.exists());
     }
 }

@@ -11,6 +11,7 @@ pub mod frame;
 pub mod messages;
 pub mod mounts;
 pub mod port_token;
+pub mod socket_path;
 pub mod vmm_api;
 pub mod volume_export;
 

@@ -123,10 +123,8 @@ pub struct VsockConfig {
     pub uds: PathBuf,
 }
 
-/// Unix socket paths hold 107 bytes.
-pub const MAX_SOCKET_PATH_LEN: usize = 107;
-/// `<uds>_<port>` must fit too.
-pub const MAX_VSOCK_UDS_LEN: usize = MAX_SOCKET_PATH_LEN - 11;
+/// Unix socket paths hold 107 bytes; `<uds>_<port>` must fit too.
+pub use cocoon_protocol::socket_path::{MAX_SOCKET_PATH_LEN, MAX_VSOCK_UDS_LEN};
 
 impl FromStr for VsockConfig {
     type Err = String;

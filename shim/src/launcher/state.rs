@@ -11,13 +11,13 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+use cocoon_protocol::socket_path::{MAX_SOCKET_PATH_LEN, VSOCK_PORT_SUFFIX_LEN};
 use serde::{Deserialize, Serialize};
 
 const RECORD: &str = "state.json";
-/// Unix socket paths are limited to 108 bytes; the longest we make is `<dir>/vsock_<port>`.
-const LONGEST_SOCKET_SUFFIX: usize = "/vsock_4294967295".len();
+/// The longest socket we make in a container's directory is `<dir>/vsock_<port>`.
+const LONGEST_SOCKET_SUFFIX: usize = "/vsock".len() + VSOCK_PORT_SUFFIX_LEN;
 const MAX_NAME: usize = 64;
-const SOCKET_PATH_MAX: usize = 108;
 
 /// What became of a container, as its watcher last wrote it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,7 +131,7 @@ impl Root {
                 None => bail!("XDG_RUNTIME_DIR is not set: set it (e.g. to /run/user/$(id -u)) or pass --root DIR"),
             },
         };
-        if path.as_os_str().len() + "/n".len() + LONGEST_SOCKET_SUFFIX >= SOCKET_PATH_MAX {
+        if path.as_os_str().len() + "/n".len() + LONGEST_SOCKET_SUFFIX > MAX_SOCKET_PATH_LEN {
             bail!(
                 "runtime root {} is too long for the VM's sockets: pass a shorter --root",
                 path.display()
@@ -153,7 +153,7 @@ impl Root {
     pub fn claim(&self, name: &str) -> Result<Entry> {
         check_name(name)?;
         let dir = self.0.join(name);
-        if dir.as_os_str().len() + LONGEST_SOCKET_SUFFIX >= SOCKET_PATH_MAX {
+        if dir.as_os_str().len() + LONGEST_SOCKET_SUFFIX > MAX_SOCKET_PATH_LEN {
             bail!(
                 "the name '{name}' is too long for the VM's sockets under {}: choose a shorter --name (or a shorter --root)",
                 self.0.display()
