@@ -18,6 +18,30 @@ const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// The VMM's API socket in the runtime directory.
 const API_SOCKET: &str = "api";
 
+/// The VMM's hybrid-vsock socket in the runtime directory; the host's listeners for guest
+/// connections are `vsock_<port>` beside it.
+const VSOCK_SOCKET: &str = "vsock";
+
+/// Checks that every socket a VM's runtime directory will hold fits a Unix socket's path: the
+/// VMM's vsock socket with its longest listener (`vsock_4294967295`) and its API socket.
+pub fn check_socket_room(dir: &Path) -> Result<()> {
+    let longest = [
+        dir.join(format!("{VSOCK_SOCKET}_{}", u32::MAX)),
+        dir.join(API_SOCKET),
+    ];
+    for path in longest {
+        if !cocoon_protocol::socket_path::fits(&path) {
+            bail!(
+                "the VM's runtime directory {} is too long for its sockets ({} has more than {} bytes): use a shorter directory",
+                dir.display(),
+                path.display(),
+                cocoon_protocol::socket_path::MAX_SOCKET_PATH_LEN
+            );
+        }
+    }
+    Ok(())
+}
+
 /// What to boot.
 #[derive(Clone, Debug)]
 pub struct VmOptions {
@@ -72,7 +96,8 @@ impl Vm {
                     .context("creating the VM's runtime directory")?,
             ),
         };
-        let uds = dir.path().join("vsock");
+        check_socket_room(dir.path())?;
+        let uds = dir.path().join(VSOCK_SOCKET);
         let console = dir.path().join("console.log");
         let mut cmd = Command::new(&options.vmm);
         cmd.arg("--kernel")
@@ -128,7 +153,7 @@ impl Vm {
 
     /// The VMM's hybrid-vsock socket.
     pub fn uds(&self) -> PathBuf {
-        self.dir.path().join("vsock")
+        self.dir.path().join(VSOCK_SOCKET)
     }
 
     /// Connects to the guest's agent once it serves, within `timeout`; gives up at once if the
@@ -303,6 +328,15 @@ pub fn cpu_has_virtualization() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runtime_directory_too_long_for_its_sockets_is_refused() {
+        let fits = Path::new("/run/cocoon/ctr/0123456789abcdef");
+        check_socket_room(fits).unwrap();
+        let long = PathBuf::from("/").join("d".repeat(100));
+        let e = check_socket_room(&long).unwrap_err().to_string();
+        assert!(e.contains("use a shorter directory"), "{e}");
+    }
 
     #[test]
     fn an_exit_is_summed_up_by_the_vmm_s_verdict() {

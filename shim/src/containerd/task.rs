@@ -1391,6 +1391,27 @@ mod tests {
     use super::*;
     use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, SpecBuilder};
 
+    /// The longest ids containerd and CRI make: 64 hex digits (containerd's and CRI's container,
+    /// sandbox and exec ids), namespaces of 76 characters (containerd's limit).
+    const LONGEST_ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn every_socket_of_a_sandbox_fits_whatever_the_ids() {
+        let namespace = "n".repeat(76);
+        // The shim's own ttrpc socket: containerd_shim names it by a hash, in containerd's /run.
+        for containerd in ["/run/containerd/containerd.sock", &format!("/{}", "s".repeat(200))] {
+            let address = containerd_shim::socket_address(containerd, &namespace, LONGEST_ID);
+            let path = address.strip_prefix("unix://").expect("a unix socket address");
+            assert!(
+                cocoon_protocol::socket_path::fits(Path::new(path)),
+                "{address}"
+            );
+        }
+        // The VMM's sockets (vsock, its listeners, API): the VM's directory is a hash too.
+        let dir = sandbox_dir(&namespace, LONGEST_ID);
+        cocoon_sandbox::vm::check_socket_room(&dir).unwrap();
+    }
+
     fn spec_joining_a_pod() -> Spec {
         let ns = |typ, path: Option<&str>| {
             let mut b = LinuxNamespaceBuilder::default().typ(typ);
