@@ -24,6 +24,15 @@ deps:
 		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+	@# The emulated KVM host: bookworm's qemu 7.2 freezes or panics in nested SVM a few times per
+	@# hundred boots; bookworm-backports' 10.0 does not (README "Known faults of the emulated host").
+	@qemu=$$(qemu-system-x86_64 --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9]*\).*/\1/p'); \
+	if [ "$${qemu:-0}" -lt 10 ] && grep -q '^VERSION_CODENAME=bookworm' /etc/os-release; then \
+		echo "make deps: qemu $${qemu:-none} here; installing qemu 10 from bookworm-backports for the emulated KVM host"; \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		echo 'deb http://deb.debian.org/debian bookworm-backports main' | $$sudo tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86; \
+	fi
 
 ## kernel: build (or reuse from ~/.cache/cocoon) the guest kernel.
 kernel: deps

@@ -105,6 +105,9 @@ struct ContainerEntry {
 /// Who a process is: (container id, exec id).
 type ProcessOwner = (String, Option<String>);
 
+/// How many processes of deleted containers keep their exits on record.
+const DEPARTED_EXITS: usize = 1024;
+
 pub struct Sandbox {
     layout: Layout,
     reaper: Arc<Reaper>,
@@ -116,6 +119,9 @@ pub struct Sandbox {
     writable_mounts: Mutex<Vec<String>>,
     /// Image layer disks mounted for containers' overlays (under the bundles, as `.layers`).
     layers: Layers,
+    /// The exits of deleted containers' processes, newest last: a `Wait` the host sent before
+    /// a `Delete` may be read after it, and must still get the exact status.
+    departed: Mutex<std::collections::VecDeque<(ProcessOwner, Arc<ExitCell>)>>,
 }
 
 /// Container and exec ids become paths and cgroup names: keep them plain.
@@ -271,6 +277,7 @@ impl Sandbox {
             created: Mutex::new(false),
             writable_mounts: Mutex::new(Vec::new()),
             layers: Layers::new(layout.bundles.join(".layers")),
+            departed: Mutex::default(),
             layout,
         });
         let owners = sandbox.owners.clone();
@@ -489,10 +496,12 @@ impl Sandbox {
                 format!("container '{container_id}' was already started"),
             ));
         }
-        entry
-            .container
-            .start()
-            .map_err(|e| internal(&format!("starting container '{container_id}'"), e))?;
+        // libcontainer changes the agent's working directory while it signals the start, as it
+        // does while it builds: not while another container or exec is being built.
+        let spawning = self.reaper.spawn_lock();
+        let started = entry.container.start();
+        drop(spawning);
+        started.map_err(|e| internal(&format!("starting container '{container_id}'"), e))?;
         entry.started = true;
         Ok(Reply::Done)
     }
@@ -640,9 +649,19 @@ impl Sandbox {
         })
     }
 
-    /// Blocks until the process exits; holds no lock meanwhile.
+    /// Blocks until the process exits; holds no lock meanwhile. A process of a container
+    /// deleted since has its exit on record.
     pub fn wait(&self, container_id: &str, exec_id: Option<&str>) -> AgentResult<Reply> {
-        let cell = self.with_process(container_id, exec_id, |p| Ok(p.exit.clone()))?;
+        let cell = match self.with_process(container_id, exec_id, |p| Ok(p.exit.clone())) {
+            Ok(cell) => cell,
+            Err(e) if e.kind == ErrorKind::NotFound => lock(&self.departed)
+                .iter()
+                .rev()
+                .find(|((c, x), _)| c == container_id && x.as_deref() == exec_id)
+                .map(|(_, cell)| cell.clone())
+                .ok_or(e)?,
+            Err(e) => return Err(e),
+        };
         Ok(Reply::Exited {
             status: cell.wait(),
         })
@@ -791,6 +810,17 @@ impl Sandbox {
                     nix::unistd::Pid::from_raw(process.pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
+            }
+        }
+        {
+            let mut departed = lock(&self.departed);
+            let processes = std::iter::once((None, &entry.init))
+                .chain(entry.execs.iter().map(|(id, p)| (Some(id.clone()), p)));
+            for (exec_id, process) in processes {
+                departed.push_back(((container_id.to_string(), exec_id), process.exit.clone()));
+            }
+            while departed.len() > DEPARTED_EXITS {
+                departed.pop_front();
             }
         }
         let _ = entry.container.refresh_status();
@@ -1152,6 +1182,45 @@ mod host_tests {
         assert!(!host.bundle("unit").exists(), "bundle left behind");
     }
 
+    #[test]
+    fn a_container_and_an_exec_on_a_tty_get_their_consoles() {
+        let Some(host) = HostSandbox::new("a_container_and_an_exec_on_a_tty_get_their_consoles")
+        else {
+            return;
+        };
+        let sandbox = &host.sandbox;
+        let mut spec = spec_running("test -t 0 && test -t 1 || exit 3; exec sleep 60");
+        let mut process = spec.process().clone().unwrap();
+        process.set_terminal(Some(true));
+        spec.set_process(Some(process));
+        let created = sandbox
+            .create_container("tty", spec, &host.rootfs(), &StdioPorts::default())
+            .and_then(|_| sandbox.start("tty"));
+        let exec_on_tty = created.and_then(|_| {
+            let mut process = Process::default();
+            process
+                .set_args(Some(vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "test -t 0 && test -t 1 && exit 4".into(),
+                ]))
+                .set_terminal(Some(true));
+            sandbox.exec("tty", &"e".repeat(64), &process, &StdioPorts::default())?;
+            sandbox.resize_tty("tty", Some(&"e".repeat(64)), 30, 100)?;
+            sandbox.wait("tty", Some(&"e".repeat(64)))
+        });
+        let init_alive = sandbox.entry("tty").map(|e| lock(&e).init.exit.get());
+        let deleted = sandbox.delete("tty");
+        assert_eq!(exit_code(exec_on_tty), 4, "the exec had no tty");
+        assert!(matches!(init_alive, Ok(None)), "init: {init_alive:?}");
+        deleted.unwrap();
+        assert_eq!(
+            fs::read_dir(&host.sandbox.layout.consoles).unwrap().count(),
+            0,
+            "console sockets left"
+        );
+    }
+
     /// The container's process may do what only its seccomp filter stops (CAP_SYS_ADMIN, in a
     /// UTS namespace of its own): sethostname. Its execs name no capabilities, rlimits or
     /// no_new_privs, so they get the container's.
@@ -1265,6 +1334,26 @@ mod host_tests {
         let e = refused.expect_err("an exec the filter cannot be put on ran");
         assert!(e.message.contains("seccomp"), "{}", e.message);
         deleted.unwrap();
+    }
+
+    #[test]
+    fn an_execs_exit_outlives_its_container() {
+        let Some(host) = HostSandbox::new("an_execs_exit_outlives_its_container") else {
+            return;
+        };
+        let sandbox = &host.sandbox;
+        let spec = spec_running("exec sleep 120");
+        sandbox
+            .create_container("gone", spec, &host.rootfs(), &StdioPorts::default())
+            .and_then(|_| sandbox.start("gone"))
+            .and_then(|_| exec(&host, "gone", "late", "exec sleep 60"))
+            .unwrap();
+        // The host's Wait for the exec is read after the container's Delete.
+        sandbox.delete("gone").unwrap();
+        assert_eq!(exit_code(sandbox.wait("gone", Some("late"))), 137);
+        assert_eq!(exit_code(sandbox.wait("gone", None)), 137);
+        let e = sandbox.wait("gone", Some("never")).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
     }
 
     #[test]

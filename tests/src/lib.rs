@@ -10,6 +10,7 @@
 pub mod artifacts;
 pub mod container_bench;
 pub mod containerd;
+pub mod cri_stream;
 pub mod emuhost;
 pub mod images;
 pub mod process;

@@ -6,6 +6,9 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nix::pty::{openpty, Winsize};
@@ -18,6 +21,10 @@ fn winsize(rows: u16, cols: u16) -> Winsize {
         ws_ypixel: 0,
     }
 }
+
+/// How long the command may run: then its session is killed (SIGKILL), and what it wrote so far
+/// is returned with the timeout said at its end.
+const TIMEOUT: Duration = Duration::from_secs(150);
 
 /// Runs `command` with a terminal of `size`; when the output contains `resize_after`, the
 /// terminal becomes `resized`. Returns everything written to the terminal and the exit code.
@@ -47,6 +54,25 @@ pub fn run_on_pty(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", command[0]))?;
+    let (done, timed_out) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    {
+        let (done, timed_out, session) = (done.clone(), timed_out.clone(), child.id() as i32);
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + TIMEOUT;
+            while !done.load(Ordering::SeqCst) {
+                if Instant::now() > deadline {
+                    timed_out.store(true, Ordering::SeqCst);
+                    // SAFETY: kill(2) of the process group the child leads (setsid above).
+                    unsafe { libc::kill(-session, libc::SIGKILL) };
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+    }
     // Our copies of the slave side (the command holds three): EOF comes when the child's go.
     drop(cmd);
     drop(pty.slave);
@@ -68,6 +94,10 @@ pub fn run_on_pty(
         }
     }
     let status = child.wait()?;
+    done.store(true, Ordering::SeqCst);
+    if timed_out.load(Ordering::SeqCst) {
+        output.extend_from_slice(format!("\n@@TIMEOUT: killed after {TIMEOUT:?}\n").as_bytes());
+    }
     Ok((
         String::from_utf8_lossy(&output).replace("\r\n", "\n"),
         status.code().unwrap_or(-1),

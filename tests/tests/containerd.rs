@@ -7,7 +7,10 @@
 //! `resume`/`kill`, `run -t`, a VMM killed under a running task, the order of events, runc beside
 //! it in the same host, and nothing left behind. A second scenario turns containerd's CRI plugin
 //! on and drives a pod through it (`cocoon-cri-pod`): RunPodSandbox with host networking, two
-//! containers in the pod's one VM, ExecSync, a container replacing a removed one, teardown.
+//! containers in the pod's one VM, ExecSync, `Exec` with and without a tty and `Attach` through
+//! CRI's stream server (websocket), seccomp profiles, dropped capabilities and no_new_privs in
+//! init and exec'd processes alike, 200 ExecSyncs' exact exit codes, a container replacing a
+//! removed one, teardown.
 //!
 //! A second test, outside any VM, holds where this CPU has no hardware virtualization: the shim's
 //! one-line refusal reaches `ctr` and everything is still cleaned up.
@@ -280,6 +283,7 @@ c task rm t-bg > /dev/null; c containers rm t-bg; echo "removed=$? $(c container
 
 "$COCOON_AGENT_E2E" pty 33 101 40 120 "33 101" ctr --address "$containerd_sock" --namespace cocoon-test run -t --rm $R $IMG t-tty sh -c 'stty size; tty; while [ "$(stty size)" = "33 101" ]; do sleep 0.1; done; stty size; exit 5' > tty.out 2>&1
 echo "tty=$(tr '\n' ' ' < tty.out)"
+grep -q '@@TIMEOUT' tty.out && { echo "@@TTY-STALL: containerd's log:"; tail -n 40 containerd.log | cut -c1-400; }
 
 c run -d $R $IMG t-die sleep 1000 > /dev/null 2>&1
 vmms=$(cmdlines | grep '^[0-9]* [^ ]*cocoon-vmm .*/run/cocoon/ctr/' | cut -d' ' -f1)
@@ -314,7 +318,7 @@ const POD_STEPS: &str = r#"
 cmdlines() { for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)"; done; }
 ours() { cmdlines | grep -c '^[0-9]* [^ ]*containerd-shim-cocoon-v2 \|^[0-9]* [^ ]*cocoon-vmm .*/run/cocoon/ctr/'; }
 processes_before=$(ours) vm_dirs_before=$(ls /run/cocoon/ctr 2>/dev/null | wc -l)
-( sleep 360; echo "@@STALL: the pod scenario has run 360 s; containerd's log and the processes:"; tail -n 40 containerd.log; cmdlines | grep -v '^[0-9]* $' ) &
+( sleep 480; echo "@@STALL: the pod scenario has run 480 s; containerd's log and the processes:"; tail -n 40 containerd.log; cmdlines | grep -v '^[0-9]* $' ) &
 watchdog_pid=$!
 ctr --address "$containerd_sock" --namespace k8s.io images import "$COCOON_FILES/image.tar" > import.out 2>&1; echo "pod-import=$? $(tail -n 1 import.out)"
 # Under the emulated host (only there) a pod whose guest triple-faulted is run once more, loudly
@@ -371,7 +375,7 @@ static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
         1,
         // A normal run takes about 110 s for ctr, then the pod; a hung emulated host is retried
         // once (README).
-        Duration::from_secs(540),
+        Duration::from_secs(780),
         &containerd::host_needs(),
     )
 });
@@ -441,6 +445,72 @@ fn exec_sync_in_a_pod_returns_output_and_exit_code() {
         return;
     };
     assert_eq!(value(&out, "exec-sync="), "7 to-out to-err", "{out}");
+}
+
+#[test]
+fn exec_and_attach_stream_through_the_cri_stream_server() {
+    let Some(out) = pod_output("exec_and_attach_stream_through_the_cri_stream_server") else {
+        return;
+    };
+    // `kubectl exec -it`: input reaches the shell, a resize the tty, the exit code comes back.
+    assert_eq!(
+        value(&out, "exec-tty-resized="),
+        "true exec-tty-ending=ExitCode(5)",
+        "{out}"
+    );
+    // `kubectl exec -i`: stdin without a tty, stdout and stderr apart.
+    assert_eq!(
+        value(&out, "exec-stdin="),
+        "got hello | to-err | ExitCode(3)",
+        "{out}"
+    );
+    // `kubectl attach -it`: the same, and detaching leaves the container running.
+    assert_eq!(
+        value(&out, "attach-resized="),
+        "true attach-typed=true after-detach=CONTAINER_RUNNING",
+        "{out}"
+    );
+    assert_eq!(value(&out, "t-stopped="), "CONTAINER_EXITED 0", "{out}");
+}
+
+#[test]
+fn exec_d_processes_are_confined_like_the_container() {
+    let Some(out) = pod_output("exec_d_processes_are_confined_like_the_container") else {
+        return;
+    };
+    // RuntimeDefault and allowPrivilegeEscalation: false, init (PID 1) then the exec'd process.
+    assert_eq!(
+        value(&out, "runtime-default="),
+        "NoNewPrivs:1 Seccomp:2 NoNewPrivs:1 Seccomp:2",
+        "{out}"
+    );
+    let caps = value(&out, "dropped-caps=");
+    assert!(
+        caps.starts_with("same-caps ")
+            && caps.contains("Operation not permitted")
+            && caps.ends_with("chown=1"),
+        "CHOWN dropped in the spec must be dropped for an exec too: {out}"
+    );
+    // A Localhost profile blocking sethostname, on a container with CAP_SYS_ADMIN.
+    let localhost = value(&out, "localhost-profile=");
+    let parts: Vec<&str> = localhost.split(" | ").collect();
+    assert!(
+        parts.len() == 4
+            && parts[0].starts_with("init=1 ")
+            && parts[0].contains("not permitted")
+            && parts[1].contains("not permitted")
+            && parts[2] == "exec=1"
+            && !parts[3].starts_with("from-"),
+        "sethostname must fail with EPERM in the init process and in an exec: {out}"
+    );
+}
+
+#[test]
+fn many_exec_syncs_return_their_exact_exit_codes() {
+    let Some(out) = pod_output("many_exec_syncs_return_their_exact_exit_codes") else {
+        return;
+    };
+    assert_eq!(value(&out, "exec-sync-exact="), "200/200 wrong=[]", "{out}");
 }
 
 #[test]

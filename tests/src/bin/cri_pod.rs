@@ -1,24 +1,32 @@
 //! `cocoon-cri-pod SOCKET HANDLER IMAGE OTHER_IMAGE`: drives one Kubernetes-style pod through
 //! containerd's CRI (what the kubelet does, without a kubelet): RunPodSandbox with host networking
-//! (no CNI needed), two containers of IMAGE in it, ExecSync, a third container, of OTHER_IMAGE
-//! (other layers), after the first is removed, then Stop/RemovePodSandbox. Prints one `key=value` line per observation for the suite to check, and
-//! exits non-zero at the first CRI call that fails (its error printed as `error=`).
+//! (no CNI needed), two containers of IMAGE in it, ExecSync; `Exec` with a tty and with stdin
+//! only, and `Attach` to a container on a tty, through the stream server's websocket (as
+//! `kubectl exec -it` / `attach -it`); containers under RuntimeDefault and Localhost seccomp
+//! profiles, dropped capabilities and no_new_privs, checked in init and exec'd processes; 200
+//! ExecSyncs' exit codes; a container of OTHER_IMAGE (other layers) after the first is removed;
+//! then Stop/RemovePodSandbox. Every id is containerd's own (64 hex digits). Prints one
+//! `key=value` line per observation for the suite to check, and exits non-zero at the first CRI
+//! call that fails (its error printed as `error=`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use cocoon_tests::cri_stream::StreamSession;
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::security_profile::ProfileType;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, ImageSpec, ImageStatusRequest, LinuxContainerConfig,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    ListContainersRequest, ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest, VersionRequest,
+    AttachRequest, Capability, ContainerConfig, ContainerMetadata, ContainerState,
+    ContainerStatusRequest, CreateContainerRequest, ExecRequest, ExecSyncRequest, ImageSpec,
+    ImageStatusRequest, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
+    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest, VersionRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -103,7 +111,19 @@ impl Cri {
         image: &str,
         pid: NamespaceMode,
     ) -> Result<String> {
-        let config = ContainerConfig {
+        self.create_with(pod_id, name, image, pid, |_| {}).await
+    }
+
+    /// [`Self::create`], with the config changed by `customize` first.
+    async fn create_with(
+        &mut self,
+        pod_id: &str,
+        name: &str,
+        image: &str,
+        pid: NamespaceMode,
+        customize: impl FnOnce(&mut ContainerConfig),
+    ) -> Result<String> {
+        let mut config = ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: name.into(),
                 attempt: 0,
@@ -127,6 +147,7 @@ impl Cri {
             labels: HashMap::from([("cocoon-test".into(), name.into())]),
             ..Default::default()
         };
+        customize(&mut config);
         let id = self
             .runtime
             .create_container(CreateContainerRequest {
@@ -164,6 +185,41 @@ impl Cri {
             String::from_utf8_lossy(&reply.stdout).trim().to_string(),
             String::from_utf8_lossy(&reply.stderr).trim().to_string(),
         ))
+    }
+
+    /// The stream URL of an `Exec` of `cmd` (what `kubectl exec [-it]` asks for).
+    async fn exec_url(&mut self, id: &str, cmd: &[&str], tty: bool, stdin: bool) -> Result<String> {
+        Ok(self
+            .runtime
+            .exec(ExecRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|c| c.to_string()).collect(),
+                tty,
+                stdin,
+                stdout: true,
+                stderr: !tty,
+            })
+            .await
+            .with_context(|| format!("Exec {cmd:?}"))?
+            .into_inner()
+            .url)
+    }
+
+    /// The stream URL of an `Attach` to a container with a tty (`kubectl attach -it`).
+    async fn attach_url(&mut self, id: &str) -> Result<String> {
+        Ok(self
+            .runtime
+            .attach(AttachRequest {
+                container_id: id.into(),
+                stdin: true,
+                tty: true,
+                stdout: true,
+                stderr: false,
+            })
+            .await
+            .context("Attach")?
+            .into_inner()
+            .url)
     }
 
     async fn state(&mut self, id: &str) -> Result<(String, i32)> {
@@ -327,6 +383,8 @@ async fn in_pod(
     println!("b-sees={}", cri.exec(&b, who).await?.1.replace('\n', " | "));
     let (code, out, err) = cri.exec(&a, "echo to-out; echo to-err >&2; exit 7").await?;
     println!("exec-sync={code} {out} {err}");
+    exec_with_a_tty(cri, &a).await?;
+    exec_with_stdin(cri, &a).await?;
     // Each container has a root of its own: a file one writes the other does not see.
     cri.exec(&a, "echo mine > /only-a").await?;
     let root = "grep '^overlay / ' /proc/mounts | grep -o 'lowerdir=[^,]*'";
@@ -341,6 +399,11 @@ async fn in_pod(
             .await?
             .1
     );
+
+    attach_with_a_tty(cri, pod, image).await?;
+    confined_by_the_runtime_default(cri, pod, image).await?;
+    confined_by_a_localhost_profile(cri, pod, image).await?;
+    many_exec_syncs(cri, pod, image).await?;
 
     let (state, code) = cri.stop_and_remove(&a).await?;
     println!("a-stopped={state} {code}");
@@ -360,6 +423,177 @@ async fn in_pod(
     println!("vmms-with-c={}", vmm_count() - vmms_before);
     cri.stop_and_remove(&b).await?;
     cri.stop_and_remove(&c).await?;
+    Ok(())
+}
+
+/// The longest a stream (exec or attach) may take.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Asks a tty its size (`stty size`) until it answers `rows cols`: a resize travels apart from
+/// the input, so the first answer may come before it arrived. False if it never did.
+fn follow_resize(tty: &mut StreamSession, size: &str) -> Result<bool> {
+    for _ in 0..20 {
+        tty.input("stty size\n")?;
+        if tty.wait_for(size, Duration::from_secs(1)).is_ok() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// `kubectl exec -it ... -- sh`: a tty that follows a resize, typed input, the exit code.
+async fn exec_with_a_tty(cri: &mut Cri, id: &str) -> Result<()> {
+    let url = cri.exec_url(id, &["sh"], true, true).await?;
+    let mut tty = StreamSession::open(&url)?;
+    tty.resize(91, 37)?;
+    let resized = follow_resize(&mut tty, "37 91")?;
+    tty.input("echo typed-$((6*7))\n")?;
+    tty.wait_for("typed-42", STREAM_TIMEOUT)?;
+    tty.input("exit 5\n")?;
+    let (_, ending) = tty.finish(STREAM_TIMEOUT)?;
+    println!("exec-tty-resized={resized} exec-tty-ending={ending:?}");
+    Ok(())
+}
+
+/// `kubectl exec -i ... -- sh -c ...`: input without a tty, stdout and stderr apart, the code.
+async fn exec_with_stdin(cri: &mut Cri, id: &str) -> Result<()> {
+    let script = "read line; echo \"got $line\"; echo to-err >&2; exit 3";
+    let url = cri.exec_url(id, &["sh", "-c", script], false, true).await?;
+    let mut stream = StreamSession::open(&url)?;
+    stream.input("hello\n")?;
+    let (out, ending) = stream.finish(STREAM_TIMEOUT)?;
+    println!(
+        "exec-stdin={} | {} | {ending:?}",
+        out.stdout.trim(),
+        out.stderr.trim()
+    );
+    Ok(())
+}
+
+/// `kubectl run -it` then `kubectl attach -it`: a container whose process is a shell on a tty.
+async fn attach_with_a_tty(cri: &mut Cri, pod: &str, image: &str) -> Result<()> {
+    let t = cri
+        .create_with(pod, "t", image, NamespaceMode::Container, |c| {
+            c.command = vec!["sh".into()];
+            c.tty = true;
+            c.stdin = true;
+        })
+        .await?;
+    let url = cri.attach_url(&t).await?;
+    let mut tty = StreamSession::open(&url)?;
+    tty.resize(77, 22)?;
+    let resized = follow_resize(&mut tty, "22 77")?;
+    // An interactive shell waits out SIGTERM in its line editor: the shell gives way to a loop
+    // that ends on it, so StopContainer ends the container the way it asks.
+    tty.input(
+        "echo attached-$((6*7)); exec sh -c \"trap 'exit 0' TERM; while :; do sleep 1; done\"\n",
+    )?;
+    tty.wait_for("attached-42", STREAM_TIMEOUT)?;
+    tty.close();
+    // Detaching leaves the container running.
+    let after = cri.state(&t).await?.0;
+    println!("attach-resized={resized} attach-typed=true after-detach={after}");
+    let (state, code) = cri.stop_and_remove(&t).await?;
+    println!("t-stopped={state} {code}");
+    Ok(())
+}
+
+fn security_context(c: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
+    c.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+/// `seccompProfile: RuntimeDefault`, `allowPrivilegeEscalation: false`, `capabilities.drop:
+/// [CHOWN]`: the init process and an exec'd one are confined alike.
+async fn confined_by_the_runtime_default(cri: &mut Cri, pod: &str, image: &str) -> Result<()> {
+    let s = cri
+        .create_with(pod, "s", image, NamespaceMode::Container, |c| {
+            let context = security_context(c);
+            context.seccomp = Some(SecurityProfile {
+                profile_type: ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            });
+            context.no_new_privs = true;
+            context.capabilities = Some(Capability {
+                drop_capabilities: vec!["CHOWN".into()],
+                ..Default::default()
+            });
+        })
+        .await?;
+    // PID 1 is the container's init (a PID namespace of its own), `self` the exec'd process.
+    let status = "for p in 1 self; do grep -e '^Seccomp:' -e '^NoNewPrivs:' /proc/$p/status | tr -d '\t' | tr '\n' ' '; done";
+    println!("runtime-default={}", cri.exec(&s, status).await?.1);
+    let caps = "[ \"$(grep CapEff /proc/1/status)\" = \"$(grep CapEff /proc/self/status)\" ] && echo same-caps; touch /tmp/f; chown 1 /tmp/f 2>&1; echo chown=$?";
+    println!(
+        "dropped-caps={}",
+        cri.exec(&s, caps).await?.1.replace('\n', " ")
+    );
+    cri.stop_and_remove(&s).await?;
+    Ok(())
+}
+
+/// A Localhost profile that blocks sethostname, on a container that may otherwise call it
+/// (CAP_SYS_ADMIN): EPERM in the init process and in an exec.
+async fn confined_by_a_localhost_profile(cri: &mut Cri, pod: &str, image: &str) -> Result<()> {
+    let profile = std::env::temp_dir().join("cocoon-cri-no-sethostname.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["sethostname"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )?;
+    let init =
+        format!("hostname from-init 2>/tmp/init-err; echo $? > /tmp/init-code; {KEEP_RUNNING}");
+    let l = cri
+        .create_with(pod, "l", image, NamespaceMode::Container, |c| {
+            c.command = vec!["sh".into(), "-c".into(), init];
+            let context = security_context(c);
+            context.seccomp = Some(SecurityProfile {
+                profile_type: ProfileType::Localhost as i32,
+                localhost_ref: profile.display().to_string(),
+            });
+            context.capabilities = Some(Capability {
+                add_capabilities: vec!["SYS_ADMIN".into()],
+                ..Default::default()
+            });
+        })
+        .await;
+    let _ = std::fs::remove_file(&profile);
+    let l = l?;
+    let script = "sleep 0.5; echo init=$(cat /tmp/init-code) $(cat /tmp/init-err); hostname from-exec 2>&1; echo exec=$?; hostname";
+    println!(
+        "localhost-profile={}",
+        cri.exec(&l, script).await?.1.replace('\n', " | ")
+    );
+    cri.stop_and_remove(&l).await?;
+    Ok(())
+}
+
+/// 200 short ExecSyncs in a row, the first right after the container started: every exit code
+/// exact (0, 1, 7, and 137 for one killed by SIGKILL).
+async fn many_exec_syncs(cri: &mut Cri, pod: &str, image: &str) -> Result<()> {
+    let x = cri
+        .create(pod, "x", image, NamespaceMode::Container)
+        .await?;
+    let mut wrong = Vec::new();
+    for i in 0..200 {
+        let (script, expected) = match i % 4 {
+            0 => ("grep -q ecc /proc/self/status", 0),
+            1 => ("false", 1),
+            2 => ("exit 7", 7),
+            _ => ("kill -9 $$", 137),
+        };
+        let (code, _, err) = cri.exec(&x, script).await?;
+        if code != expected {
+            wrong.push(format!("#{i} `{script}` gave {code} {err}"));
+        }
+    }
+    println!(
+        "exec-sync-exact={}/200 wrong={:?}",
+        200 - wrong.len(),
+        wrong
+    );
+    cri.stop_and_remove(&x).await?;
     Ok(())
 }
 
