@@ -428,14 +428,15 @@ impl Sandbox {
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
+        fs::create_dir_all(&self.layout.state)
+            .map_err(|e| internal("creating the state directory", e))?;
+        // The streams are opened under the spawn lock: a process another thread is cloning now
+        // would hold a copy of them until it execs (and so keep the host from seeing their end).
+        let spawning = self.reaper.spawn_lock();
         let mut stdio = Stdio::connect(ports, terminal)?;
         let console = terminal
             .then(|| stdio::ConsoleSocket::bind_new(&self.layout.consoles))
             .transpose()?;
-        fs::create_dir_all(&self.layout.state)
-            .map_err(|e| internal("creating the state directory", e))?;
-
-        let spawning = self.reaper.spawn_lock();
         let builder = self.builder(container_id, &mut stdio, console.as_ref())?;
         let container = builder
             .as_init(bundle)
@@ -547,12 +548,12 @@ impl Sandbox {
         let json = serde_json::to_vec(&process).map_err(|e| internal("encoding the process", e))?;
         fs::write(&process_file, json).map_err(|e| internal("writing the process file", e))?;
         let terminal = process.terminal().unwrap_or(false);
+        // Under the spawn lock, as for a container (see `build_container`).
+        let spawning = self.reaper.spawn_lock();
         let mut stdio = Stdio::connect(ports, terminal)?;
         let console = terminal
             .then(|| stdio::ConsoleSocket::bind_new(&self.layout.consoles))
             .transpose()?;
-
-        let spawning = self.reaper.spawn_lock();
         let builder = self.builder(container_id, &mut stdio, console.as_ref())?;
         let result = builder
             .with_executor(executor)

@@ -470,6 +470,11 @@ fn exec_and_attach_stream_through_the_cri_stream_server() {
         "true attach-typed=true after-detach=CONTAINER_RUNNING",
         "{out}"
     );
+    assert_eq!(
+        value(&out, "t-pid1="),
+        "sh -c trap 'exit 0' TERM; while :; do sleep 1; done",
+        "{out}"
+    );
     assert_eq!(value(&out, "t-stopped="), "CONTAINER_EXITED 0", "{out}");
 }
 

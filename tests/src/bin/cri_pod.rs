@@ -493,6 +493,10 @@ async fn attach_with_a_tty(cri: &mut Cri, pod: &str, image: &str) -> Result<()> 
     // Detaching leaves the container running.
     let after = cri.state(&t).await?.0;
     println!("attach-resized={resized} attach-typed=true after-detach={after}");
+    // The shell must have become the loop before StopContainer: a SIGTERM the interactive shell
+    // ignores is lost, and the loop's trap would never hear it.
+    let pid1 = "i=0; until grep -q trap /proc/1/cmdline || [ $i -ge 100 ]; do sleep 0.1; i=$((i + 1)); done; tr '\\0' ' ' < /proc/1/cmdline";
+    println!("t-pid1={}", cri.exec(&t, pid1).await?.1);
     let (state, code) = cri.stop_and_remove(&t).await?;
     println!("t-stopped={state} {code}");
     Ok(())
