@@ -1240,17 +1240,26 @@ mod host_tests {
         let mut linux = spec.linux().clone().unwrap();
         linux.set_seccomp(Some(seccomp));
         spec.set_linux(Some(linux));
-        let mut caps = LinuxCapabilities::default();
-        let set: oci_spec::runtime::Capabilities = [Capability::Chown, Capability::SysAdmin].into();
-        caps.set_bounding(Some(set.clone()))
+        let mut process = spec.process().clone().unwrap();
+        process.set_capabilities(Some(capabilities(&[
+            Capability::Chown,
+            Capability::SysAdmin,
+        ])));
+        spec.set_process(Some(process));
+        spec
+    }
+
+    /// Exactly `caps`: bounding, effective and permitted; none inheritable or ambient.
+    fn capabilities(caps: &[Capability]) -> LinuxCapabilities {
+        let set: oci_spec::runtime::Capabilities = caps.iter().copied().collect();
+        let mut capabilities = LinuxCapabilities::default();
+        capabilities
+            .set_bounding(Some(set.clone()))
             .set_effective(Some(set.clone()))
             .set_permitted(Some(set))
             .set_inheritable(None)
             .set_ambient(None);
-        let mut process = spec.process().clone().unwrap();
-        process.set_capabilities(Some(caps));
-        spec.set_process(Some(process));
-        spec
+        capabilities
     }
 
     /// CapEff/CapBnd of {CHOWN (0), SYS_ADMIN (21)}.
@@ -1314,12 +1323,7 @@ mod host_tests {
         // exec fails with the reason, rather than run unconfined.
         let mut spec = confined_spec("exec sleep 60");
         let mut process = spec.process().clone().unwrap();
-        let mut caps = process.capabilities().clone().unwrap();
-        let set: oci_spec::runtime::Capabilities = [Capability::Chown].into();
-        caps.set_bounding(Some(set.clone()))
-            .set_effective(Some(set.clone()))
-            .set_permitted(Some(set));
-        process.set_capabilities(Some(caps));
+        process.set_capabilities(Some(capabilities(&[Capability::Chown])));
         spec.set_process(Some(process));
         let created = sandbox
             .create_container("strict", spec, &host.rootfs(), &StdioPorts::default())
