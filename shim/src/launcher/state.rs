@@ -11,12 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use cocoon_protocol::socket_path::{MAX_SOCKET_PATH_LEN, VSOCK_PORT_SUFFIX_LEN};
+use cocoon_sandbox::vm::check_socket_room;
 use serde::{Deserialize, Serialize};
 
 const RECORD: &str = "state.json";
-/// The longest socket we make in a container's directory is `<dir>/vsock_<port>`.
-const LONGEST_SOCKET_SUFFIX: usize = "/vsock".len() + VSOCK_PORT_SUFFIX_LEN;
 const MAX_NAME: usize = 64;
 
 /// What became of a container, as its watcher last wrote it.
@@ -131,7 +129,9 @@ impl Root {
                 None => bail!("XDG_RUNTIME_DIR is not set: set it (e.g. to /run/user/$(id -u)) or pass --root DIR"),
             },
         };
-        if path.as_os_str().len() + "/n".len() + LONGEST_SOCKET_SUFFIX > MAX_SOCKET_PATH_LEN {
+        // A container's directory is the VM's runtime directory: even a one-letter name's must
+        // have room for the VM's sockets.
+        if check_socket_room(&path.join("n")).is_err() {
             bail!(
                 "runtime root {} is too long for the VM's sockets: pass a shorter --root",
                 path.display()
@@ -153,7 +153,7 @@ impl Root {
     pub fn claim(&self, name: &str) -> Result<Entry> {
         check_name(name)?;
         let dir = self.0.join(name);
-        if dir.as_os_str().len() + LONGEST_SOCKET_SUFFIX > MAX_SOCKET_PATH_LEN {
+        if check_socket_room(&dir).is_err() {
             bail!(
                 "the name '{name}' is too long for the VM's sockets under {}: choose a shorter --name (or a shorter --root)",
                 self.0.display()
