@@ -12,6 +12,7 @@ pub mod messages;
 pub mod mounts;
 pub mod port_token;
 pub mod socket_path;
+pub mod vm_config;
 pub mod vmm_api;
 pub mod volume_export;
 

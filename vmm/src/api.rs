@@ -14,7 +14,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use cocoon_protocol::vmm_api::{ApiRequest as Request, ApiResponse as Response};
 
 use crate::devices::virtio::block::BlockSlot;
@@ -111,6 +110,18 @@ impl Api {
     }
 }
 
+/// The API socket could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("binding the API socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("starting the API thread: {0}")]
+    Thread(std::io::Error),
+}
+
 /// The listening socket; removed when dropped (the VM stopped).
 pub struct ApiServer {
     path: PathBuf,
@@ -118,9 +129,11 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// Binds `path` and serves `api` on it from a thread of its own, one connection at a time.
-    pub fn start(path: &Path, api: Api) -> Result<Self> {
-        let listener = UnixListener::bind(path)
-            .with_context(|| format!("binding the API socket {}", path.display()))?;
+    pub fn start(path: &Path, api: Api) -> Result<Self, ApiError> {
+        let listener = UnixListener::bind(path).map_err(|source| ApiError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
         std::thread::Builder::new()
             .name("api".into())
             .spawn(move || {
@@ -135,7 +148,7 @@ impl ApiServer {
                     }
                 }
             })
-            .context("starting the API thread")?;
+            .map_err(ApiError::Thread)?;
         Ok(Self {
             path: path.to_path_buf(),
         })

@@ -8,7 +8,6 @@ use std::path::Path;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader};
-use sha2::{Digest, Sha256};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::arch::x86_64::bootparams::{initrd_addr_max, InitrdPlacement};
@@ -70,14 +69,6 @@ pub enum KernelFormat {
     Elf,
 }
 
-/// Lower-case hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Reads a whole image and checks it against an expected digest, if any.
 pub fn read_image(
     what: &'static str,
@@ -89,7 +80,7 @@ pub fn read_image(
         source,
     })?;
     if let Some(expected) = expected_sha256 {
-        let actual = sha256_hex(&bytes);
+        let actual = cocoon_common::sha256_hex(&bytes);
         if !actual.eq_ignore_ascii_case(expected) {
             return Err(LoadError::DigestMismatch {
                 what,

@@ -74,7 +74,7 @@ struct Cli {
 impl Cli {
     fn into_config(self) -> Result<VmConfig, cocoon_vmm::config::ConfigError> {
         if let Some(path) = &self.config {
-            return VmConfig::from_json_file(path);
+            return cocoon_vmm::config::from_json_file(path);
         }
         let mut config = VmConfig::new(self.kernel.expect("clap requires --kernel"));
         config.initrd = self.initrd;
@@ -129,7 +129,7 @@ fn main() -> ExitCode {
     };
     let result = cli
         .into_config()
-        .map_err(anyhow::Error::from)
+        .map_err(|e| cocoon_vmm::Error::Build(e.into()))
         .and_then(|config| cocoon_vmm::run(&config, options));
     match result {
         Ok(outcome) => {
@@ -142,7 +142,7 @@ fn main() -> ExitCode {
             ExitCode::from(outcome.exit_code() as u8)
         }
         Err(e) => {
-            eprintln!("cocoon-vmm: error: {e:#}");
+            eprintln!("cocoon-vmm: error: {e}");
             ExitCode::from(1)
         }
     }

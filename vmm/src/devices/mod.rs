@@ -6,8 +6,6 @@ pub mod i8042;
 pub mod serial;
 pub mod virtio;
 
-use std::sync::Mutex;
-
 pub use bus::{Bus, BusOverlap};
 
 /// What the VM must do after a device handled an access.
@@ -68,16 +66,12 @@ impl Bus<dyn MmioDevice> {
     }
 }
 
-/// Locks a device, recovering from a panic in another thread that held it: device state is plain
-/// data, and a poisoned lock must not take the whole VM down.
-pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+pub use cocoon_common::lock;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
     struct Echo(u8);
     impl PioDevice for Echo {

@@ -1,0 +1,10 @@
+//! The helpers more than one cocoon program needs, written once: each would otherwise be copied
+//! into the VMM, the agent, the sandbox library and the shim (they were, before this crate).
+
+pub mod cpu;
+pub mod digest;
+pub mod sync;
+
+pub use cpu::has_hardware_virtualization;
+pub use digest::sha256_hex;
+pub use sync::{lock, ExitCell};
