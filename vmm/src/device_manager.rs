@@ -20,8 +20,7 @@ use crate::devices::virtio::block::{Block, BlockSlot, DiskError};
 use crate::devices::virtio::mmio::{
     MmioTransport, TransportError, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
-use crate::devices::virtio::vsock::backend::ListenError;
-use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::vsock::{ListenError, Vsock};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{BusOverlap, MmioBus, PioBus};
 use crate::vstate::vcpu::Buses;
