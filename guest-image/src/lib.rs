@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
+use cocoon_common::sha256_hex;
 
 pub mod rootfs;
 
@@ -155,13 +155,6 @@ impl Initramfs {
         std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
         Ok(sha256_hex(&bytes))
     }
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// True when `elf` is a 64-bit ELF executable that asks for a program interpreter (a dynamic

@@ -1,15 +1,17 @@
 //! The host side of a cocoon sandbox, shared by the containerd shim and the `cocoon run` launcher:
-//! the VMM process ([`vm`]), the agent's control channel over hybrid vsock ([`client`]), the
+//! what the host must have ([`host`]: guest files, KVM), the VMM process ([`vm`]), the agent's control channel over hybrid vsock ([`client`]), the
 //! Unix sockets the agent connects process stdio to ([`host_port`]), OCI specs with the
 //! defaults a container gets ([`spec`]), and writable volumes coming back ([`volume_import`]).
 
 pub mod client;
+pub mod host;
 pub mod host_port;
 pub mod spec;
 pub mod vm;
 pub mod volume_import;
 
 pub use client::{AgentClient, ClientError};
+pub use cocoon_common::has_hardware_virtualization;
+pub use host::{check_kvm, GuestFiles, HostError};
 pub use host_port::{HostPort, ProcessPorts, ProcessStreams};
-pub use vm::cpu_has_virtualization;
 pub use vm::{Vm, VmOptions};

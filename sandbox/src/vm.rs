@@ -9,6 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use cocoon_protocol::vm_config::{
+    ConsoleConfig, DiskConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE,
+};
 use cocoon_protocol::vmm_api::{ApiRequest, ApiResponse};
 
 use crate::client::{AgentClient, ClientError};
@@ -21,6 +24,12 @@ const API_SOCKET: &str = "api";
 /// The VMM's hybrid-vsock socket in the runtime directory; the host's listeners for guest
 /// connections are `vsock_<port>` beside it.
 const VSOCK_SOCKET: &str = "vsock";
+
+/// The VM's configuration, as `cocoon-vmm --config` reads it, in the runtime directory.
+const VM_CONFIG: &str = "vm.json";
+
+/// The guest's console output in the runtime directory.
+const CONSOLE_LOG: &str = "console.log";
 
 /// Checks that every socket a VM's runtime directory will hold fits a Unix socket's path: the
 /// VMM's vsock socket with its longest listener (`vsock_4294967295`) and its API socket.
@@ -63,6 +72,35 @@ pub struct VmOptions {
     pub runtime_dir: Option<PathBuf>,
 }
 
+impl VmOptions {
+    /// The VM these options describe, its sockets and console log in `dir`.
+    pub fn vm_config(&self, dir: &Path) -> VmConfig {
+        let mut config = VmConfig::new(&self.kernel);
+        config.initrd = Some(self.initrd.clone());
+        config.vcpus = self.vcpus;
+        config.memory_mib = self.memory_mib;
+        config.cmdline = format!("{DEFAULT_CMDLINE} quiet {}", self.extra_cmdline);
+        config.console = ConsoleConfig::File(dir.join(CONSOLE_LOG));
+        config.vsock = Some(VsockConfig {
+            cid: self.cid,
+            uds: dir.join(VSOCK_SOCKET),
+        });
+        config.disks = self
+            .disks
+            .iter()
+            .map(|(path, read_only)| DiskConfig {
+                path: path.clone(),
+                read_only: *read_only,
+            })
+            .collect();
+        if self.disk_slots > 0 {
+            config.disk_slots = self.disk_slots;
+            config.api_socket = Some(dir.join(API_SOCKET));
+        }
+        config
+    }
+}
+
 enum RuntimeDir {
     Private(tempfile::TempDir),
     Given(PathBuf),
@@ -97,37 +135,13 @@ impl Vm {
             ),
         };
         check_socket_room(dir.path())?;
-        let uds = dir.path().join(VSOCK_SOCKET);
-        let console = dir.path().join("console.log");
+        let config = options.vm_config(dir.path());
+        let config_path = dir.path().join(VM_CONFIG);
+        let json = serde_json::to_vec_pretty(&config).context("writing the VM's configuration")?;
+        std::fs::write(&config_path, json)
+            .with_context(|| format!("writing the VM's configuration {}", config_path.display()))?;
         let mut cmd = Command::new(&options.vmm);
-        cmd.arg("--kernel")
-            .arg(&options.kernel)
-            .arg("--initrd")
-            .arg(&options.initrd)
-            .arg("--vcpus")
-            .arg(options.vcpus.to_string())
-            .arg("--memory-mib")
-            .arg(options.memory_mib.to_string())
-            .arg("--cmdline")
-            .arg(format!(
-                "console=ttyS0 reboot=k panic=1 quiet {}",
-                options.extra_cmdline
-            ))
-            .arg("--console")
-            .arg(format!("file:{}", console.display()))
-            .arg("--vsock")
-            .arg(format!("cid={},uds={}", options.cid, uds.display()));
-        for (path, read_only) in &options.disks {
-            let ro = if *read_only { ",ro" } else { "" };
-            cmd.arg("--disk")
-                .arg(format!("path={}{ro}", path.display()));
-        }
-        if options.disk_slots > 0 {
-            cmd.arg("--disk-slots")
-                .arg(options.disk_slots.to_string())
-                .arg("--api-socket")
-                .arg(dir.path().join(API_SOCKET));
-        }
+        cmd.arg("--config").arg(&config_path);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -216,7 +230,7 @@ impl Vm {
 
     /// The guest's console output so far.
     pub fn console(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join(CONSOLE_LOG)).unwrap_or_default()
     }
 
     /// The VMM's process id, while it runs.
@@ -313,21 +327,60 @@ pub fn exit_summary(code: Option<i32>, stderr: &str) -> String {
     }
 }
 
-/// Whether the CPU offers hardware virtualization (an Intel VT-x `vmx` or AMD-V `svm` flag in
-/// /proc/cpuinfo): without it a microVM cannot boot under this machine's KVM.
-pub fn cpu_has_virtualization() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .map(|info| {
-            info.lines()
-                .filter(|l| l.starts_with("flags"))
-                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
-        })
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vm_config_names_every_file_in_the_runtime_directory() {
+        let mut options = VmOptions {
+            vmm: "/bin/cocoon-vmm".into(),
+            kernel: "/g/bzImage".into(),
+            initrd: "/g/initramfs.cpio".into(),
+            vcpus: 2,
+            memory_mib: 256,
+            disks: vec![("/l/a.ext4".into(), true), ("/l/rw.ext4".into(), false)],
+            disk_slots: 0,
+            cid: 7,
+            extra_cmdline: "cocoon.root=vda".into(),
+            runtime_dir: None,
+        };
+        let dir = Path::new("/run/cocoon/vm1");
+        let config = options.vm_config(dir);
+        assert_eq!(config.kernel, Path::new("/g/bzImage"));
+        assert_eq!(
+            config.initrd.as_deref(),
+            Some(Path::new("/g/initramfs.cpio"))
+        );
+        assert_eq!((config.vcpus, config.memory_mib), (2, 256));
+        assert_eq!(
+            config.cmdline,
+            format!("{DEFAULT_CMDLINE} quiet cocoon.root=vda")
+        );
+        assert_eq!(config.console, ConsoleConfig::File(dir.join("console.log")));
+        assert_eq!(
+            config.vsock,
+            Some(VsockConfig {
+                cid: 7,
+                uds: dir.join("vsock")
+            })
+        );
+        let disks: Vec<_> = config
+            .disks
+            .iter()
+            .map(|d| (d.path.clone(), d.read_only))
+            .collect();
+        assert_eq!(disks, options.disks);
+        assert_eq!((config.disk_slots, config.api_socket), (0, None));
+
+        options.disk_slots = 3;
+        let config = options.vm_config(dir);
+        assert_eq!(config.disk_slots, 3);
+        assert_eq!(config.api_socket, Some(dir.join("api")));
+        // What the VMM reads back is what was written.
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), config);
+    }
 
     #[test]
     fn a_runtime_directory_too_long_for_its_sockets_is_refused() {

@@ -116,7 +116,7 @@ fn bad_input_gets_one_line_and_leaves_nothing() {
 
 #[test]
 fn without_hardware_virtualization_the_user_is_told_about_emulated_mode() {
-    if cocoon_sandbox::cpu_has_virtualization() {
+    if cocoon_sandbox::has_hardware_virtualization() {
         eprintln!("skipped: this CPU has hardware virtualization, so cocoon run does not refuse");
         return;
     }

@@ -150,7 +150,7 @@ pub fn host_tools() -> Result<HostTools, String> {
     Err("no Debian cloud kernel with KVM modules in /boot (apt-get install linux-image-cloud-amd64, or `make deps`)".into())
 }
 
-pub use cocoon_sandbox::cpu_has_virtualization;
+pub use cocoon_sandbox::has_hardware_virtualization;
 
 /// True when /dev/kvm opens for reading and writing.
 pub fn dev_kvm_usable() -> bool {

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::artifacts::{
-    cpu_has_virtualization, dev_kvm_usable, guest_images, host_tools, workspace_binary,
+    dev_kvm_usable, guest_images, has_hardware_virtualization, host_tools, workspace_binary,
     GuestImages, HostTools,
 };
 use crate::emuhost::{EmulatedHost, HostFile, FILES_DIR, GUEST_DIR, HOST_READY, SCRIPT_EXIT};
@@ -209,7 +209,7 @@ pub fn suite_script(scenarios: &[Scenario]) -> String {
 /// CPU has vmx/svm and /dev/kvm opens, else the emulated host.
 pub fn choose_mode() -> Result<(KvmMode, Option<HostTools>), SuiteError> {
     let forced = std::env::var("COCOON_KVM_MODE").ok();
-    let direct_ok = cpu_has_virtualization() && dev_kvm_usable();
+    let direct_ok = has_hardware_virtualization() && dev_kvm_usable();
     match forced.as_deref() {
         Some("direct") if direct_ok => return Ok((KvmMode::Direct, None)),
         Some("direct") => {

@@ -193,7 +193,7 @@ fn ctr_runs_through_the_cocoon_shim_and_leaves_nothing() {
         "hello from cocoon",
     ]);
     let (stdout, stderr) = (text(&run.stdout), text(&run.stderr));
-    if cocoon_tests::artifacts::cpu_has_virtualization() {
+    if cocoon_tests::artifacts::has_hardware_virtualization() {
         assert!(
             run.status.success() && stdout.contains("hello from cocoon"),
             "ctr run: {stdout}{stderr}\n{}",

@@ -5,7 +5,6 @@
 //! the runtime root ([`state`]).
 
 mod emulated;
-mod guest;
 mod image;
 mod logs;
 mod manage;
@@ -88,13 +87,13 @@ pub fn guest_files(
     kernel: Option<&Path>,
     initrd: Option<&Path>,
 ) -> Result<(PathBuf, PathBuf, PathBuf)> {
-    let files = guest::GuestFiles::locate(vmm, kernel, initrd)?;
+    let files = cocoon_sandbox::GuestFiles::locate(vmm, kernel, initrd)?;
     Ok((files.vmm, files.kernel, files.initrd))
 }
 
 /// Refuses, in one line, where a microVM cannot boot (no vmx/svm, no /dev/kvm access).
 pub fn check_kvm() -> Result<()> {
-    guest::check_kvm()
+    Ok(cocoon_sandbox::check_kvm()?)
 }
 
 /// Checks the command line; what the image adds comes later.
@@ -108,8 +107,9 @@ fn request_from(args: &RunArgs) -> Result<Request> {
         bail!("-d cannot be combined with -i or -t (cocoon has no attach): run detached, then use `cocoon exec -it NAME sh`");
     }
     let volumes = request::parse_volumes(&args.volumes)?;
-    let files = guest::GuestFiles::locate(None, args.kernel.as_deref(), args.initrd.as_deref())?;
-    guest::check_kvm()?;
+    let files =
+        cocoon_sandbox::GuestFiles::locate(None, args.kernel.as_deref(), args.initrd.as_deref())?;
+    cocoon_sandbox::check_kvm()?;
     Ok(Request {
         image: args.image.clone(),
         process,
