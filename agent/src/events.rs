@@ -5,9 +5,8 @@ use std::fs::File;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Weak};
 
+use cocoon_common::lock;
 use cocoon_protocol::{write_message, Event, Message};
-
-use crate::reaper::lock;
 
 type Subscribers = Arc<Mutex<Vec<Weak<Mutex<File>>>>>;
 

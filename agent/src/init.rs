@@ -3,8 +3,10 @@
 //! reaping of orphaned processes.
 
 use std::fs;
+use std::os::fd::{AsRawFd, RawFd};
 
 use nix::mount::{mount, MsFlags};
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
@@ -118,22 +120,23 @@ fn lo_request() -> IfReqFlags {
     req
 }
 
-fn with_inet_socket<T>(f: impl FnOnce(libc::c_int) -> T) -> Option<T> {
-    // SAFETY: socket(2) with constant arguments; the descriptor is closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return None;
-    }
-    let result = f(fd);
-    // SAFETY: fd is the socket opened above and not used after this.
-    unsafe { libc::close(fd) };
-    Some(result)
+/// Runs `f` on a new IPv4 datagram socket (what the interface ioctls go through), closed after.
+fn with_inet_socket<T>(f: impl FnOnce(RawFd) -> T) -> Option<T> {
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .ok()?;
+    Some(f(fd.as_raw_fd()))
 }
 
 fn loopback_flags() -> Option<libc::c_short> {
     with_inet_socket(|fd| {
         let mut req = lo_request();
-        // SAFETY: SIOCGIFFLAGS fills the flags of the ifreq we own, which is large enough.
+        // SAFETY: SIOCGIFFLAGS on the open socket `fd` fills the flags of the ifreq we own, which
+        // is large enough.
         let ret = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) };
         (ret == 0).then_some(req.flags)
     })
@@ -145,7 +148,7 @@ fn bring_up_loopback() -> Result<(), String> {
     let ok = with_inet_socket(|fd| {
         let mut req = lo_request();
         req.flags = flags | libc::IFF_UP as libc::c_short;
-        // SAFETY: SIOCSIFFLAGS reads the ifreq we own.
+        // SAFETY: SIOCSIFFLAGS on the open socket `fd` reads the ifreq we own.
         unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) == 0 }
     });
     if ok == Some(true) {

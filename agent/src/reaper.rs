@@ -7,66 +7,21 @@
 //! registered before its status can arrive.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use cocoon_common::{lock, ExitCell};
 use cocoon_protocol::ExitStatus;
 use nix::errno::Errno;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-
-/// The exit status of one process, once known.
-#[derive(Default)]
-pub struct ExitCell {
-    status: Mutex<Option<ExitStatus>>,
-    exited: Condvar,
-}
-
-impl ExitCell {
-    pub fn get(&self) -> Option<ExitStatus> {
-        *lock(&self.status)
-    }
-
-    /// Blocks until the process has exited.
-    pub fn wait(&self) -> ExitStatus {
-        let mut status = lock(&self.status);
-        loop {
-            if let Some(s) = *status {
-                return s;
-            }
-            status = self
-                .exited
-                .wait(status)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-    }
-
-    /// Like [`wait`](Self::wait), giving up after `timeout`.
-    pub fn wait_timeout(&self, timeout: Duration) -> Option<ExitStatus> {
-        let status = lock(&self.status);
-        let (status, _) = self
-            .exited
-            .wait_timeout_while(status, timeout, |s| s.is_none())
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *status
-    }
-
-    fn set(&self, status: ExitStatus) {
-        *lock(&self.status) = Some(status);
-        self.exited.notify_all();
-    }
-}
-
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 type ExitListener = Box<dyn Fn(i32, ExitStatus) + Send + Sync>;
 
 #[derive(Default)]
 pub struct Reaper {
     spawn_lock: Mutex<()>,
-    watched: Mutex<HashMap<i32, Arc<ExitCell>>>,
+    watched: Mutex<HashMap<i32, Arc<ExitCell<ExitStatus>>>>,
     listener: Mutex<Option<ExitListener>>,
 }
 
@@ -77,7 +32,7 @@ impl Reaper {
     }
 
     /// Starts tracking `pid`; call with the spawn lock held, before it is released.
-    pub fn watch(&self, pid: i32) -> Arc<ExitCell> {
+    pub fn watch(&self, pid: i32) -> Arc<ExitCell<ExitStatus>> {
         let cell = Arc::new(ExitCell::default());
         lock(&self.watched).insert(pid, cell.clone());
         cell

@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use cocoon_common::lock;
 use cocoon_protocol::{AgentError, ErrorKind, Rootfs};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::containers::{error, read_u64};
-use crate::reaper::lock;
+use crate::errors::error;
+use crate::sys_files::read_u64;
 
 /// How long a disk attached while the VM runs may take to show its size.
 const MEDIA_TIMEOUT: Duration = Duration::from_secs(10);

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cocoon_common::lock;
 use cocoon_protocol::{
     read_message, write_message, AgentError, ErrorKind, FrameError, Message, Operation, Reply,
     Request, Response, AGENT_PORT, PROTOCOL_VERSION,
@@ -16,7 +17,7 @@ use cocoon_protocol::{
 
 use crate::containers::Sandbox;
 use crate::events::EventBus;
-use crate::reaper::lock;
+use crate::logging::TARGET;
 use crate::vsock;
 
 pub struct Server {
@@ -35,7 +36,7 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
 fn reply(out: &Arc<Mutex<File>>, id: u64, result: Result<Reply, AgentError>) {
     let message = Message::Response(Response { id, result });
     if let Err(e) = write_message(&mut *lock(out), &message) {
-        eprintln!("cocoon-agent: answering request {id}: {e}");
+        tracing::error!(target: TARGET, "answering request {id}: {e}");
     }
 }
 
@@ -63,7 +64,7 @@ impl Server {
                         std::thread::spawn(move || this.serve_connection(connection));
                     }
                     Err(e) => {
-                        eprintln!("cocoon-agent: accept: {e}");
+                        tracing::warn!(target: TARGET, "accept: {e}");
                         std::thread::sleep(std::time::Duration::from_millis(100));
                     }
                 }

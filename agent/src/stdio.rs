@@ -273,7 +273,7 @@ impl Terminal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::containers::Layout;
+    use crate::layout::Layout;
     use cocoon_protocol::socket_path;
 
     #[test]

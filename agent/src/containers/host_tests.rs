@@ -1,11 +1,23 @@
 //! Real containers on this machine: as root, namespaces, cgroups and loop devices are real here.
 
-use super::*;
-use cocoon_protocol::ExitStatus;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use cocoon_common::lock;
+use cocoon_protocol::{ErrorKind, ExitStatus, Reply, Rootfs, StdioPorts};
 use oci_spec::runtime::{
     Capability, LinuxCapabilities, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder,
+    Process, Spec,
 };
-use std::process::Command;
+
+use super::cgroup::CGROUP_ROOT;
+use super::Sandbox;
+use crate::errors::AgentResult;
+use crate::events::EventBus;
+use crate::layout::Layout;
+use crate::reaper::Reaper;
 
 /// A read-only loop device over an image, detached on drop.
 struct LoopDevice(String);

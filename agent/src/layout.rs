@@ -1,0 +1,30 @@
+//! Where the sandbox keeps its containers: bundles, console sockets, libcontainer's state and
+//! the parent cgroup, as the guest lays them out.
+
+use std::path::PathBuf;
+
+/// Where the sandbox keeps its containers.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// One bundle (config.json, rootfs mount point) per container.
+    pub bundles: PathBuf,
+    /// The sockets libcontainer hands new ptys through: short names of their own, as a Unix
+    /// socket's path has room for 107 bytes and ids for 64 each.
+    pub consoles: PathBuf,
+    /// libcontainer's state.
+    pub state: PathBuf,
+    /// Parent cgroup of containers whose spec names none.
+    pub cgroup_parent: String,
+}
+
+impl Layout {
+    /// The guest's layout.
+    pub fn guest() -> Self {
+        Self {
+            bundles: "/run/cocoon/bundles".into(),
+            consoles: "/run/cocoon/tty".into(),
+            state: "/run/cocoon/state".into(),
+            cgroup_parent: "/cocoon".into(),
+        }
+    }
+}
