@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use cocoon_guest_image::Initramfs;
 
-use crate::artifacts::HostTools;
 use crate::process::{run_with_deadline, Finished};
+use crate::tools::HostTools;
 
 /// Printed by the host's init once /dev/kvm exists, before the script runs.
 pub const HOST_READY: &str = "@@COCOON-HOST-READY";
@@ -22,6 +22,18 @@ pub const BIN_DIR: &str = "/cocoon/bin";
 pub const GUEST_DIR: &str = "/cocoon/guest";
 pub const FILES_DIR: &str = "/cocoon/files";
 pub const SCRIPT: &str = "/cocoon/script.sh";
+
+/// What a suite needs of the emulated host beyond the usual (ignored in direct mode, where the
+/// machine itself has it).
+#[derive(Clone, Debug, Default)]
+pub struct HostNeeds {
+    /// A tmpfs root instead of the initramfs, so pivot_root works (containerd's runc).
+    pub real_root: bool,
+    /// Host kernel modules to load, by path under `/lib/modules/VERSION/kernel`.
+    pub modules: Vec<String>,
+    /// Memory of the emulated host, when more than its default.
+    pub memory_mib: Option<u32>,
+}
 
 /// Marks a host whose init first moves into a tmpfs root (see [`EmulatedHost::real_root`]).
 const REAL_ROOT_MARK: &str = "/cocoon/real-root";
@@ -174,7 +186,7 @@ impl EmulatedHost {
     }
 
     /// Gives the host what a suite needs beyond the usual (a tmpfs root, modules, memory).
-    pub fn meet(&mut self, needs: &crate::suite::HostNeeds) -> Result<()> {
+    pub fn meet(&mut self, needs: &HostNeeds) -> Result<()> {
         self.real_root = needs.real_root;
         self.memory_mib = needs.memory_mib.unwrap_or(self.memory_mib);
         for module in &needs.modules {

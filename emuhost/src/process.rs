@@ -73,11 +73,9 @@ pub fn run_with_deadline(
         }
         if start.elapsed() > deadline {
             timed_out = true;
-            // SAFETY: kill(2) on the child's process group (its pid, from process_group(0)); a
-            // stale id can at worst hit nothing, since we have not reaped the child yet.
-            unsafe {
-                libc::kill(-(child.id() as i32), libc::SIGKILL);
-            }
+            // The child's process group (its pid, from process_group(0)); the id is not stale,
+            // since the child is not reaped yet.
+            kill_group(child.id());
             break child.wait()?;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -85,10 +83,7 @@ pub fn run_with_deadline(
     let elapsed = start.elapsed();
     // Leave nothing behind: anything the child started in its group goes too (and so releases the
     // pipe, which the pump thread waits on).
-    // SAFETY: kill(2) on the group the child led; at worst it finds no process (ESRCH).
-    unsafe {
-        libc::kill(-(child.id() as i32), libc::SIGKILL);
-    }
+    kill_group(child.id());
     let _ = pump.join();
     let output = String::from_utf8_lossy(&collected.lock().unwrap()).replace('\r', "");
     Ok(Finished {
@@ -97,4 +92,12 @@ pub fn run_with_deadline(
         output,
         elapsed,
     })
+}
+
+/// SIGKILL to the process group `leader` led; at worst it finds no process (ESRCH).
+fn kill_group(leader: u32) {
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(leader as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }

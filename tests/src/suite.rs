@@ -7,12 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use cocoon_emuhost::host::{HOST_READY, SCRIPT_EXIT};
+use cocoon_emuhost::process::{run_with_deadline, Finished};
+use cocoon_emuhost::{cocoon_host, host_tools, HostTools};
+pub use cocoon_emuhost::{HostNeeds, SuiteFile};
+
 use crate::artifacts::{
-    dev_kvm_usable, guest_images, has_hardware_virtualization, host_tools, workspace_binary,
-    GuestImages, HostTools,
+    binary_env_name, dev_kvm_usable, guest_images, has_hardware_virtualization, workspace_binary,
 };
-use crate::emuhost::{EmulatedHost, HostFile, FILES_DIR, GUEST_DIR, HOST_READY, SCRIPT_EXIT};
-use crate::process::{run_with_deadline, Finished};
 
 const BEGIN: &str = "@@COCOON-BEGIN ";
 const END: &str = "@@COCOON-END ";
@@ -236,25 +238,6 @@ pub fn choose_mode() -> Result<(KvmMode, Option<HostTools>), SuiteError> {
     Ok((KvmMode::EmulatedHost, Some(tools)))
 }
 
-/// Extra files a suite needs (written to `$COCOON_FILES`).
-#[derive(Clone)]
-pub struct SuiteFile {
-    pub name: String,
-    pub contents: Vec<u8>,
-}
-
-/// What a suite needs of the emulated host beyond the usual (ignored in direct mode, where the
-/// machine itself has it).
-#[derive(Clone, Debug, Default)]
-pub struct HostNeeds {
-    /// A tmpfs root instead of the initramfs, so pivot_root works (containerd's runc).
-    pub real_root: bool,
-    /// Host kernel modules to load, by path under `/lib/modules/VERSION/kernel`.
-    pub modules: Vec<String>,
-    /// Memory of the emulated host, when more than its default.
-    pub memory_mib: Option<u32>,
-}
-
 /// Runs `scenarios` under real KVM, directly or in one emulated-host boot.
 ///
 /// `binaries` are more workspace binaries the scenarios run, each in `$<NAME>` (upper case, `-` as
@@ -353,7 +336,7 @@ pub fn run_suite_with(
             let mut attempt = 1;
             loop {
                 let mut host =
-                    cocoon_host(tools.clone(), &vmm, &guest, files.clone()).map_err(failed)?;
+                    cocoon_host(tools.clone(), &guest.cocoon_files(&vmm), files.clone()).map_err(failed)?;
                 for (env, path) in &extra_binaries {
                     let in_host = host.add_binary(path).map_err(failed)?;
                     host.set_env(env, &in_host);
@@ -421,39 +404,6 @@ fn guest_crash(log: &str) -> Option<&str> {
         .map(str::trim)
 }
 
-/// An emulated host holding cocoon's VMM, the guest images and `files`, with the scenario
-/// environment variables pointing at them.
-pub fn cocoon_host(
-    tools: HostTools,
-    vmm: &Path,
-    guest: &GuestImages,
-    files: Vec<SuiteFile>,
-) -> anyhow::Result<EmulatedHost> {
-    let mut host = EmulatedHost::new(tools)?;
-    let vmm_in_host = host.add_binary(vmm)?;
-    for (name, path) in [
-        ("bzImage", &guest.bzimage),
-        ("vmlinux", &guest.vmlinux),
-        ("initramfs.cpio", &guest.initrd),
-    ] {
-        host.add_file(&format!("{GUEST_DIR}/{name}"), path)?;
-    }
-    for f in files {
-        host.add_bytes(HostFile {
-            path: format!("{FILES_DIR}/{}", f.name),
-            contents: f.contents,
-            perm: 0o755,
-        });
-    }
-    host.set_env("COCOON_VMM", &vmm_in_host);
-    host.set_env("GUEST_BZIMAGE", &format!("{GUEST_DIR}/bzImage"));
-    host.set_env("GUEST_VMLINUX", &format!("{GUEST_DIR}/vmlinux"));
-    host.set_env("GUEST_INITRD", &format!("{GUEST_DIR}/initramfs.cpio"));
-    host.set_env("COCOON_FILES", FILES_DIR);
-    host.set_env("COCOON_EMULATED_HOST", "1");
-    Ok(host)
-}
-
 /// The named scenario's result from a suite run; None (after saying why) when end-to-end tests
 /// cannot run here and need not. Retried boots are reported where `cargo test` shows them.
 pub fn scenario_result<'a>(
@@ -484,11 +434,6 @@ pub fn value<'a>(output: &'a str, key: &str) -> &'a str {
         .lines()
         .find_map(|l| l.strip_prefix(key))
         .unwrap_or_else(|| panic!("no {key} in:\n{output}"))
-}
-
-/// `cocoon-agent-e2e` -> `COCOON_AGENT_E2E`.
-pub fn binary_env_name(name: &str) -> String {
-    name.to_ascii_uppercase().replace(['-', '.'], "_")
 }
 
 /// True when the run must not skip end-to-end scenarios (`make test` sets COCOON_REQUIRE_E2E=1).

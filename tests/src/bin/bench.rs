@@ -18,7 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use cocoon_tests::artifacts::{guest_images, workspace_binary};
 use cocoon_tests::emuhost::SCRIPT_EXIT;
-use cocoon_tests::suite::{choose_mode, cocoon_host, KvmMode};
+use cocoon_emuhost::cocoon_host;
+use cocoon_tests::suite::{choose_mode, KvmMode};
 
 const READY: &str = "cocoon-guest: ready";
 const RESULT: &str = "@@BENCH ";
@@ -502,7 +503,7 @@ fn containerd_main() -> Result<()> {
 
 /// `measure-ctr` inside an emulated host that can run containerd; its output.
 fn ctr_in_emulated_host(
-    tools: cocoon_tests::artifacts::HostTools,
+    tools: cocoon_emuhost::HostTools,
     vmm: &Path,
     guest: &cocoon_tests::artifacts::GuestImages,
 ) -> Result<String> {
@@ -510,7 +511,7 @@ fn ctr_in_emulated_host(
         name: "image.tar".into(),
         contents: cocoon_tests::images::docker_archive(),
     }];
-    let mut host = cocoon_host(tools, vmm, guest, files)?;
+    let mut host = cocoon_host(tools, &guest.cocoon_files(vmm), files)?;
     host.meet(&cocoon_tests::containerd::host_needs())?;
     for tool in cocoon_tests::containerd::TOOLS {
         host.add_binary(Path::new(tool))?;
@@ -622,7 +623,7 @@ fn host_main(runs: usize) -> Result<()> {
                     name: "rootfs.ext4".into(),
                     contents: rootfs.clone(),
                 }];
-                let mut host = cocoon_host(tools.clone(), &vmm, &guest, files)?;
+                let mut host = cocoon_host(tools.clone(), &guest.cocoon_files(&vmm), files)?;
                 let me = host.add_binary(&std::env::current_exe()?)?;
                 let e2e = workspace_binary("cocoon-agent-e2e").map_err(anyhow::Error::msg)?;
                 let e2e_in_host = host.add_binary(&e2e)?;

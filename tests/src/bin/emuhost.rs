@@ -8,10 +8,10 @@ use std::io::Write;
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
+use cocoon_emuhost::process::run_with_deadline;
+use cocoon_emuhost::{cocoon_host, run_command, SuiteFile};
 use cocoon_tests::artifacts::{guest_images, workspace_binary};
-use cocoon_tests::emuhost::SCRIPT_EXIT;
-use cocoon_tests::process::run_with_deadline;
-use cocoon_tests::suite::{choose_mode, cocoon_host, KvmMode, SuiteFile};
+use cocoon_tests::suite::{choose_mode, KvmMode};
 
 fn usage() -> ExitCode {
     eprintln!("usage: cocoon-emuhost [--cpus N] [--timeout SECS] COMMAND");
@@ -57,7 +57,7 @@ fn run(command: &str, cpus: u8, deadline: Duration) -> anyhow::Result<u8> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
     };
-    let finished = match mode {
+    match mode {
         KvmMode::Direct => {
             eprintln!("cocoon-emuhost: this CPU has hardware virtualization: running directly");
             let mut cmd = Command::new("sh");
@@ -71,7 +71,7 @@ fn run(command: &str, cpus: u8, deadline: Duration) -> anyhow::Result<u8> {
                 .env("GUEST_VMLINUX", &guest.vmlinux)
                 .env("GUEST_INITRD", &guest.initrd);
             let finished = run_with_deadline(cmd, deadline, echo)?;
-            return Ok(finished.code.unwrap_or(1).clamp(0, 255) as u8);
+            Ok(finished.code.unwrap_or(1).clamp(0, 255) as u8)
         }
         KvmMode::EmulatedHost => {
             eprintln!(
@@ -86,29 +86,18 @@ fn run(command: &str, cpus: u8, deadline: Duration) -> anyhow::Result<u8> {
                     contents: cocoon_tests::images::default_rootfs_image(),
                 });
             }
-            let mut host = cocoon_host(tools.expect("emulated tools"), &vmm, &guest, files)?;
+            let tools = tools.expect("emulated tools");
+            let mut host = cocoon_host(tools, &guest.cocoon_files(&vmm), files)?;
             if let Some(launcher) = launcher {
                 let in_host = host.add_binary(&launcher)?;
                 host.set_env("COCOON", &in_host);
                 host.set_env(
                     "COCOON_DEFAULT_IMAGE",
-                    &format!("{}/default.ext4", cocoon_tests::emuhost::FILES_DIR),
+                    &format!("{}/default.ext4", cocoon_emuhost::host::FILES_DIR),
                 );
             }
             host.cpus = cpus;
-            host.run(command, deadline, echo)?
+            run_command(host, command, deadline, echo)
         }
-    };
-    if finished.timed_out {
-        anyhow::bail!("timed out after {}s", deadline.as_secs());
     }
-    // The last such line: the script prints it after the command has ended, while a container's
-    // output (the same console) could print one of its own before.
-    let status = finished
-        .output
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix(SCRIPT_EXIT))
-        .and_then(|s| s.trim().parse::<u8>().ok());
-    status.ok_or_else(|| anyhow::anyhow!("the emulated host stopped before the command finished"))
 }
