@@ -2,9 +2,9 @@
 //! defaults, and libcontainer's init process, created (not started) with its stdio attached.
 
 use std::collections::HashMap;
-use std::fs;
+use std::fs::{self, File};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use cocoon_common::lock;
 use cocoon_protocol::{ErrorKind, Reply, Rootfs, StdioPorts};
@@ -19,7 +19,7 @@ use super::spec_defaults::{apply_defaults, check_id, resolve_bind_sources};
 use super::{ContainerEntry, ProcessEntry, Sandbox};
 use crate::errors::{chain, error, internal, AgentResult};
 use crate::exec_confinement::Confinement;
-use crate::stdio::{ConsoleSocket, Stdio};
+use crate::stdio::{ConsoleSocket, Stdio, Terminal};
 
 impl Sandbox {
     pub fn create_container(
@@ -85,14 +85,7 @@ impl Sandbox {
             .unwrap_or(false);
         fs::create_dir_all(&self.layout.state)
             .map_err(|e| internal("creating the state directory", e))?;
-        // The streams are opened under the spawn lock: a process another thread is cloning now
-        // would hold a copy of them until it execs (and so keep the host from seeing their end).
-        let spawning = self.reaper.spawn_lock();
-        let mut stdio = Stdio::connect(ports, terminal)?;
-        let console = terminal
-            .then(|| ConsoleSocket::bind_new(&self.layout.consoles))
-            .transpose()?;
-        let builder = self.builder(container_id, &mut stdio, console.as_ref())?;
+        let (spawning, builder) = self.begin_spawn(container_id, ports, terminal)?;
         let container = builder
             .as_init(bundle)
             .with_systemd(false)
@@ -109,9 +102,7 @@ impl Sandbox {
             .ok_or_else(|| internal("the new container", "it has no init process"))?
             .as_raw();
         let exit = self.track(pid, container_id, None);
-        drop(spawning);
-
-        let (stdin, terminal) = stdio.finish(console)?;
+        let (stdin, terminal) = spawning.finish()?;
         Ok((
             container,
             ProcessEntry {
@@ -123,16 +114,54 @@ impl Sandbox {
         ))
     }
 
-    /// libcontainer's builder for a process of `container_id`, with its streams attached.
-    pub(super) fn builder(
+    /// Starts spawning a process of `container_id` (its init or an exec): takes the spawn lock,
+    /// connects its streams, binds its console socket if it has a terminal, and returns
+    /// libcontainer's builder with the streams attached. The streams are opened under the lock:
+    /// a process another thread is cloning now would hold a copy of them until it execs (and so
+    /// keep the host from seeing their end).
+    pub(super) fn begin_spawn(
         &self,
         container_id: &str,
-        stdio: &mut Stdio,
-        console: Option<&ConsoleSocket>,
-    ) -> AgentResult<ContainerBuilder> {
+        ports: &StdioPorts,
+        terminal: bool,
+    ) -> AgentResult<(Spawning<'_>, ContainerBuilder)> {
+        let lock = self.reaper.spawn_lock();
+        let mut stdio = Stdio::connect(ports, terminal)?;
+        let console = terminal
+            .then(|| ConsoleSocket::bind_new(&self.layout.consoles))
+            .transpose()?;
         let builder = ContainerBuilder::new(container_id.to_string(), SyscallType::default())
             .with_root_path(&self.layout.state)
             .map_err(|e| internal("libcontainer state directory", e))?;
-        stdio.attach(builder, console)
+        let builder = stdio.attach(builder, console.as_ref())?;
+        Ok((
+            Spawning {
+                spawn_lock: lock,
+                stdio,
+                console,
+            },
+            builder,
+        ))
+    }
+}
+
+/// A process being spawned: the spawn lock held, its streams and console socket open.
+pub(super) struct Spawning<'a> {
+    spawn_lock: MutexGuard<'a, ()>,
+    stdio: Stdio,
+    console: Option<ConsoleSocket>,
+}
+
+impl Spawning<'_> {
+    /// Once the process is tracked by the reaper: lets go of the spawn lock, then hands back
+    /// the process's stdin and terminal (the console's pty, received on its socket).
+    pub(super) fn finish(self) -> AgentResult<(Option<File>, Option<Terminal>)> {
+        let Self {
+            spawn_lock,
+            stdio,
+            console,
+        } = self;
+        drop(spawn_lock);
+        stdio.finish(console)
     }
 }

@@ -11,7 +11,6 @@ use oci_spec::runtime::Process;
 use super::spec_defaults::check_id;
 use super::{ProcessEntry, Sandbox};
 use crate::errors::{chain, error, internal, AgentResult};
-use crate::stdio::{ConsoleSocket, Stdio};
 
 impl Sandbox {
     pub fn exec(
@@ -55,13 +54,7 @@ impl Sandbox {
         let json = serde_json::to_vec(&process).map_err(|e| internal("encoding the process", e))?;
         fs::write(&process_file, json).map_err(|e| internal("writing the process file", e))?;
         let terminal = process.terminal().unwrap_or(false);
-        // Under the spawn lock, as for a container (see `build_container`).
-        let spawning = self.reaper.spawn_lock();
-        let mut stdio = Stdio::connect(ports, terminal)?;
-        let console = terminal
-            .then(|| ConsoleSocket::bind_new(&self.layout.consoles))
-            .transpose()?;
-        let builder = self.builder(container_id, &mut stdio, console.as_ref())?;
+        let (spawning, builder) = self.begin_spawn(container_id, ports, terminal)?;
         let result = builder
             .with_executor(executor)
             .as_tenant()
@@ -81,9 +74,7 @@ impl Sandbox {
             })?
             .as_raw();
         let exit = self.track(pid, container_id, Some(exec_id));
-        drop(spawning);
-
-        let (stdin, terminal) = stdio.finish(console)?;
+        let (stdin, terminal) = spawning.finish()?;
         entry.execs.insert(
             exec_id.to_string(),
             ProcessEntry {
