@@ -2,16 +2,30 @@
 //! `io.containerd.cocoon.v2` (task API v2, as containerd 1.6 and 1.7 speak it, through the
 //! `containerd-shim` 0.11 crate). Each sandbox is one microVM, booted from the cocoon config's
 //! kernel and initramfs, its containers run by the guest agent.
+//!
+//! The `Task` service (`task_service.rs`) only translates: each request becomes a call on the
+//! sandbox manager (`manager.rs`), which keeps the containers and processes (`processes.rs`) and
+//! carries out each operation on a sandbox (`sandbox.rs`: one microVM, booted, watched and
+//! stopped by `vm_lifecycle.rs`, its disks in `disk_slots.rs`), with the spec and root the guest
+//! runs (`guest_spec.rs`, from `rootfs.rs` and `binds.rs`) and each process's stdio (`ports.rs`,
+//! `stdio.rs`). Failures are typed (`error.rs`), each with its one ttrpc code.
 
 mod binds;
 mod config;
+mod disk_slots;
+mod error;
 mod events;
+mod guest_spec;
+mod manager;
+mod ports;
+mod processes;
 mod rootfs;
+mod sandbox;
 mod spawner;
 mod stdio;
-mod task;
+mod task_service;
+mod vm_lifecycle;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -19,24 +33,14 @@ use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{DeleteResponse, ExitSignal, Flags, Shim, StartOpts};
 
-pub use config::Config;
+pub use config::{guest_files, Config};
 use events::Events;
-pub use task::TaskService;
+pub use task_service::TaskService;
 
 /// The runtime type containerd knows the shim by.
 pub const RUNTIME_ID: &str = "io.containerd.cocoon.v2";
 /// Where containerd puts the annotation naming a CRI pod.
 const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-
-/// The VMM, kernel and initramfs: from the config, else where `make` puts them next to the shim.
-pub fn guest_files(config: &Config) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
-    let files = crate::launcher::guest_files(
-        config.vmm.as_deref(),
-        config.kernel.as_deref(),
-        config.initrd.as_deref(),
-    )?;
-    Ok(files)
-}
 
 pub struct Service {
     namespace: String,
@@ -75,7 +79,7 @@ impl Shim for Service {
 
     /// containerd's clean-up after a shim that died: its VM, if one is left, and its directory.
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        task::clean_up_after(&self.namespace, &self.id);
+        vm_lifecycle::clean_up_after(&self.namespace, &self.id);
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
             exited_at: MessageField::some(Timestamp::now()),

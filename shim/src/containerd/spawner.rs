@@ -5,6 +5,7 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 
 use anyhow::{anyhow, Result};
+use cocoon_common::lock;
 use cocoon_sandbox::{Vm, VmOptions};
 
 type Job = (VmOptions, mpsc::Sender<Result<Vm>>);
@@ -33,9 +34,7 @@ impl Spawner {
 
     pub fn spawn(&self, options: VmOptions) -> Result<Vm> {
         let (reply, answer) = mpsc::channel();
-        self.jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.jobs)
             .send((options, reply))
             .map_err(|_| anyhow!("the VMM spawner thread is gone"))?;
         answer

@@ -1,0 +1,41 @@
+//! One sandbox, as the containers in it share it: the microVM, its agent's client, its directory
+//! and sockets, and its disk slots.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use cocoon_protocol::Rootfs;
+use cocoon_sandbox::{AgentClient, Vm};
+
+use super::disk_slots::DiskSlots;
+use super::error::TaskError;
+use super::rootfs::RootDisks;
+
+/// One microVM and its agent.
+pub struct Sandbox {
+    pub id: String,
+    /// None once the VM has been shut down.
+    pub vm: Mutex<Option<Vm>>,
+    pub client: Arc<AgentClient>,
+    pub dir: PathBuf,
+    /// The VMM's hybrid-vsock socket.
+    pub uds: PathBuf,
+    pub disks: DiskSlots,
+}
+
+impl Sandbox {
+    /// Attaches a pod container's root disks to the VM's slots; `taken` collects the slots used.
+    pub fn attach_root(
+        &self,
+        container_id: &str,
+        root: &RootDisks,
+        taken: &mut Vec<usize>,
+    ) -> Result<Rootfs, TaskError> {
+        self.disks.attach_root(&self.vm, container_id, root, taken)
+    }
+
+    /// `container_id` no longer uses disk slot `slot`.
+    pub fn release(&self, slot: usize, container_id: &str) {
+        self.disks.release(&self.vm, slot, container_id);
+    }
+}

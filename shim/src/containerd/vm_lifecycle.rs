@@ -1,0 +1,253 @@
+//! A sandbox's life: its microVM booted and its agent connected, the agent's events and each
+//! started process's exit watched and published, the VM stopped, and what a dead shim left
+//! cleaned up.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use cocoon_common::lock;
+use cocoon_protocol::{Event, Operation, Reply};
+use cocoon_sandbox::{AgentClient, ClientError, VmOptions};
+use containerd_shim::protos::events::task as events;
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::topics;
+use oci_spec::runtime::Spec;
+
+use super::config::{self, Config};
+use super::disk_slots::{boot_root, DiskSlots};
+use super::error::TaskError;
+use super::events::Events;
+use super::processes::{ExitCell, Exited};
+use super::rootfs::RootDisks;
+use super::sandbox::Sandbox;
+use super::spawner::Spawner;
+
+const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a VMM whose agent is gone is given to exit before the shim says the VM went away
+/// without knowing why.
+const VMM_EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// The VM's private directory: short, for the Unix socket paths inside it.
+pub fn sandbox_dir(namespace: &str, id: &str) -> PathBuf {
+    PathBuf::from("/run/cocoon/ctr").join(crate::short_hash(format!("{namespace}/{id}").as_bytes()))
+}
+
+/// Boots, watches and stops the shim's VMs, publishing what happens in them.
+pub struct Lifecycle {
+    spawner: Spawner,
+    events: Events,
+}
+
+impl Lifecycle {
+    pub fn new(events: Events) -> Self {
+        Self {
+            spawner: Spawner::start(),
+            events,
+        }
+    }
+
+    /// Boots sandbox `id`'s VM in `dir` on `root` and creates the sandbox in its guest; a pod's
+    /// (`pod`) gets empty disk slots for the containers that will join it.
+    pub fn boot(
+        &self,
+        config: &Config,
+        id: &str,
+        spec: &Spec,
+        root: &RootDisks,
+        dir: &Path,
+        pod: bool,
+    ) -> Result<Arc<Sandbox>, TaskError> {
+        let (disks, _) = boot_root(root);
+        let boot_disks = disks.len();
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let size = config.size_for(&annotations)?;
+        let files = config::guest_files(config)?;
+        // A pod's sandbox container makes room for the containers that will join it (the VMM
+        // takes 19 disks and the vsock device in all).
+        let disk_slots = if pod {
+            config
+                .pod_disk_slots
+                .min(config::VM_DISKS - boot_disks as u8)
+        } else {
+            0
+        };
+        let mut vm = self.spawner.spawn(VmOptions {
+            vmm: files.0,
+            kernel: files.1,
+            initrd: files.2,
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+            disks,
+            disk_slots,
+            cid: 3,
+            extra_cmdline: String::new(),
+            runtime_dir: Some(dir.to_path_buf()),
+        })?;
+        let uds = vm.uds();
+        let client = match vm.connect_agent(AGENT_TIMEOUT) {
+            Ok(client) => Arc::new(client),
+            Err(e) => {
+                let note = vm.shut_down_note(Duration::from_millis(500))?;
+                return Err(anyhow::anyhow!("{e}{note}").into());
+            }
+        };
+        client.call(Operation::CreateSandbox {
+            hostname: spec.hostname().clone().unwrap_or_default(),
+            dns: Vec::new(),
+            mounts: Vec::new(),
+        })?;
+        self.forward_events(&client);
+        Ok(Arc::new(Sandbox {
+            id: id.to_string(),
+            vm: Mutex::new(Some(vm)),
+            client,
+            dir: dir.to_path_buf(),
+            uds,
+            disks: DiskSlots::after_boot(id, root, usize::from(disk_slots)),
+        }))
+    }
+
+    /// Publishes what the agent reports unasked (a container's cgroup hit its memory limit and
+    /// the OOM killer ran: TaskOOM) until the agent's channel closes.
+    fn forward_events(&self, client: &Arc<AgentClient>) {
+        let events = self.events.clone();
+        let client = Arc::downgrade(client);
+        std::thread::spawn(move || loop {
+            // A weak handle: the sandbox owns the client, and closing it ends this loop.
+            let Some(event) = client.upgrade().and_then(|c| c.wait_event()) else {
+                return;
+            };
+            match event {
+                Event::Oom { container_id } => {
+                    log::warn!("{container_id}: out of memory, the OOM killer ran");
+                    events.publish(
+                        topics::TASK_OOM_EVENT_TOPIC,
+                        events::TaskOOM {
+                            container_id,
+                            ..Default::default()
+                        },
+                    );
+                }
+                other => log::debug!("agent event {other:?}"),
+            }
+        });
+    }
+
+    /// Stops the sandbox's VM and removes its directory.
+    pub fn destroy(&self, sandbox: &Sandbox) {
+        let _ = sandbox.client.call(Operation::DestroySandbox);
+        sandbox.client.close();
+        if let Some(mut vm) = lock(&sandbox.vm).take() {
+            let _ = vm.shut_down(Duration::from_secs(10));
+        }
+        let _ = std::fs::remove_dir_all(&sandbox.dir);
+        log::info!("sandbox {} stopped", sandbox.id);
+    }
+
+    /// Watches a started process: waits for its exit, drains its output, records and publishes
+    /// the exit. A VM that dies ends every process in it with status 255, and the log says why
+    /// the VMM ended (a guest crash or kernel panic, a kill).
+    pub fn watch(
+        &self,
+        id: &str,
+        exec_id: Option<String>,
+        sandbox: Arc<Sandbox>,
+        exit: Arc<ExitCell>,
+        copiers: Vec<JoinHandle<()>>,
+        pid: u32,
+    ) {
+        let events = self.events.clone();
+        let id = id.to_string();
+        std::thread::spawn(move || {
+            let status = match sandbox.client.call(Operation::Wait {
+                container_id: id.clone(),
+                exec_id: exec_id.clone(),
+            }) {
+                Ok(Reply::Exited { status }) => status.code() as u32,
+                Ok(other) => {
+                    log::error!("the agent answered {other:?} to wait for {id}");
+                    255
+                }
+                Err(ClientError::Agent(e)) => {
+                    // The VM is there, but not the process's exit: a cocoon bug, said as one.
+                    log::error!("{id}: the agent has no exit status for {exec_id:?}: {e}");
+                    255
+                }
+                Err(e) => {
+                    let why = lock(&sandbox.vm)
+                        .as_mut()
+                        .and_then(|vm| vm.exit_note(VMM_EXIT_WAIT))
+                        .unwrap_or_default();
+                    log::error!("{id}: the microVM went away: {e}{why}");
+                    255
+                }
+            };
+            for copier in copiers {
+                let _ = copier.join();
+            }
+            let exited = Exited::now(status);
+            exit.set(exited);
+            events.publish(
+                topics::TASK_EXIT_EVENT_TOPIC,
+                events::TaskExit {
+                    container_id: id.clone(),
+                    id: exec_id.unwrap_or_else(|| id.clone()),
+                    pid,
+                    exit_status: status,
+                    exited_at: MessageField::some(exited.at()),
+                    ..Default::default()
+                },
+            );
+        });
+    }
+}
+
+/// After a shim died: its VMM (if still there) and its directory go.
+pub fn clean_up_after(namespace: &str, id: &str) {
+    let dir = sandbox_dir(namespace, id);
+    let needle = dir.display().to_string();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            // SAFETY: kill(2) of a process whose command line names this sandbox's directory.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The longest ids containerd and CRI make: 64 hex digits (containerd's and CRI's container,
+    /// sandbox and exec ids), namespaces of 76 characters (containerd's limit).
+    const LONGEST_ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn every_socket_of_a_sandbox_fits_whatever_the_ids() {
+        let namespace = "n".repeat(76);
+        // The shim's own ttrpc socket: containerd_shim names it by a hash, in containerd's /run.
+        for containerd in [
+            "/run/containerd/containerd.sock",
+            &format!("/{}", "s".repeat(200)),
+        ] {
+            let address = containerd_shim::socket_address(containerd, &namespace, LONGEST_ID);
+            let path = address
+                .strip_prefix("unix://")
+                .expect("a unix socket address");
+            assert!(
+                cocoon_protocol::socket_path::fits(Path::new(path)),
+                "{address}"
+            );
+        }
+        // The VMM's sockets (vsock, its listeners, API): the VM's directory is a hash too.
+        let dir = sandbox_dir(&namespace, LONGEST_ID);
+        cocoon_sandbox::vm::check_socket_room(&dir).unwrap();
+    }
+}
