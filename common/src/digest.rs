@@ -10,6 +10,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// The first 8 bytes of `bytes`' sha256, in hex: short names for cache entries and VM
+/// directories (sockets live in them, so their paths must stay short).
+pub fn short_hash(bytes: &[u8]) -> String {
+    let mut hex = sha256_hex(bytes);
+    hex.truncate(16);
+    hex
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -18,5 +26,6 @@ mod tests {
             super::sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+        assert_eq!(super::short_hash(b"abc"), "ba7816bf8f01cfea");
     }
 }

@@ -6,5 +6,5 @@ pub mod digest;
 pub mod sync;
 
 pub use cpu::has_hardware_virtualization;
-pub use digest::sha256_hex;
+pub use digest::{sha256_hex, short_hash};
 pub use sync::{lock, ExitCell};

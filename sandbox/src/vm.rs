@@ -291,8 +291,10 @@ impl Vm {
             std::thread::sleep(Duration::from_millis(10));
         }
         if child.try_wait()?.is_none() {
-            // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         let output = child.wait_with_output()?;
         Ok((

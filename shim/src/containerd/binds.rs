@@ -386,8 +386,7 @@ mod tests {
 
     #[test]
     fn binds_are_placed_in_a_writable_tree_with_the_images_directories() {
-        // SAFETY: geteuid(2) cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             eprintln!("SKIPPED: owners and overlayfs's trusted xattr need root");
             return;
         }

@@ -143,12 +143,12 @@ impl Config {
 
 /// The VMM, kernel and initramfs: from the config, else where `make` puts them next to the shim.
 pub fn guest_files(config: &Config) -> Result<(PathBuf, PathBuf, PathBuf)> {
-    let files = crate::launcher::guest_files(
+    let files = cocoon_sandbox::GuestFiles::locate(
         config.vmm.as_deref(),
         config.kernel.as_deref(),
         config.initrd.as_deref(),
     )?;
-    Ok(files)
+    Ok((files.vmm, files.kernel, files.initrd))
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ impl SandboxManager {
             return self.join_pod(req, spec, pod);
         }
         // Before anything costly: where no microVM can boot, say so at once.
-        crate::launcher::check_kvm()?;
+        cocoon_sandbox::check_kvm().map_err(anyhow::Error::from)?;
         let dir = sandbox_dir(&self.namespace, &req.id);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -120,7 +120,9 @@ impl SandboxManager {
                     "pod {pod} has no VM in this shim (create its sandbox container first)"
                 ))
             })?;
-        let dir = sandbox.dir.join(crate::short_hash(req.id.as_bytes()));
+        let dir = sandbox
+            .dir
+            .join(cocoon_common::short_hash(req.id.as_bytes()));
         let mut taken = Vec::new();
         let result = (|| {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -31,7 +31,9 @@ const VMM_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// The VM's private directory: short, for the Unix socket paths inside it.
 pub fn sandbox_dir(namespace: &str, id: &str) -> PathBuf {
-    PathBuf::from("/run/cocoon/ctr").join(crate::short_hash(format!("{namespace}/{id}").as_bytes()))
+    PathBuf::from("/run/cocoon/ctr").join(cocoon_common::short_hash(
+        format!("{namespace}/{id}").as_bytes(),
+    ))
 }
 
 /// Boots, watches and stops the shim's VMs, publishing what happens in them.
@@ -214,8 +216,10 @@ pub fn clean_up_after(namespace: &str, id: &str) {
         };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         if String::from_utf8_lossy(&cmdline).contains(&needle) {
-            // SAFETY: kill(2) of a process whose command line names this sandbox's directory.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -8,8 +8,8 @@ mod progress;
 
 use std::path::{Path, PathBuf};
 
-use crate::short_hash;
 use anyhow::{bail, Context, Result};
+use cocoon_common::short_hash;
 use serde::{Deserialize, Serialize};
 
 pub use archive::ImageConfig;
@@ -30,7 +30,7 @@ fn cache_dir() -> PathBuf {
 
 /// The built-in image, built once from this host's busybox-static and cached by its hash.
 /// `COCOON_DEFAULT_IMAGE` points at a prebuilt one instead.
-fn default_image() -> Result<PathBuf> {
+pub fn default_image() -> Result<PathBuf> {
     if let Some(prebuilt) = std::env::var_os("COCOON_DEFAULT_IMAGE") {
         return Ok(prebuilt.into());
     }
@@ -62,8 +62,7 @@ fn default_image() -> Result<PathBuf> {
 /// Built by a user other than root, an image's files are that user's: they become root's, as
 /// in the image they came from (an archive unpacked without root loses its owners).
 fn root_owned(tree: &Path, image: &Path) -> Result<()> {
-    // SAFETY: geteuid(2) cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         cocoon_guest_image::rootfs::own_by_root(tree, image)?;
     }
     Ok(())

@@ -11,10 +11,11 @@ use cocoon_protocol::Operation;
 use cocoon_sandbox::AgentClient;
 use nix::sys::signal::Signal;
 
-use super::logs as log_file;
-use super::request::ProcessFlags;
-use super::session::{self, Stdio, Target, CONTAINER_ID};
-use super::state::{self, Entry, Liveness, Record, Root};
+use crate::logs as log_file;
+use crate::request::ProcessFlags;
+use crate::session::{self, Stdio, CONTAINER_ID};
+use crate::state::{self, Entry, Liveness, Record, Root};
+use crate::target::Target;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `rm -f` waits for a killed container's monitor to record the end.
@@ -254,8 +255,10 @@ fn kill_if_ours(pid: Option<u32>, entry: &Entry) {
     let ours = String::from_utf8_lossy(&cmdline).contains(&*entry.dir.to_string_lossy())
         || String::from_utf8_lossy(&cmdline).contains(&format!("\0monitor\0{}\0", entry.name));
     if ours {
-        // SAFETY: kill(2) of a process whose command line shows it belongs to this container.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 

@@ -76,8 +76,7 @@ fn remove_any(path: &Path) -> std::io::Result<()> {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid(2) cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// Applies one layer tar (plain or gzipped) onto `root`.

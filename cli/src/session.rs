@@ -14,10 +14,11 @@ use cocoon_sandbox::spec::container_spec;
 use cocoon_sandbox::{AgentClient, ProcessPorts, ProcessStreams, Vm, VmOptions};
 use oci_spec::runtime::Mount;
 
-use super::request::Request;
-use super::state::Entry;
-use super::terminal;
-use super::volume::{self, Volume};
+use crate::request::Request;
+use crate::state::Entry;
+use crate::target::Target;
+use crate::terminal;
+use crate::volume::{self, Volume};
 
 pub const CONTAINER_ID: &str = "main";
 const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -162,13 +163,6 @@ fn pump(mut from: UnixStream, mut to: impl Write + Send + 'static) -> std::threa
             }
         }
     })
-}
-
-/// Which process: the container's own, or one of its execs.
-#[derive(Clone)]
-pub struct Target {
-    pub container_id: String,
-    pub exec_id: Option<String>,
 }
 
 /// Connects our stdio to the process's streams, sends `start` (if it is not running yet),

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use cocoon_protocol::Operation;
 use cocoon_sandbox::AgentClient;
 
-use super::session::Target;
+use crate::target::Target;
 use nix::sys::termios::{self, SetArg, Termios};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
 use signal_hook::iterator::{Handle, Signals};
@@ -89,8 +89,10 @@ pub fn forward_signals(
                 if interrupts > 1 && vmm_pid.is_some() {
                     eprintln!("cocoon: interrupted twice: stopping the microVM");
                     if let Some(pid) = vmm_pid {
-                        // SAFETY: kill(2) of the VMM we started and have not reaped.
-                        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGTERM,
+                        );
                     }
                     continue;
                 }

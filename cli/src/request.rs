@@ -7,8 +7,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use cocoon_sandbox::spec::ProcessOptions;
 use serde::{Deserialize, Serialize};
 
-use super::image::ImageConfig;
-use super::volume::{self, Volume};
+use crate::image::ImageConfig;
+use crate::volume::{self, Volume};
 
 const MIN_MEMORY_MIB: u64 = 64;
 

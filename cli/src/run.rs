@@ -1,34 +1,25 @@
-//! `cocoon run` and friends: a container in its own microVM per command, like `docker run`.
+//! `cocoon run`: a container in its own microVM per command, like `docker run`.
 //! Attached runs stream stdio, forward signals and exit with the container's exit code (128 + N
 //! for a signal); detached runs (`-d`) leave a small monitor process that keeps the container's
 //! log and records how it ends, for `cocoon ps/logs/exec/kill/rm`. No daemon: the state lives in
 //! the runtime root ([`state`]).
 
-mod emulated;
-mod image;
-mod logs;
-mod manage;
-mod request;
-mod session;
-mod state;
-mod terminal;
-mod volume;
-
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
 use cocoon_protocol::Operation;
 
-pub use manage::{exec, kill, logs, ps, rm, ExecArgs, KillArgs, LogsArgs, PsArgs, RmArgs};
-use request::{ProcessFlags, Request};
-use session::{Session, Stdio as ProcessStdio, Target, CONTAINER_ID};
-use state::{Entry, Record, Root, Status};
+use crate::args::RunArgs;
+use crate::request::{self, Request};
+use crate::session::{self, Session, Stdio as ProcessStdio, CONTAINER_ID};
+use crate::state::{self, Entry, Record, Root, Status};
+use crate::target::Target;
+use crate::{emulated, image, logs};
 
 /// `cocoon` itself failed (as `docker run` does with 125).
 pub const LAUNCH_FAILED: u8 = 125;
@@ -36,65 +27,6 @@ pub const LAUNCH_FAILED: u8 = 125;
 const MAIN_STDIO_PORT: u32 = 1000;
 /// What the monitor prints once the container runs.
 const MONITOR_READY: &str = "started";
-
-#[derive(Args, Debug)]
-pub struct RunArgs {
-    /// Remove the container when it ends (attached runs always are).
-    #[arg(long)]
-    pub rm: bool,
-    /// Run in the background: print the container's name and leave it running.
-    #[arg(short, long)]
-    pub detach: bool,
-    #[command(flatten)]
-    pub process: ProcessFlags,
-    /// A host directory in the container (repeatable). The guest gets an ext4 image of it on its
-    /// own disk: `:ro` is read-only; writable volumes are copied back into the host directory
-    /// when the container ends (the host directory stays the source of truth; changes made on
-    /// the host meanwhile are overwritten).
-    #[arg(short, long = "volume", value_name = "HOSTDIR:GUESTDIR[:ro]")]
-    pub volumes: Vec<String>,
-    /// vCPUs of the microVM.
-    #[arg(long, default_value_t = 1)]
-    pub cpus: u8,
-    /// Memory of the microVM (K, M or G suffix; plain numbers are bytes).
-    #[arg(long, default_value = "256M")]
-    pub memory: String,
-    /// The container's name (also its hostname); generated when not given.
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Guest kernel (default: `make guest`'s, next to this binary).
-    #[arg(long, value_name = "PATH")]
-    pub kernel: Option<PathBuf>,
-    /// Guest initramfs holding the agent.
-    #[arg(long, value_name = "PATH")]
-    pub initrd: Option<PathBuf>,
-    /// Run inside an emulated KVM host (qemu TCG), for machines without hardware
-    /// virtualization: much slower; the default image and non-interactive commands only.
-    #[arg(long)]
-    pub emulated: bool,
-    /// `default` (the built-in busybox image), a root filesystem directory, or an image
-    /// archive as `docker save` writes it.
-    pub image: String,
-    /// The command and its arguments (default: the image's).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub command: Vec<String>,
-}
-
-/// The VMM, guest kernel and initramfs: the given paths, else `$COCOON_VMM`/`$COCOON_KERNEL`/
-/// `$COCOON_INITRD`, else next to this binary and in `../guest` (where `make` puts them).
-pub fn guest_files(
-    vmm: Option<&Path>,
-    kernel: Option<&Path>,
-    initrd: Option<&Path>,
-) -> Result<(PathBuf, PathBuf, PathBuf)> {
-    let files = cocoon_sandbox::GuestFiles::locate(vmm, kernel, initrd)?;
-    Ok((files.vmm, files.kernel, files.initrd))
-}
-
-/// Refuses, in one line, where a microVM cannot boot (no vmx/svm, no /dev/kvm access).
-pub fn check_kvm() -> Result<()> {
-    Ok(cocoon_sandbox::check_kvm()?)
-}
 
 /// Checks the command line; what the image adds comes later.
 fn request_from(args: &RunArgs) -> Result<Request> {
@@ -345,7 +277,6 @@ fn start_logged(
 fn detach_stdout() {
     if let Ok(null) = File::options().write(true).open("/dev/null") {
         use std::os::fd::AsRawFd;
-        // SAFETY: dup2(2) of an open descriptor onto stdout.
-        unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) };
+        let _ = nix::unistd::dup2(null.as_raw_fd(), libc::STDOUT_FILENO);
     }
 }

@@ -1,34 +1,26 @@
-//! `cocoon run --emulated`: for machines without hardware virtualization. `cocoon-emuhost` boots
-//! an emulated KVM host (qemu TCG with `-cpu max`, which offers AMD SVM to its guest, Debian's
-//! cloud kernel and KVM modules) and runs this same `cocoon run` inside it, where /dev/kvm is
-//! real. Output comes back through the emulated host's console, so stdin, terminals, detached
-//! runs and host volumes are not available there.
+//! `cocoon run --emulated`: for machines without hardware virtualization. The `cocoon-emuhost`
+//! library boots an emulated KVM host (qemu TCG with `-cpu max`, which offers AMD SVM to its
+//! guest, Debian's cloud kernel and KVM modules) and runs this same `cocoon run` inside it, where
+//! /dev/kvm is real. Output comes back through the emulated host's console, so stdin, terminals,
+//! detached runs and host volumes are not available there.
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::io::Write;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use cocoon_emuhost::host::FILES_DIR;
+use cocoon_emuhost::{cocoon_host, host_tools, run_command, CocoonFiles, SuiteFile};
+use cocoon_sandbox::GuestFiles;
 
-use super::image::DEFAULT_IMAGE;
-use super::RunArgs;
+use crate::args::RunArgs;
+use crate::image::{self, DEFAULT_IMAGE};
+
+/// How long the emulated host may take, boot included.
+const DEADLINE: Duration = Duration::from_secs(300);
 
 /// Quotes `word` for sh.
 fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
-}
-
-fn emuhost() -> Result<PathBuf> {
-    let path = std::env::var_os("COCOON_EMUHOST")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|exe| exe.parent().map(|d| d.join("cocoon-emuhost")))
-        });
-    match path {
-        Some(p) if p.is_file() => Ok(p),
-        _ => bail!("--emulated needs cocoon-emuhost next to cocoon (build it with `make build`) or COCOON_EMUHOST"),
-    }
 }
 
 /// The `cocoon run` command line to run inside the emulated host.
@@ -79,18 +71,37 @@ fn inner_command(args: &RunArgs) -> Result<String> {
 /// Runs `args` inside the emulated KVM host; the container's exit code.
 pub fn run(args: &RunArgs) -> Result<i32> {
     let command = inner_command(args)?;
-    let emuhost = emuhost()?;
+    let tools = host_tools().map_err(anyhow::Error::msg)?;
+    let files = GuestFiles::locate(None, None, None)?;
+    // The emulated host has no mkfs.ext4: the default image is made (or found) here.
+    let default_image = image::default_image()?;
+    let default_image = std::fs::read(&default_image)
+        .with_context(|| format!("reading {}", default_image.display()))?;
+    let launcher = std::env::current_exe().context("finding this cocoon binary")?;
     eprintln!("cocoon: --emulated: running inside an emulated KVM host (qemu TCG); expect seconds where hardware takes milliseconds");
-    let status = Command::new(&emuhost)
-        .arg("--cpus")
-        .arg(args.cpus.max(2).to_string())
-        .arg(command)
-        .status()
-        .with_context(|| format!("running {}", emuhost.display()))?;
-    match status.code() {
-        Some(code) => Ok(code),
-        None => bail!("{} was killed by a signal", emuhost.display()),
-    }
+    let mut host = cocoon_host(
+        tools,
+        &CocoonFiles {
+            vmm: &files.vmm,
+            bzimage: &files.kernel,
+            vmlinux: None,
+            initrd: &files.initrd,
+        },
+        vec![SuiteFile {
+            name: "default.ext4".into(),
+            contents: default_image,
+        }],
+    )?;
+    let in_host = host.add_binary(&launcher)?;
+    host.set_env("COCOON", &in_host);
+    host.set_env("COCOON_DEFAULT_IMAGE", &format!("{FILES_DIR}/default.ext4"));
+    host.cpus = args.cpus.max(2);
+    let code = run_command(host, &command, DEADLINE, |line, _| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+    })
+    .context("the emulated KVM host")?;
+    Ok(code.into())
 }
 
 #[cfg(test)]

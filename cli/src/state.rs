@@ -67,9 +67,11 @@ pub fn process_alive(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
         return false;
     };
-    // SAFETY: kill(2) with signal 0 only checks whether the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    // Signal 0 only checks whether the process exists.
+    matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Ok(()) | Err(nix::errno::Errno::EPERM)
+    )
 }
 
 impl Record {
@@ -122,8 +124,7 @@ impl Root {
             .or_else(|| std::env::var_os("COCOON_ROOT").map(PathBuf::from))
         {
             Some(path) => path,
-            // SAFETY: geteuid(2) cannot fail.
-            None if unsafe { libc::geteuid() } == 0 => PathBuf::from("/run/cocoon"),
+            None if nix::unistd::geteuid().is_root() => PathBuf::from("/run/cocoon"),
             None => match std::env::var_os("XDG_RUNTIME_DIR") {
                 Some(dir) => PathBuf::from(dir).join("cocoon"),
                 None => bail!("XDG_RUNTIME_DIR is not set: set it (e.g. to /run/user/$(id -u)) or pass --root DIR"),
