@@ -79,4 +79,3 @@ pub fn host_tools() -> Result<HostTools, String> {
     }
     Err("no Debian cloud kernel with KVM modules in /boot (apt-get install linux-image-cloud-amd64, or `make deps`)".into())
 }
-

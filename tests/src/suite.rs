@@ -335,8 +335,8 @@ pub fn run_suite_with(
             // whole suite runs once more, and says so where `cargo test` shows it.
             let mut attempt = 1;
             loop {
-                let mut host =
-                    cocoon_host(tools.clone(), &guest.cocoon_files(&vmm), files.clone()).map_err(failed)?;
+                let mut host = cocoon_host(tools.clone(), &guest.cocoon_files(&vmm), files.clone())
+                    .map_err(failed)?;
                 for (env, path) in &extra_binaries {
                     let in_host = host.add_binary(path).map_err(failed)?;
                     host.set_env(env, &in_host);

@@ -16,9 +16,9 @@ use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+use cocoon_emuhost::cocoon_host;
 use cocoon_tests::artifacts::{guest_images, workspace_binary};
 use cocoon_tests::emuhost::SCRIPT_EXIT;
-use cocoon_emuhost::cocoon_host;
 use cocoon_tests::suite::{choose_mode, KvmMode};
 
 const READY: &str = "cocoon-guest: ready";
