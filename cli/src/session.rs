@@ -273,7 +273,7 @@ pub fn stop(mut session: Session, clean: bool) -> Result<String> {
     } else {
         Duration::from_millis(500)
     };
-    session.vm.shut_down_note(grace)
+    Ok(session.vm.shut_down_note(grace)?)
 }
 
 /// `error`, followed by what the VMM said.

@@ -4,7 +4,7 @@
 //! default capabilities, no new privileges.
 
 use cocoon_protocol::defaults::default_capabilities;
-use oci_spec::runtime::{LinuxNamespaceType, Mount, Process, Spec, User};
+use oci_spec::runtime::{Linux, LinuxNamespaceType, Mount, Process, Spec, User};
 
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -69,17 +69,26 @@ pub fn container_spec(options: &ProcessOptions, hostname: &str, read_only_root: 
     mounts.push(tmp);
     spec.set_mounts(Some(mounts));
     if let Some(mut linux) = spec.linux().clone() {
-        if let Some(namespaces) = linux.namespaces().clone() {
-            linux.set_namespaces(Some(
-                namespaces
-                    .into_iter()
-                    .filter(|n| n.typ() != LinuxNamespaceType::Network)
-                    .collect(),
-            ));
-        }
+        keep_guest_namespaces(&mut linux, true);
         spec.set_linux(Some(linux));
     }
     spec
+}
+
+/// Drops the namespaces a container in a microVM must not have: the network namespace (the VM is
+/// the network boundary, and its network is the agent's), and, unless `keep_joined`, every
+/// namespace to join by path (a host path means nothing in the guest; a pod member's paths name
+/// its sandbox container's namespaces, which the agent resolves).
+pub fn keep_guest_namespaces(linux: &mut Linux, keep_joined: bool) {
+    if let Some(namespaces) = linux.namespaces().clone() {
+        linux.set_namespaces(Some(
+            namespaces
+                .into_iter()
+                .filter(|n| n.typ() != LinuxNamespaceType::Network)
+                .filter(|n| keep_joined || n.path().is_none())
+                .collect(),
+        ));
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use cocoon_protocol::socket_path::MAX_SOCKET_PATH_LEN;
 use cocoon_protocol::vm_config::{
     ConsoleConfig, DiskConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE,
 };
@@ -31,21 +31,45 @@ const VM_CONFIG: &str = "vm.json";
 /// The guest's console output in the runtime directory.
 const CONSOLE_LOG: &str = "console.log";
 
+/// Something about the VMM process or its API socket went wrong, said so a user can act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("the VM's runtime directory {} is too long for its sockets ({} has more than {MAX_SOCKET_PATH_LEN} bytes): use a shorter directory", dir.display(), path.display())]
+    NoSocketRoom { dir: PathBuf, path: PathBuf },
+    #[error("{what}: {reason}")]
+    Io {
+        what: String,
+        reason: std::io::Error,
+    },
+    #[error("the VMM's API answered {answer:?}: {reason}")]
+    BadAnswer {
+        answer: String,
+        reason: serde_json::Error,
+    },
+    #[error("cocoon-vmm's answer to attach_disk has no capacity")]
+    NoCapacity,
+    #[error("cocoon-vmm: {0}")]
+    Refused(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
+    let what = what.into();
+    move |reason| VmError::Io { what, reason }
+}
+
 /// Checks that every socket a VM's runtime directory will hold fits a Unix socket's path: the
 /// VMM's vsock socket with its longest listener (`vsock_4294967295`) and its API socket.
-pub fn check_socket_room(dir: &Path) -> Result<()> {
+pub fn check_socket_room(dir: &Path) -> Result<(), VmError> {
     let longest = [
         dir.join(format!("{VSOCK_SOCKET}_{}", u32::MAX)),
         dir.join(API_SOCKET),
     ];
     for path in longest {
         if !cocoon_protocol::socket_path::fits(&path) {
-            bail!(
-                "the VM's runtime directory {} is too long for its sockets ({} has more than {} bytes): use a shorter directory",
-                dir.display(),
-                path.display(),
-                cocoon_protocol::socket_path::MAX_SOCKET_PATH_LEN
-            );
+            return Err(VmError::NoSocketRoom {
+                dir: dir.to_path_buf(),
+                path,
+            });
         }
     }
     Ok(())
@@ -124,22 +148,25 @@ pub struct Vm {
 
 impl Vm {
     /// Starts the VMM; the guest boots in the background (see `AgentClient::connect`).
-    pub fn spawn(options: &VmOptions) -> Result<Self> {
+    pub fn spawn(options: &VmOptions) -> Result<Self, VmError> {
         let dir = match &options.runtime_dir {
             Some(dir) => RuntimeDir::Given(dir.clone()),
             None => RuntimeDir::Private(
                 tempfile::Builder::new()
                     .prefix("cocoon-vm-")
                     .tempdir()
-                    .context("creating the VM's runtime directory")?,
+                    .map_err(io("creating the VM's runtime directory"))?,
             ),
         };
         check_socket_room(dir.path())?;
         let config = options.vm_config(dir.path());
         let config_path = dir.path().join(VM_CONFIG);
-        let json = serde_json::to_vec_pretty(&config).context("writing the VM's configuration")?;
-        std::fs::write(&config_path, json)
-            .with_context(|| format!("writing the VM's configuration {}", config_path.display()))?;
+        let json = serde_json::to_vec_pretty(&config).map_err(std::io::Error::from);
+        json.and_then(|json| std::fs::write(&config_path, json))
+            .map_err(io(format!(
+                "writing the VM's configuration {}",
+                config_path.display()
+            )))?;
         let mut cmd = Command::new(&options.vmm);
         cmd.arg("--config").arg(&config_path);
         cmd.stdin(Stdio::null())
@@ -157,7 +184,7 @@ impl Vm {
         }
         let child = cmd
             .spawn()
-            .with_context(|| format!("starting {}", options.vmm.display()))?;
+            .map_err(io(format!("starting {}", options.vmm.display())))?;
         Ok(Self {
             child: Some(child),
             dir,
@@ -184,42 +211,46 @@ impl Vm {
 
     /// Puts the raw image at `path` into the VM's empty disk slot `slot` (the guest's disk after
     /// the boot disks); returns its size in bytes. A read-only image refuses the guest's writes.
-    pub fn attach_disk(&self, slot: usize, path: &Path, read_only: bool) -> Result<u64> {
+    pub fn attach_disk(&self, slot: usize, path: &Path, read_only: bool) -> Result<u64, VmError> {
         let answer = self.api(&ApiRequest::AttachDisk {
             slot,
             path: path.to_path_buf(),
             read_only,
         })?;
-        answer
-            .capacity_bytes
-            .context("cocoon-vmm's answer to attach_disk has no capacity")
+        answer.capacity_bytes.ok_or(VmError::NoCapacity)
     }
 
     /// Empties the VM's disk slot `slot`.
-    pub fn detach_disk(&self, slot: usize) -> Result<()> {
+    pub fn detach_disk(&self, slot: usize) -> Result<(), VmError> {
         self.api(&ApiRequest::DetachDisk { slot }).map(drop)
     }
 
     /// One request on the VMM's API socket.
-    fn api(&self, request: &ApiRequest) -> Result<ApiResponse> {
+    fn api(&self, request: &ApiRequest) -> Result<ApiResponse, VmError> {
         let path = self.dir.path().join(API_SOCKET);
-        let stream = UnixStream::connect(&path)
-            .with_context(|| format!("connecting to the VMM's API socket {}", path.display()))?;
-        stream.set_read_timeout(Some(API_TIMEOUT))?;
-        let mut line = serde_json::to_string(request)?;
+        let stream = UnixStream::connect(&path).map_err(io(format!(
+            "connecting to the VMM's API socket {}",
+            path.display()
+        )))?;
+        let mut line =
+            serde_json::to_string(request).map_err(|e| io("encoding an API request")(e.into()))?;
         line.push('\n');
-        (&stream).write_all(line.as_bytes())?;
+        stream
+            .set_read_timeout(Some(API_TIMEOUT))
+            .and_then(|()| (&stream).write_all(line.as_bytes()))
+            .map_err(io("sending the VMM an API request"))?;
         let mut answer = String::new();
         BufReader::new(&stream)
             .read_line(&mut answer)
-            .context("reading the VMM's API answer")?;
+            .map_err(io("reading the VMM's API answer"))?;
         let answer: ApiResponse = serde_json::from_str(&answer)
-            .with_context(|| format!("the VMM's API answered {answer:?}"))?;
+            .map_err(|reason| VmError::BadAnswer { answer, reason })?;
         if !answer.ok {
-            bail!(
-                "cocoon-vmm: {}",
-                answer.error.as_deref().unwrap_or("request refused")
-            );
+            return Err(VmError::Refused(
+                answer
+                    .error
+                    .unwrap_or_else(|| "request refused".to_string()),
+            ));
         }
         Ok(answer)
     }
@@ -240,7 +271,7 @@ impl Vm {
 
     /// [`Self::shut_down`], summed up for an error message: empty after a clean exit, else
     /// ` [cocoon-vmm exit CODE: what it said last]` (see [`exit_summary`]).
-    pub fn shut_down_note(&mut self, timeout: Duration) -> Result<String> {
+    pub fn shut_down_note(&mut self, timeout: Duration) -> Result<String, VmError> {
         let (code, stderr) = self.shut_down(timeout)?;
         Ok(exit_summary(code, &stderr))
     }
@@ -279,24 +310,34 @@ impl Vm {
 
     /// Waits up to `timeout` for the VMM to exit on its own (after the guest powered off), then
     /// stops it. Returns its exit status and what it printed on stderr.
-    pub fn shut_down(&mut self, timeout: Duration) -> Result<(Option<i32>, String)> {
+    pub fn shut_down(&mut self, timeout: Duration) -> Result<(Option<i32>, String), VmError> {
         let Some(mut child) = self.child.take() else {
             return Ok((None, String::new()));
         };
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if child.try_wait()?.is_some() {
+            if child
+                .try_wait()
+                .map_err(io("waiting for the VMM"))?
+                .is_some()
+            {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        if child.try_wait()?.is_none() {
+        if child
+            .try_wait()
+            .map_err(io("waiting for the VMM"))?
+            .is_none()
+        {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
-        let output = child.wait_with_output()?;
+        let output = child
+            .wait_with_output()
+            .map_err(io("waiting for the VMM"))?;
         Ok((
             output.status.code(),
             String::from_utf8_lossy(&output.stderr).into_owned(),

@@ -1,6 +1,6 @@
 //! A built VM and its run: one thread per vCPU, the event loop (device queues, backend sockets,
 //! stop sources) on the calling thread, and the [`VmOutcome`] once every vCPU has stopped. A
-//! `Vmm` exists between [`build`](crate::builder::build) and [`run`](Vmm::run); pause, resume and
+//! `Vmm` exists between the builder's `build` and [`run`](Vmm::run); pause, resume and
 //! snapshot belong here, on that value.
 
 use std::sync::atomic::{AtomicBool, Ordering};

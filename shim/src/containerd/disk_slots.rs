@@ -104,7 +104,7 @@ impl DiskSlots {
         slots[slot] = None;
         if let Some(vm) = lock(vm).as_ref() {
             if let Err(e) = vm.detach_disk(slot) {
-                log::warn!("pod {}: emptying disk slot {slot}: {e:#}", self.pod);
+                tracing::warn!("pod {}: emptying disk slot {slot}: {e:#}", self.pod);
             }
         }
     }

@@ -2,6 +2,7 @@
 //! containerd is answered with (its code and message).
 
 use cocoon_protocol::{AgentError, ErrorKind, Reply};
+use cocoon_sandbox::vm::VmError;
 use cocoon_sandbox::ClientError;
 use containerd_shim::protos::ttrpc::{self, Code};
 
@@ -48,7 +49,10 @@ pub enum TaskError {
     /// The shim's own failure, said in one line (the config, a VM that has stopped).
     #[error("{0}")]
     Internal(String),
-    /// The host's part failed: files, mounts, disks, the VMM; with the context it was given.
+    /// The VMM process or its API socket failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The host's part failed: files, mounts, disks; with the context it was given.
     #[error(transparent)]
     Host(#[from] anyhow::Error),
 }
@@ -70,9 +74,11 @@ impl TaskError {
             Self::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Self::Unimplemented(_) => Code::UNIMPLEMENTED,
             Self::Agent(ClientError::Agent(AgentError { kind, .. })) => code_of(*kind),
-            Self::Agent(_) | Self::UnexpectedReply { .. } | Self::Internal(_) | Self::Host(_) => {
-                Code::UNKNOWN
-            }
+            Self::Agent(_)
+            | Self::UnexpectedReply { .. }
+            | Self::Internal(_)
+            | Self::Vm(_)
+            | Self::Host(_) => Code::UNKNOWN,
         }
     }
 
@@ -106,7 +112,7 @@ impl From<TaskError> for ttrpc::Error {
     /// containerd's answer: the code and the message, which the shim's log gets too.
     fn from(error: TaskError) -> Self {
         let message = error.message();
-        log::error!("{message}");
+        tracing::error!("{message}");
         ttrpc::Error::RpcStatus(ttrpc::get_status(error.code(), message))
     }
 }

@@ -21,7 +21,7 @@ impl Events {
         std::thread::spawn(move || {
             for (topic, event) in queued {
                 if let Err(e) = publisher.publish(Context::default(), topic, &namespace, event) {
-                    log::error!("publishing {topic}: {e}");
+                    tracing::error!("publishing {topic}: {e}");
                 }
             }
         });

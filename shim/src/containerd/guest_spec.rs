@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use containerd_shim::api;
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::Spec;
 
 use super::binds;
 use super::rootfs::{self, RootDisks, RootMount};
@@ -31,15 +31,7 @@ fn made_in_guest(mount: &oci_spec::runtime::Mount) -> bool {
 /// sandbox container, whose PID containerd knows as the guest's), all but the network.
 pub fn guest_spec(mut spec: Spec, pod_member: bool, copied: &[binds::FileBind]) -> Spec {
     if let Some(mut linux) = spec.linux().clone() {
-        if let Some(namespaces) = linux.namespaces().clone() {
-            linux.set_namespaces(Some(
-                namespaces
-                    .into_iter()
-                    .filter(|n| n.typ() != LinuxNamespaceType::Network)
-                    .filter(|n| pod_member || n.path().is_none())
-                    .collect(),
-            ));
-        }
+        cocoon_sandbox::spec::keep_guest_namespaces(&mut linux, pod_member);
         linux.set_cgroups_path(None);
         spec.set_linux(Some(linux));
     }
@@ -56,7 +48,7 @@ pub fn guest_spec(mut spec: Spec, pod_member: bool, copied: &[binds::FileBind]) 
                 .iter()
                 .rfind(|b| Path::new(&b.destination) == destination.as_path())
             else {
-                log::warn!(
+                tracing::warn!(
                     "not mounting {} into the container: of host mounts, only binds of files (and, on an image's layers, directories) reach the microVM, as copies",
                     destination.display()
                 );
@@ -71,7 +63,7 @@ pub fn guest_spec(mut spec: Spec, pod_member: bool, copied: &[binds::FileBind]) 
                 .iter()
                 .find(|k| made_in_guest(k) && destination.starts_with(k.destination()))
             {
-                Some(hider) => log::warn!(
+                Some(hider) => tracing::warn!(
                     "not mounting {} into the container: the {} mount at {} hides it",
                     destination.display(),
                     hider.typ().as_deref().unwrap_or("guest"),
@@ -128,7 +120,7 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, SpecBuilder};
+    use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, SpecBuilder};
 
     fn spec_joining_a_pod() -> Spec {
         let ns = |typ, path: Option<&str>| {

@@ -414,7 +414,7 @@ impl SandboxManager {
                         }
                         let _ = std::fs::remove_dir_all(&member.dir);
                     }
-                    Err(e) => log::warn!(
+                    Err(e) => tracing::warn!(
                         "{id}: the guest did not release the container's disks ({e}); its disk slots {:?} stay taken until the pod's VM stops",
                         member.slots
                     ),
@@ -602,7 +602,7 @@ impl SandboxManager {
         if !empty && !now {
             return false;
         }
-        log::info!("shutting down (now: {now})");
+        tracing::info!("shutting down (now: {now})");
         let sandboxes: Vec<Arc<Sandbox>> = lock(&self.containers)
             .drain()
             .filter(|(_, c)| c.member.is_none()) // a pod's VM goes with its sandbox

@@ -19,7 +19,7 @@ impl Spawner {
         let (jobs, incoming) = mpsc::channel::<Job>();
         std::thread::spawn(move || {
             for (options, reply) in incoming {
-                let _ = reply.send(Vm::spawn(&options));
+                let _ = reply.send(Vm::spawn(&options).map_err(anyhow::Error::from));
             }
             // The shim is going away: park, so VMMs still running are not killed by our exit
             // before the shim has shut them down.

@@ -130,7 +130,7 @@ pub fn copy_in(from: Target, to: UnixStream, closer: InputCloser) -> JoinHandle<
             }
         };
         if let Err(e) = copied {
-            log::warn!("copying the input {from:?}: {e}");
+            tracing::warn!("copying the input {from:?}: {e}");
         }
         let _ = to.shutdown(std::net::Shutdown::Write);
     })

@@ -47,7 +47,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        log::info!("create {} (bundle {})", req.id, req.bundle);
+        tracing::info!("create {} (bundle {})", req.id, req.bundle);
         let pid = self.manager.create(&req)?;
         Ok(api::CreateTaskResponse {
             pid,

@@ -123,7 +123,7 @@ impl Lifecycle {
             };
             match event {
                 Event::Oom { container_id } => {
-                    log::warn!("{container_id}: out of memory, the OOM killer ran");
+                    tracing::warn!("{container_id}: out of memory, the OOM killer ran");
                     events.publish(
                         topics::TASK_OOM_EVENT_TOPIC,
                         events::TaskOOM {
@@ -132,7 +132,7 @@ impl Lifecycle {
                         },
                     );
                 }
-                other => log::debug!("agent event {other:?}"),
+                other => tracing::debug!("agent event {other:?}"),
             }
         });
     }
@@ -145,7 +145,7 @@ impl Lifecycle {
             let _ = vm.shut_down(Duration::from_secs(10));
         }
         let _ = std::fs::remove_dir_all(&sandbox.dir);
-        log::info!("sandbox {} stopped", sandbox.id);
+        tracing::info!("sandbox {} stopped", sandbox.id);
     }
 
     /// Watches a started process: waits for its exit, drains its output, records and publishes
@@ -169,12 +169,12 @@ impl Lifecycle {
             }) {
                 Ok(Reply::Exited { status }) => status.code() as u32,
                 Ok(other) => {
-                    log::error!("the agent answered {other:?} to wait for {id}");
+                    tracing::error!("the agent answered {other:?} to wait for {id}");
                     255
                 }
                 Err(ClientError::Agent(e)) => {
                     // The VM is there, but not the process's exit: a cocoon bug, said as one.
-                    log::error!("{id}: the agent has no exit status for {exec_id:?}: {e}");
+                    tracing::error!("{id}: the agent has no exit status for {exec_id:?}: {e}");
                     255
                 }
                 Err(e) => {
@@ -182,7 +182,7 @@ impl Lifecycle {
                         .as_mut()
                         .and_then(|vm| vm.exit_note(VMM_EXIT_WAIT))
                         .unwrap_or_default();
-                    log::error!("{id}: the microVM went away: {e}{why}");
+                    tracing::error!("{id}: the microVM went away: {e}{why}");
                     255
                 }
             };
