@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cocoon_common::lock;
+use cocoon_common::{lock, ExitCell};
 use cocoon_protocol::{
     read_message, write_message, AgentError, ErrorKind, FrameError, Message, Operation, Reply,
     Request, Response, AGENT_PORT, PROTOCOL_VERSION,
@@ -24,7 +24,7 @@ pub struct Server {
     sandbox: Arc<Sandbox>,
     events: Arc<EventBus>,
     /// Set once the host asked for the sandbox to go: the VM powers off after answering.
-    destroy: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    destroy: Arc<ExitCell<()>>,
     /// Control connections open now (the host closing them tells its answers arrived).
     open_connections: AtomicUsize,
 }
@@ -45,7 +45,7 @@ impl Server {
         Self {
             sandbox,
             events,
-            destroy: Arc::new((Mutex::new(false), std::sync::Condvar::new())),
+            destroy: Arc::new(ExitCell::default()),
             open_connections: AtomicUsize::new(0),
         }
     }
@@ -70,14 +70,7 @@ impl Server {
                 }
             });
         }
-        let (flag, condvar) = &*this.destroy;
-        let mut destroyed = lock(flag);
-        while !*destroyed {
-            destroyed = condvar
-                .wait(destroyed)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-        drop(destroyed);
+        this.destroy.wait();
         // The answer to DestroySandbox may still be on its way out of the guest: powering off now
         // could lose it. The host closes the channel once it has read it.
         let deadline = Instant::now() + GOODBYE_TIMEOUT;
@@ -213,9 +206,7 @@ impl Server {
             Operation::DestroySandbox => {
                 let result = s.destroy();
                 reply(output, request.id, result);
-                let (flag, condvar) = &*self.destroy;
-                *lock(flag) = true;
-                condvar.notify_all();
+                self.destroy.set(());
                 return;
             }
         };

@@ -34,7 +34,7 @@ pub fn record(mut from: UnixStream, stream: Stream, log: Arc<Mutex<File>>) -> Jo
             frame.push(stream as u8);
             frame.extend_from_slice(&(n as u32).to_le_bytes());
             frame.extend_from_slice(&buf[..n]);
-            let mut file = log.lock().unwrap_or_else(|p| p.into_inner());
+            let mut file = cocoon_common::lock(&log);
             let Ok(start) = file.stream_position() else {
                 break;
             };

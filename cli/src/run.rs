@@ -1,8 +1,6 @@
-//! `cocoon run`: a container in its own microVM per command, like `docker run`.
-//! Attached runs stream stdio, forward signals and exit with the container's exit code (128 + N
-//! for a signal); detached runs (`-d`) leave a small monitor process that keeps the container's
-//! log and records how it ends, for `cocoon ps/logs/exec/kill/rm`. No daemon: the state lives in
-//! the runtime root ([`state`]).
+//! `cocoon run`: checks the request, claims the container's name, then runs it attached (stdio
+//! streamed, signals forwarded) or detached under the monitor process (`cocoon monitor NAME`),
+//! which keeps its log and records how it ends.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};

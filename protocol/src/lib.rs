@@ -1,5 +1,6 @@
-//! The protocol between cocoon's host side (shim, launcher) and the in-guest agent, shared by both
-//! so they cannot drift apart.
+//! What cocoon's programs say to each other, in one crate so no side can drift from another: the
+//! host side (shim, launcher) and the in-guest agent ([`messages`], [`frame`]), and the host side
+//! and the VMM ([`vm_config`], the VM's configuration file; [`vmm_api`], its API socket).
 //!
 //! The control channel is one vsock stream (agent port [`AGENT_PORT`]) carrying [`Message`]s in
 //! frames (see [`frame`]): every request has an id, every response answers one id with a result or

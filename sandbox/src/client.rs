@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cocoon_common::lock;
 use cocoon_protocol::{
     read_message, write_message, AgentError, Event, FrameError, Message, Operation, Reply, Request,
     AGENT_PORT,
@@ -93,10 +94,6 @@ pub struct AgentClient {
     pending: Pending,
     next_id: AtomicU64,
     events: Mutex<mpsc::Receiver<Event>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl AgentClient {

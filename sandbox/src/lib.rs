@@ -1,7 +1,8 @@
 //! The host side of a cocoon sandbox, shared by the containerd shim and the `cocoon run` launcher:
-//! what the host must have ([`host`]: guest files, KVM), the VMM process ([`vm`]), the agent's control channel over hybrid vsock ([`client`]), the
-//! Unix sockets the agent connects process stdio to ([`host_port`]), OCI specs with the
-//! defaults a container gets ([`spec`]), and writable volumes coming back ([`volume_import`]).
+//! what the host must have ([`host`]: guest files, KVM), the VMM process ([`vm`]), the agent's
+//! control channel over hybrid vsock ([`client`]), the Unix sockets the agent connects process
+//! stdio to ([`host_port`]), OCI specs with the defaults a container gets ([`spec`]), and writable
+//! volumes coming back ([`volume_import`]).
 
 pub mod client;
 pub mod host;

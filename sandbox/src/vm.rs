@@ -1,5 +1,6 @@
-//! One sandbox's VMM process (`cocoon-vmm`), with its vsock socket and console log in a private
-//! directory that goes away with it.
+//! One sandbox's VMM process (`cocoon-vmm`): its configuration written as the VMM reads it
+//! (`vm.json`, a [`VmConfig`]), its vsock and API sockets and console log, all in the VM's runtime
+//! directory (a private one goes away with it); the API socket's disk slots; how the VMM ended.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -495,9 +496,8 @@ mod tests {
         let running = script(dir.path(), "exec sleep 60");
         let mut vm = Vm::spawn(&stand_in(&running)).unwrap();
         assert_eq!(vm.exit_note(Duration::from_millis(200)), None);
-        let pid = vm.pid().unwrap() as i32;
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        let pid = nix::unistd::Pid::from_raw(vm.pid().unwrap() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
         assert_eq!(
             vm.exit_note(Duration::from_secs(30)).as_deref(),
             Some(" [cocoon-vmm exit 137]")

@@ -1,7 +1,8 @@
 //! Builds a [`Vmm`] from a validated [`VmConfig`]: reads and checks the images, opens KVM, creates
 //! the VM, its memory and devices, loads the guest with its boot tables, and configures the vCPUs.
-//! Nothing runs yet: what comes between [`build`] and [`Vmm::run`] (a seccomp filter, a pause, a
-//! snapshot) sees a complete VM. Each failure is a [`BuildError`] whose message names the fix.
+//! Nothing runs yet (no vCPU thread, no API socket): what comes between [`build`] and
+//! [`Vmm::run`] (a seccomp filter, a snapshot restore) sees a complete VM. Each failure is a
+//! [`BuildError`] whose message names the fix.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,7 +12,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-use crate::api::{Api, ApiError, ApiServer};
+use crate::api::Api;
 use crate::arch::x86_64::bootparams::{self, BootParamsError};
 use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, EBDA_START, HIMEM_START};
 use crate::arch::x86_64::mptable::{self, MptableError};
@@ -25,7 +26,7 @@ use crate::vmm::Vmm;
 use crate::vstate::kvm::{self, KvmError};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuControl, VcpuSetupError};
-use crate::vstate::vm::{self, VmError};
+use crate::vstate::vm::{self, VmCreateError};
 
 /// Extra knobs that are not part of the VM's configuration.
 #[derive(Debug, Default)]
@@ -43,7 +44,7 @@ pub enum BuildError {
     #[error(transparent)]
     Kvm(#[from] KvmError),
     #[error(transparent)]
-    Vm(#[from] VmError),
+    Vm(#[from] VmCreateError),
     #[error(transparent)]
     Memory(#[from] MemoryError),
     #[error(transparent)]
@@ -60,13 +61,11 @@ pub enum BuildError {
     Cpuid(kvm_ioctls::Error),
     #[error(transparent)]
     Vcpu(#[from] VcpuSetupError),
-    #[error(transparent)]
-    Api(#[from] ApiError),
     #[error("{what}: {reason}")]
     Setup { what: &'static str, reason: String },
 }
 
-fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
+fn setup<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> BuildError {
     move |e| BuildError::Setup {
         what,
         reason: e.to_string(),
@@ -132,7 +131,8 @@ fn load_guest(
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 /// Builds the VM `config` describes, ready to [`run`](Vmm::run). Must be called on the thread
-/// that will run it: the stop signals are blocked here, and the vCPU threads inherit the mask.
+/// that will run it: the stop signals are blocked here (and stay blocked if the `Vmm` is dropped
+/// unrun), and the threads `run` starts inherit the mask.
 pub fn build(config: &VmConfig, options: RunOptions) -> Result<Vmm, BuildError> {
     let mark = |milestone: &str| {
         if let Some(timer) = &options.boot_timer {
@@ -186,24 +186,17 @@ pub fn build(config: &VmConfig, options: RunOptions) -> Result<Vmm, BuildError> 
     mark("vcpus-configured");
 
     // Stop sources; the signal mask is inherited by every thread started from here on.
-    let signals = stop_signal_fd().map_err(|e| BuildError::Setup {
-        what: "setting up SIGTERM/SIGINT handling",
-        reason: e.to_string(),
-    })?;
-    register_signal_handler(SIGRTMIN(), kick_handler).map_err(|e| BuildError::Setup {
-        what: "installing the vCPU kick signal handler",
-        reason: e.to_string(),
-    })?;
+    let signals = stop_signal_fd().map_err(setup("setting up SIGTERM/SIGINT handling"))?;
+    register_signal_handler(SIGRTMIN(), kick_handler)
+        .map_err(setup("installing the vCPU kick signal handler"))?;
     let vcpu_exit =
         EventFd::new(libc::EFD_NONBLOCK).map_err(setup("creating the vCPU exit eventfd"))?;
     let watcher = Arc::new(Mutex::new(StopWatcher::new(
         vcpu_exit.try_clone().map_err(setup("cloning an eventfd"))?,
         signals,
     )));
-    let mut events: EventManager<Handler> = EventManager::new().map_err(|e| BuildError::Setup {
-        what: "creating the event loop",
-        reason: format!("{e:?}"),
-    })?;
+    let mut events: EventManager<Handler> =
+        EventManager::new().map_err(|e| setup("creating the event loop")(format!("{e:?}")))?;
     events.add_subscriber(watcher.clone());
     for handler in devices.handlers {
         events.add_subscriber(handler);
@@ -213,9 +206,8 @@ pub fn build(config: &VmConfig, options: RunOptions) -> Result<Vmm, BuildError> 
     }
     let api = config
         .api_socket
-        .as_deref()
-        .map(|path| ApiServer::start(path, Api::new(devices.slots)))
-        .transpose()?;
+        .clone()
+        .map(|path| (path, Api::new(devices.slots)));
 
     Ok(Vmm::new(crate::vmm::VmmParts {
         vm,

@@ -9,8 +9,8 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::devices::lock;
 use crate::devices::serial::SerialDevice;
+use cocoon_common::lock;
 
 /// Signals that stop the VM cleanly. They are blocked in every thread and read from a signalfd.
 pub const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];

@@ -32,9 +32,3 @@ pub enum Error {
     #[error(transparent)]
     Run(#[from] RunError),
 }
-
-/// Builds the VM described by `config` and runs it until the guest stops, a vCPU fails, or a stop
-/// signal arrives.
-pub fn run(config: &VmConfig, options: RunOptions) -> Result<VmOutcome, Error> {
-    Ok(build(config, options)?.run()?)
-}

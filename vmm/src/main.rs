@@ -127,10 +127,12 @@ fn main() -> ExitCode {
     let options = RunOptions {
         boot_timer: cli.boot_timer.then_some(BootTimer),
     };
+    // Built, then run: what must happen to a complete VM before it runs goes between the two.
     let result = cli
         .into_config()
         .map_err(|e| cocoon_vmm::Error::Build(e.into()))
-        .and_then(|config| cocoon_vmm::run(&config, options));
+        .and_then(|config| Ok(cocoon_vmm::build(&config, options)?))
+        .and_then(|vmm| Ok(vmm.run()?));
     match result {
         Ok(outcome) => {
             match &outcome {

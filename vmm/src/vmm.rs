@@ -3,6 +3,7 @@
 //! `Vmm` exists between the builder's `build` and [`run`](Vmm::run); pause, resume and
 //! snapshot belong here, on that value.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{Killable, SIGRTMIN};
 
-use crate::api::ApiServer;
+use crate::api::{Api, ApiError, ApiServer};
 use crate::device_manager::Handler;
 use crate::event_loop::{StopTrigger, StopWatcher};
 use crate::timing::BootTimer;
@@ -47,10 +48,14 @@ impl VmOutcome {
 
 /// The VM could not be started.
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {source}")]
-pub struct RunError {
-    what: &'static str,
-    source: std::io::Error,
+pub enum RunError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("{what}: {reason}")]
+    Thread {
+        what: &'static str,
+        reason: std::io::Error,
+    },
 }
 
 /// What the builder hands over.
@@ -63,7 +68,8 @@ pub(crate) struct VmmParts {
     pub watcher: Arc<Mutex<StopWatcher>>,
     pub vcpu_exit: EventFd,
     pub panicked: Arc<AtomicBool>,
-    pub api: Option<ApiServer>,
+    /// The API socket to serve, and what it serves (started by `run`, before the vCPUs).
+    pub api: Option<(PathBuf, Api)>,
     pub boot_timer: Option<BootTimer>,
 }
 
@@ -115,6 +121,11 @@ impl Vmm {
             api,
             boot_timer,
         } = self.parts;
+        // Its thread inherits the stop signals' mask, as the vCPU threads do; the socket goes
+        // when the run ends.
+        let api = api
+            .map(|(path, api)| ApiServer::start(&path, api))
+            .transpose()?;
         let (results_tx, results_rx) = mpsc::channel();
         let timer = Arc::new(boot_timer);
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
@@ -122,9 +133,9 @@ impl Vmm {
             let tx = results_tx.clone();
             let started = vcpu_exit
                 .try_clone()
-                .map_err(|source| RunError {
+                .map_err(|reason| RunError::Thread {
                     what: "cloning an eventfd",
-                    source,
+                    reason,
                 })
                 .and_then(|exit| {
                     let timer = timer.clone();
@@ -135,9 +146,9 @@ impl Vmm {
                             let result = vcpu.run(timer.as_ref().as_ref());
                             let _ = tx.send(result);
                         })
-                        .map_err(|source| RunError {
+                        .map_err(|reason| RunError::Thread {
                             what: "spawning a vCPU thread",
-                            source,
+                            reason,
                         })
                 });
             match started {

@@ -197,6 +197,5 @@ fn no_access_to_dev_kvm() {
 }
 
 fn nix_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
+    nix::unistd::getuid().as_raw()
 }

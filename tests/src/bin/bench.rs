@@ -231,9 +231,26 @@ fn cocoon_cmd(a: &MeasureArgs, kernel: &Path) -> Command {
     c
 }
 
+/// qemu's `-M microvm` firmware: qboot under /usr/share/qemu with bookworm's qemu 7.2, SeaBIOS
+/// under /usr/share/seabios with qemu 10 from bookworm-backports. The emulated host gets it at
+/// the first place, where [`qemu_cmd`] points qemu. SeaBIOS loads `-kernel` through the
+/// linuxboot_dma option ROM (with `x-option-roms=off` qemu 10's microvm never starts the
+/// kernel), so option ROMs stay on and that ROM goes along.
+fn microvm_firmware() -> Result<PathBuf> {
+    ["/usr/share/qemu/bios-microvm.bin", "/usr/share/seabios/bios-microvm.bin"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no bios-microvm.bin in /usr/share/qemu or /usr/share/seabios (apt-get install qemu-system-x86 seabios)"
+            )
+        })
+}
+
 fn qemu_cmd(a: &MeasureArgs, qemu: &Path, trace: bool) -> Command {
     let mut c = Command::new(qemu);
-    c.args(["-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on"])
+    c.args(["-M", "microvm,rtc=off,isa-serial=on"])
         .args(["-L", "/usr/share/qemu"])
         .args(["-accel", "kvm", "-cpu", "host", "-smp", "1"])
         .args(["-m", &GUEST_MEMORY_MIB.to_string()])
@@ -636,9 +653,10 @@ fn host_main(runs: usize) -> Result<()> {
                 let qemu_in_host = match &qemu {
                     Some(q) => {
                         let path = host.add_binary(q)?;
+                        host.add_file("/usr/share/qemu/bios-microvm.bin", &microvm_firmware()?)?;
                         host.add_file(
-                            "/usr/share/qemu/bios-microvm.bin",
-                            Path::new("/usr/share/qemu/bios-microvm.bin"),
+                            "/usr/share/qemu/linuxboot_dma.bin",
+                            Path::new("/usr/share/qemu/linuxboot_dma.bin"),
                         )?;
                         path
                     }

@@ -55,7 +55,7 @@ impl ConsoleSink {
         struct Shared(Arc<Mutex<Vec<u8>>>);
         impl Write for Shared {
             fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-                crate::devices::lock(&self.0).extend_from_slice(b);
+                cocoon_common::lock(&self.0).extend_from_slice(b);
                 Ok(b.len())
             }
             fn flush(&mut self) -> io::Result<()> {

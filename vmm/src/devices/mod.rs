@@ -66,7 +66,7 @@ impl Bus<dyn MmioDevice> {
     }
 }
 
-pub use cocoon_common::lock;
+use cocoon_common::lock;
 
 #[cfg(test)]
 mod tests {

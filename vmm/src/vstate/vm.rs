@@ -8,20 +8,20 @@ use crate::arch::x86_64::layout::KVM_TSS_ADDRESS;
 /// A KVM ioctl on the VM failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {source}")]
-pub struct VmError {
+pub struct VmCreateError {
     what: &'static str,
     source: std::io::Error,
 }
 
-fn failed(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
-    move |e| VmError {
+fn failed(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmCreateError {
+    move |e| VmCreateError {
         what,
         source: std::io::Error::from_raw_os_error(e.errno()),
     }
 }
 
 /// Creates the VM with the interrupt controllers and timer every cocoon guest uses.
-pub fn create(kvm: &Kvm) -> Result<VmFd, VmError> {
+pub fn create(kvm: &Kvm) -> Result<VmFd, VmCreateError> {
     let vm = kvm
         .create_vm()
         .map_err(failed("creating the VM (KVM_CREATE_VM)"))?;
@@ -44,7 +44,7 @@ vmm_sys_util::ioctl_io_nr!(KVM_REINJECT_CONTROL, kvm_bindings::KVMIO, 0x71);
 /// otherwise get a burst of stale timer interrupts on its return; with a stalled or slow host (seen
 /// under nested virtualization) KVM's PIT worker and the vCPU then livelock the host kernel. Guest
 /// time comes from kvm-clock, not from counting PIT ticks, so nothing is lost.
-fn disable_pit_reinjection(kvm: &Kvm, vm: &VmFd) -> Result<(), VmError> {
+fn disable_pit_reinjection(kvm: &Kvm, vm: &VmFd) -> Result<(), VmCreateError> {
     if !kvm.check_extension(Cap::ReinjectControl) {
         return Ok(());
     }
@@ -56,7 +56,7 @@ fn disable_pit_reinjection(kvm: &Kvm, vm: &VmFd) -> Result<(), VmError> {
     // outlives the call; the VM fd is valid for the duration.
     let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(vm, KVM_REINJECT_CONTROL(), &control) };
     if ret < 0 {
-        return Err(VmError {
+        return Err(VmCreateError {
             what: "KVM_REINJECT_CONTROL",
             source: std::io::Error::last_os_error(),
         });
