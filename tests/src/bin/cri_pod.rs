@@ -319,8 +319,15 @@ async fn scenario(socket: PathBuf, handler: &str, image: &str, other_image: &str
         .pod_sandbox_id;
     println!("pod-ready-ms={}", started.elapsed().as_millis());
     if let Err(e) = in_pod(&mut cri, &pod, image, other_image, vmms_before).await {
-        // Leave nothing for the suite's leak check to trip over: the failure is this one.
-        let _ = cri.remove_pod(&pod).await;
+        // Leave nothing for the suite's leak check (or a rerun's RunPodSandbox of the same name)
+        // to trip over: the failure is this one. After a VM went away, CRI may still call a
+        // container running until it has handled the shim's exit events: a few tries, bounded.
+        for _ in 0..20 {
+            if cri.remove_pod(&pod).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         return Err(e);
     }
     cri.remove_pod(&pod).await?;
