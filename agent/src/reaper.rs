@@ -38,7 +38,8 @@ impl Reaper {
         cell
     }
 
-    /// Called with every watched process's exit, after its cell is set.
+    /// Called with every watched process's exit, just before its cell is set (so what the
+    /// listener emits comes before any answer that waited for the exit).
     pub fn on_exit(&self, listener: impl Fn(i32, ExitStatus) + Send + Sync + 'static) {
         *lock(&self.listener) = Some(Box::new(listener));
     }
@@ -68,10 +69,10 @@ impl Reaper {
                 };
                 let cell = lock(&self.watched).remove(&pid.as_raw());
                 if let Some(cell) = cell {
-                    cell.set(status);
                     if let Some(listener) = lock(&self.listener).as_ref() {
                         listener(pid.as_raw(), status);
                     }
+                    cell.set(status);
                 }
             }
         }

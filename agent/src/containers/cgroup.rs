@@ -2,14 +2,14 @@
 //! is, its processes, its usage, its resource limits, freezing it, and its OOM kills.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cocoon_common::lock;
-use cocoon_protocol::{ContainerStats, ErrorKind, Event, Reply};
+use cocoon_protocol::{ContainerStats, ErrorKind, Reply};
 use oci_spec::runtime::{LinuxResources, Spec};
 
-use super::{ContainerEntry, Sandbox};
+use super::Sandbox;
 use crate::errors::{error, internal, AgentResult};
 use crate::sys_files::{io_bytes, keyed_value, read_u64};
 
@@ -97,25 +97,12 @@ impl Sandbox {
         Ok(Reply::Done)
     }
 
-    /// Reports new OOM kills in any container's cgroup; runs on its own thread.
+    /// Reports new OOM kills in any container's cgroup (see [`super::oom`]); runs on its own
+    /// thread.
     pub fn watch_oom(self: Arc<Self>) {
         loop {
             std::thread::sleep(Duration::from_millis(100));
-            let entries: Vec<(String, Arc<Mutex<ContainerEntry>>)> = lock(&self.containers)
-                .iter()
-                .map(|(id, e)| (id.clone(), e.clone()))
-                .collect();
-            for (id, entry) in entries {
-                let mut entry = lock(&entry);
-                let kills =
-                    keyed_value(&entry.cgroup.join("memory.events"), "oom_kill").unwrap_or(0);
-                if kills > entry.oom_kills {
-                    entry.oom_kills = kills;
-                    self.events.emit(Event::Oom {
-                        container_id: id.clone(),
-                    });
-                }
-            }
+            self.oom_kills.report_all(&self.events);
         }
     }
 }

@@ -54,16 +54,17 @@ impl Sandbox {
         }
         let (container, init) = result?;
         let pid = init.pid;
+        let cgroup = cgroup_dir(&spec);
+        self.oom_kills.track(container_id, &cgroup);
         let entry = ContainerEntry {
             container,
             confinement: Confinement::of(&spec),
-            cgroup: cgroup_dir(&spec),
+            cgroup,
             bundle,
             lower,
             init,
             execs: HashMap::new(),
             started: false,
-            oom_kills: 0,
         };
         lock(&self.containers).insert(container_id.to_string(), Arc::new(Mutex::new(entry)));
         Ok(Reply::Started { pid: pid as u32 })

@@ -68,6 +68,7 @@ impl Sandbox {
                 departed.pop_front();
             }
         }
+        self.oom_kills.forget(container_id, &self.events);
         let _ = entry.container.refresh_status();
         let deleted = entry
             .container

@@ -23,11 +23,13 @@ use crate::layout::Layout;
 use crate::reaper::Reaper;
 use crate::rootfs::Layers;
 use crate::stdio::Terminal;
+use oom::OomKills;
 
 mod cgroup;
 mod create;
 mod delete;
 mod exec;
+mod oom;
 mod process;
 mod setup;
 mod spec_defaults;
@@ -53,7 +55,6 @@ struct ContainerEntry {
     confinement: Confinement,
     execs: HashMap<String, ProcessEntry>,
     started: bool,
-    oom_kills: u64,
 }
 
 /// Who a process is: (container id, exec id).
@@ -63,6 +64,7 @@ pub struct Sandbox {
     layout: Layout,
     reaper: Arc<Reaper>,
     events: Arc<EventBus>,
+    oom_kills: Arc<OomKills>,
     containers: Mutex<HashMap<String, Arc<Mutex<ContainerEntry>>>>,
     owners: Arc<Mutex<HashMap<i32, ProcessOwner>>>,
     created: Mutex<bool>,
@@ -80,6 +82,7 @@ impl Sandbox {
         let sandbox = Arc::new(Self {
             reaper: reaper.clone(),
             events: events.clone(),
+            oom_kills: Arc::default(),
             containers: Mutex::new(HashMap::new()),
             owners: Arc::new(Mutex::new(HashMap::new())),
             created: Mutex::new(false),
@@ -89,8 +92,11 @@ impl Sandbox {
             layout,
         });
         let owners = sandbox.owners.clone();
+        let oom_kills = sandbox.oom_kills.clone();
         reaper.on_exit(move |pid, status| {
             if let Some((container_id, exec_id)) = lock(&owners).remove(&pid) {
+                // Before the exit is known: a process the OOM killer ended has its `Oom` first.
+                oom_kills.report(&container_id, &events);
                 events.emit(Event::Exit {
                     container_id,
                     exec_id,

@@ -1,11 +1,17 @@
 //! What the host does to one process (a container's init or an exec) once it runs: signal it,
 //! wait for its exit, close its stdin, resize its tty.
 
+use std::time::Duration;
+
 use cocoon_common::lock;
 use cocoon_protocol::{ErrorKind, Reply};
 
 use super::Sandbox;
 use crate::errors::{error, internal, AgentResult};
+
+/// How long an exit's answer waits for the events emitted before it to be written (a host that
+/// reads neither gets the answer late, never not at all).
+const EVENTS_BEFORE_EXIT_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Sandbox {
     pub fn signal(
@@ -62,9 +68,10 @@ impl Sandbox {
                 .ok_or(e)?,
             Err(e) => return Err(e),
         };
-        Ok(Reply::Exited {
-            status: cell.wait(),
-        })
+        let status = cell.wait();
+        // What the reaper emitted before the exit (an `Oom`) reaches the host first.
+        self.events.written_so_far(EVENTS_BEFORE_EXIT_TIMEOUT);
+        Ok(Reply::Exited { status })
     }
 
     pub fn close_stdin(&self, container_id: &str, exec_id: Option<&str>) -> AgentResult<Reply> {

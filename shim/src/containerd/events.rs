@@ -1,13 +1,20 @@
 //! Task events for containerd, published in order from one thread (containerd wants create →
-//! start → exit → delete in that order), over ttrpc `Events.Forward` on `$TTRPC_ADDRESS`.
+//! start → exit → delete in that order), over ttrpc `Events.Forward` on `$TTRPC_ADDRESS`. The
+//! shim exits only once they are out ([`Events::published_so_far`]): the last task's
+//! `/tasks/delete` is queued just before containerd asks the shim to shut down.
 
 use std::sync::mpsc;
+use std::time::Duration;
 
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::Context;
 
-type Queued = (&'static str, Box<dyn MessageDyn>);
+enum Queued {
+    Event(&'static str, Box<dyn MessageDyn>),
+    /// Answered once everything queued before it was published.
+    Barrier(mpsc::Sender<()>),
+}
 
 #[derive(Clone)]
 pub struct Events {
@@ -19,9 +26,18 @@ impl Events {
     pub fn start(publisher: RemotePublisher, namespace: String) -> Self {
         let (queue, queued) = mpsc::channel::<Queued>();
         std::thread::spawn(move || {
-            for (topic, event) in queued {
-                if let Err(e) = publisher.publish(Context::default(), topic, &namespace, event) {
-                    tracing::error!("publishing {topic}: {e}");
+            for item in queued {
+                match item {
+                    Queued::Event(topic, event) => {
+                        if let Err(e) =
+                            publisher.publish(Context::default(), topic, &namespace, event)
+                        {
+                            tracing::error!("publishing {topic}: {e}");
+                        }
+                    }
+                    Queued::Barrier(reached) => {
+                        let _ = reached.send(());
+                    }
                 }
             }
         });
@@ -29,6 +45,14 @@ impl Events {
     }
 
     pub fn publish(&self, topic: &'static str, event: impl MessageDyn) {
-        let _ = self.queue.send((topic, Box::new(event)));
+        let _ = self.queue.send(Queued::Event(topic, Box::new(event)));
+    }
+
+    /// Waits, at most `timeout`, until every event published before this call has gone to
+    /// containerd (or failed to); false if the time ran out.
+    pub fn published_so_far(&self, timeout: Duration) -> bool {
+        let (reached, wait) = mpsc::channel();
+        let _ = self.queue.send(Queued::Barrier(reached));
+        wait.recv_timeout(timeout).is_ok()
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use cocoon_common::lock;
@@ -612,6 +613,11 @@ impl SandboxManager {
             self.lifecycle.destroy(&sandbox);
         }
         true
+    }
+
+    /// Waits, at most `timeout`, for every task event so far to reach containerd.
+    pub fn events_published(&self, timeout: Duration) -> bool {
+        self.events.published_so_far(timeout)
     }
 
     /// Asks task `id`'s agent to carry out `op`.

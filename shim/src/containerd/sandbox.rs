@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use cocoon_protocol::Rootfs;
 use cocoon_sandbox::{AgentClient, Vm};
@@ -17,6 +18,8 @@ pub struct Sandbox {
     /// None once the VM has been shut down.
     pub vm: Mutex<Option<Vm>>,
     pub client: Arc<AgentClient>,
+    /// The thread forwarding the agent's events, ended by closing `client`.
+    pub forwarder: Mutex<Option<JoinHandle<()>>>,
     pub dir: PathBuf,
     /// The VMM's hybrid-vsock socket.
     pub uds: PathBuf,

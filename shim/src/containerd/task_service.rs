@@ -2,6 +2,7 @@
 //! [`SandboxManager`], its answer the response, its [`TaskError`] the ttrpc error.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use containerd_shim::api;
 use containerd_shim::protos::protobuf::MessageField;
@@ -12,6 +13,9 @@ use super::error::TaskError;
 use super::events::Events;
 use super::manager::SandboxManager;
 use super::processes::{status_of, Phase};
+
+/// How long Shutdown waits for the queued task events to reach containerd before the shim exits.
+const EVENTS_BEFORE_EXIT_WAIT: Duration = Duration::from_secs(5);
 
 pub struct TaskService {
     manager: SandboxManager,
@@ -247,6 +251,11 @@ impl Task for TaskService {
 
     fn shutdown(&self, _ctx: &TtrpcContext, req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
         if self.manager.shut_down(req.now) {
+            if !self.manager.events_published(EVENTS_BEFORE_EXIT_WAIT) {
+                tracing::warn!(
+                    "exiting with task events not yet published after {EVENTS_BEFORE_EXIT_WAIT:?}"
+                );
+            }
             self.exit.signal();
         }
         Ok(api::Empty::default())

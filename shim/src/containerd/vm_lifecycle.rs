@@ -28,6 +28,9 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a VMM whose agent is gone is given to exit before the shim says the VM went away
 /// without knowing why.
 const VMM_EXIT_WAIT: Duration = Duration::from_secs(2);
+/// How long stopping a sandbox waits for the agent's last events to be forwarded (the channel
+/// is closed by then, so only what was already read is left).
+const EVENTS_DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 /// The VM's private directory: short, for the Unix socket paths inside it.
 pub fn sandbox_dir(namespace: &str, id: &str) -> PathBuf {
@@ -100,11 +103,12 @@ impl Lifecycle {
             dns: Vec::new(),
             mounts: Vec::new(),
         })?;
-        self.forward_events(&client);
+        let forwarder = self.forward_events(&client);
         Ok(Arc::new(Sandbox {
             id: id.to_string(),
             vm: Mutex::new(Some(vm)),
             client,
+            forwarder: Mutex::new(Some(forwarder)),
             dir: dir.to_path_buf(),
             uds,
             disks: DiskSlots::after_boot(id, root, usize::from(disk_slots)),
@@ -112,8 +116,9 @@ impl Lifecycle {
     }
 
     /// Publishes what the agent reports unasked (a container's cgroup hit its memory limit and
-    /// the OOM killer ran: TaskOOM) until the agent's channel closes.
-    fn forward_events(&self, client: &Arc<AgentClient>) {
+    /// the OOM killer ran: TaskOOM) until the agent's channel closes and every event it had sent
+    /// is queued.
+    fn forward_events(&self, client: &Arc<AgentClient>) -> JoinHandle<()> {
         let events = self.events.clone();
         let client = Arc::downgrade(client);
         std::thread::spawn(move || loop {
@@ -134,13 +139,28 @@ impl Lifecycle {
                 }
                 other => tracing::debug!("agent event {other:?}"),
             }
-        });
+        })
     }
 
-    /// Stops the sandbox's VM and removes its directory.
+    /// Stops the sandbox's VM and removes its directory. What the agent reported before it
+    /// went (an OOM kill seen as its last containers were deleted) is queued for containerd
+    /// first.
     pub fn destroy(&self, sandbox: &Sandbox) {
         let _ = sandbox.client.call(Operation::DestroySandbox);
         sandbox.client.close();
+        let forwarder = lock(&sandbox.forwarder).take();
+        if let Some(forwarder) = forwarder {
+            let started = std::time::Instant::now();
+            while !forwarder.is_finished() && started.elapsed() < EVENTS_DRAIN_WAIT {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if !forwarder.is_finished() {
+                tracing::warn!(
+                    "sandbox {}: the agent's last events were not all forwarded within {EVENTS_DRAIN_WAIT:?}",
+                    sandbox.id
+                );
+            }
+        }
         if let Some(mut vm) = lock(&sandbox.vm).take() {
             let _ = vm.shut_down(Duration::from_secs(10));
         }
