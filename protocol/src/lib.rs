@@ -11,6 +11,7 @@ pub mod defaults;
 pub mod frame;
 pub mod messages;
 pub mod mounts;
+pub mod net_config;
 pub mod port_token;
 pub mod socket_path;
 pub mod vm_config;

@@ -9,6 +9,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::net_config::*;
+
 /// Kernel command line used when none is given: serial console on COM1, reboot through the i8042
 /// (which the VMM reports as "VM stopped"), reboot one second after a panic.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
@@ -110,8 +112,8 @@ impl FromStr for DiskConfig {
     }
 }
 
-/// Virtio devices have IRQs 5 to 23 on the IO-APIC: at most this many disks (one fewer with a
-/// vsock device).
+/// Virtio devices have IRQs 5 to 23 on the IO-APIC: at most this many disks (one fewer for the
+/// vsock device and for each network interface).
 pub const MAX_DISKS: usize = crate::vmm_api::MAX_VIRTIO_DEVICES;
 
 /// The guest's vsock device and the Unix socket its host side listens on (Firecracker's hybrid
@@ -185,6 +187,9 @@ pub struct VmConfig {
     /// A virtio-vsock device, if any.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// Network interfaces (virtio-net), in the order the guest finds them.
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
     /// The VMM's API socket: one JSON request per line, one JSON answer per line.
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
@@ -209,6 +214,7 @@ impl VmConfig {
             disks: Vec::new(),
             disk_slots: 0,
             vsock: None,
+            nets: Vec::new(),
             api_socket: None,
             kernel_sha256: None,
             initrd_sha256: None,

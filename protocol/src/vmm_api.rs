@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// Virtio devices a VM can have (IO-APIC pins 5 to 23): disks, disk slots and the vsock device.
+/// Virtio devices a VM can have (IO-APIC pins 5 to 23): disks, disk slots, the vsock device and
+/// network interfaces.
 pub const MAX_VIRTIO_DEVICES: usize = 19;
 
 /// What a client may ask.

@@ -29,7 +29,7 @@ pub enum ConfigError {
     BadSha256 { what: &'static str, value: String },
     #[error("disk {path}: {reason} (pass --disk path=FILE[,ro] with a raw image file)")]
     Disk { path: PathBuf, reason: String },
-    #[error("at most {0} disks (slots included) with this configuration, got {1}")]
+    #[error("at most {0} disks (slots included) with this configuration, got {1} (every virtio device, vsock and nets included, takes one of {MAX_DISKS} interrupt lines)")]
     TooManyDisks(usize, usize),
     #[error(
         "disk slots are filled through the API socket: pass --api-socket PATH with --disk-slots"
@@ -43,6 +43,14 @@ pub enum ConfigError {
     VsockCid(u32),
     #[error("vsock socket {path}: {reason} (pass --vsock cid=N,uds=PATH with a new path in an existing directory)")]
     VsockUds { path: PathBuf, reason: String },
+    #[error("at most {MAX_DISKS} virtio devices, and {0} network interfaces and the vsock device are more")]
+    TooManyNets(usize),
+    #[error("net {index}: MTU {mtu} is out of range: use {MIN_MTU} to {MAX_MTU} (mtu=N)")]
+    NetMtu { index: usize, mtu: u16 },
+    #[error("net {index}: the rate limit {rate} is too high: at most {MAX_RATE} a second")]
+    NetRate { index: usize, rate: u64 },
+    #[error("nets {0} and {1} have the same MAC address {2}: give each its own (mac=...)")]
+    NetMacTaken(usize, usize, MacAddress),
     #[error("config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
 }
@@ -87,6 +95,35 @@ fn check_sha256(what: &'static str, value: &Option<String>) -> Result<(), Config
         }
         _ => Ok(()),
     }
+}
+
+/// Largest rate (bytes or frames a second) a limit may name: a bucket's arithmetic stays far from
+/// overflow.
+pub const MAX_RATE: u64 = 1 << 40;
+
+fn check_nets(nets: &[NetConfig]) -> Result<(), ConfigError> {
+    for (index, net) in nets.iter().enumerate() {
+        if !(MIN_MTU..=MAX_MTU).contains(&net.mtu) {
+            return Err(ConfigError::NetMtu {
+                index,
+                mtu: net.mtu,
+            });
+        }
+        let rates = [net.tx_rate, net.rx_rate];
+        if let Some(rate) = rates
+            .iter()
+            .flat_map(|r| [r.bytes_per_sec, r.packets_per_sec])
+            .find(|r| *r > MAX_RATE)
+        {
+            return Err(ConfigError::NetRate { index, rate });
+        }
+        if let Some(mac) = net.mac {
+            if let Some(first) = nets[..index].iter().position(|n| n.mac == Some(mac)) {
+                return Err(ConfigError::NetMacTaken(first, index, mac));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Total memory of this host in MiB, from /proc/meminfo.
@@ -139,7 +176,11 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
     if config.cmdline.contains('\0') {
         return Err(ConfigError::CmdlineNul);
     }
-    let max_disks = MAX_DISKS - usize::from(config.vsock.is_some());
+    let others = usize::from(config.vsock.is_some()) + config.nets.len();
+    if others > MAX_DISKS {
+        return Err(ConfigError::TooManyNets(config.nets.len()));
+    }
+    let max_disks = MAX_DISKS - others;
     let disks = config.disks.len() + usize::from(config.disk_slots);
     if disks > max_disks {
         return Err(ConfigError::TooManyDisks(max_disks, disks));
@@ -165,6 +206,7 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
             }
         })?;
     }
+    check_nets(&config.nets)?;
     for disk in &config.disks {
         check_readable_file(&disk.path).map_err(|reason| ConfigError::Disk {
             path: disk.path.clone(),
@@ -272,5 +314,39 @@ mod tests {
         )
         .unwrap();
         assert_eq!(parsed.disk_slots, 3);
+    }
+
+    #[test]
+    fn nets_are_checked_and_count_as_virtio_devices() {
+        let k = kernel_file();
+        let mut cfg = VmConfig::new(k.path());
+        cfg.nets = vec!["stream-fd=5,mtu=9000".parse().unwrap()];
+        assert_eq!(validate(&cfg), Ok(()));
+        cfg.nets[0].mtu = 20;
+        let err = validate(&cfg).unwrap_err();
+        assert_eq!(err, ConfigError::NetMtu { index: 0, mtu: 20 });
+        assert!(err.to_string().contains("mtu=N"), "{err}");
+        cfg.nets = vec![
+            "tap=a,mac=02:00:00:00:00:01".parse().unwrap(),
+            "tap=b,mac=02:00:00:00:00:01".parse().unwrap(),
+        ];
+        assert!(matches!(
+            validate(&cfg),
+            Err(ConfigError::NetMacTaken(0, 1, _))
+        ));
+        cfg.nets = vec!["tap=a,tx-bps=99999999999999999".parse().unwrap()];
+        assert!(matches!(validate(&cfg), Err(ConfigError::NetRate { .. })));
+        cfg.nets = vec!["tap=a".parse().unwrap(); MAX_DISKS];
+        cfg.vsock = Some("cid=3,uds=/nonexistent/v.sock".parse().unwrap());
+        assert_eq!(validate(&cfg), Err(ConfigError::TooManyNets(MAX_DISKS)));
+        cfg.vsock = None;
+        cfg.nets.truncate(MAX_DISKS - 1);
+        cfg.disk_slots = 2;
+        let dir = tempfile::tempdir().unwrap();
+        cfg.api_socket = Some(dir.path().join("api.sock"));
+        assert!(matches!(
+            validate(&cfg),
+            Err(ConfigError::TooManyDisks(1, 2))
+        ));
     }
 }

@@ -20,6 +20,7 @@ use crate::devices::virtio::block::{Block, BlockSlot, DiskError};
 use crate::devices::virtio::mmio::{
     MmioTransport, TransportError, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
+use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::vsock::{ListenError, Vsock};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{BusOverlap, MmioBus, PioBus};
@@ -38,6 +39,8 @@ pub enum DeviceError {
     Disk(#[from] DiskError),
     #[error(transparent)]
     Vsock(#[from] ListenError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("{device}: {source}")]
     Transport {
         device: String,
@@ -96,7 +99,7 @@ pub struct LegacyDevices {
 
 impl DeviceManager {
     /// Attaches the configured disks (virtio-blk, in order: vda, vdb, ...), then the empty disk
-    /// slots, then the vsock device.
+    /// slots, then the vsock device, then the network interfaces (in order: eth0, eth1, ...).
     pub fn attach_virtio_devices(
         &mut self,
         vm: &VmFd,
@@ -129,6 +132,17 @@ impl DeviceManager {
             self.attach_virtio(vm, mem, "the vsock device", Box::new(device), |events| {
                 Arc::new(Mutex::new(handler.build(events)))
             })?;
+        }
+        for (index, config) in config.nets.iter().enumerate() {
+            let (device, handler) = Net::new(index, config)?;
+            tracing::info!("net {index}: MAC {}", device.mac());
+            self.attach_virtio(
+                vm,
+                mem,
+                &format!("net {index}"),
+                Box::new(device),
+                |events| Arc::new(Mutex::new(handler.build(events))),
+            )?;
         }
         Ok(())
     }

@@ -19,9 +19,10 @@ use cocoon_vmm::{ConsoleConfig, RunOptions, VmConfig, VmOutcome};
 )]
 struct Cli {
     /// JSON configuration file (fields: kernel, initrd, cmdline, vcpus, memory_mib, console,
-    /// disks [{path, read_only}], disk_slots, vsock {cid, uds}, api_socket, kernel_sha256,
-    /// initrd_sha256). Cannot be mixed with the VM flags below.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "console", "disks", "disk_slots", "vsock", "api_socket", "kernel_sha256", "initrd_sha256"])]
+    /// disks [{path, read_only}], disk_slots, vsock {cid, uds}, nets [{backend, mac, mtu, ipv4,
+    /// allow_metadata, tx_rate, rx_rate}], api_socket, kernel_sha256, initrd_sha256). Cannot be
+    /// mixed with the VM flags below.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "console", "disks", "disk_slots", "vsock", "nets", "api_socket", "kernel_sha256", "initrd_sha256"])]
     config: Option<PathBuf>,
     /// Guest kernel: bzImage or ELF vmlinux.
     #[arg(long, value_name = "PATH", required_unless_present = "config")]
@@ -53,6 +54,15 @@ struct Cli {
     /// guest connections to host port P go to `PATH_P`).
     #[arg(long = "vsock", value_name = "cid=N,uds=PATH")]
     vsock: Option<cocoon_vmm::config::VsockConfig>,
+    /// A network interface (virtio-net) on a tap (by name, or an inherited descriptor) or an
+    /// inherited stream socket in qemu's framing (passt --fd). Frames from another MAC or IPv4
+    /// address than the guest's, or to 169.254.0.0/16 unless allow-metadata, are dropped; the
+    /// rates are bytes (bps) and frames (pps) a second. Repeat for more interfaces.
+    #[arg(
+        long = "net",
+        value_name = "tap=NAME|fd=N|stream-fd=N[,mac=MAC][,mtu=N][,ip=IPV4][,allow-metadata][,tx-bps=N]..."
+    )]
+    nets: Vec<cocoon_vmm::config::NetConfig>,
     /// The VMM's API socket, created at PATH: one JSON request per line, e.g.
     /// {"op":"attach_disk","slot":0,"path":"/x.ext4"} or {"op":"detach_disk","slot":0}.
     #[arg(long, value_name = "PATH")]
@@ -93,6 +103,7 @@ impl Cli {
         config.disks = self.disks;
         config.disk_slots = self.disk_slots.unwrap_or(0);
         config.vsock = self.vsock;
+        config.nets = self.nets;
         config.api_socket = self.api_socket;
         config.kernel_sha256 = self.kernel_sha256;
         config.initrd_sha256 = self.initrd_sha256;
