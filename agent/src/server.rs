@@ -203,6 +203,15 @@ impl Server {
             } => s
                 .writable_mount(&target)
                 .and_then(|root| crate::export::export(&root, port, &token, limits)),
+            Operation::UpdateInterface { interface } => {
+                crate::network::update_interface(&interface).map(|()| Reply::Done)
+            }
+            Operation::UpdateRoutes { routes } => {
+                crate::network::update_routes(&routes).map(|()| Reply::Done)
+            }
+            Operation::AddNeighbours { neighbours } => {
+                crate::network::add_neighbours(&neighbours).map(|()| Reply::Done)
+            }
             Operation::DestroySandbox => {
                 let result = s.destroy();
                 reply(output, request.id, result);

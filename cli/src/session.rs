@@ -91,7 +91,7 @@ fn set_up(entry: &Entry, request: &Request, vm: &mut Vm) -> Result<Arc<AgentClie
         .collect();
     client.call(Operation::CreateSandbox {
         hostname: request.hostname.clone(),
-        dns: Vec::new(),
+        dns: Default::default(),
         mounts,
     })?;
     Ok(client)

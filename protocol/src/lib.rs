@@ -9,6 +9,7 @@
 
 pub mod defaults;
 pub mod frame;
+pub mod guest_network;
 pub mod messages;
 pub mod mounts;
 pub mod net_config;

@@ -71,8 +71,10 @@ pub enum Operation {
     Version,
     CreateSandbox {
         hostname: String,
+        /// The guest's /etc/resolv.conf (none written when it has no servers), bound into every
+        /// container whose spec does not mount one itself.
         #[serde(default)]
-        dns: Vec<String>,
+        dns: crate::guest_network::DnsConfig,
         #[serde(default)]
         mounts: Vec<SandboxMount>,
     },
@@ -142,6 +144,19 @@ pub enum Operation {
         port: u32,
         token: String,
         limits: crate::volume_export::ExportLimits,
+    },
+    /// Sets up the guest interface with `interface.mac`: its name, MTU, addresses (replacing
+    /// those it had), up.
+    UpdateInterface {
+        interface: crate::guest_network::Interface,
+    },
+    /// Adds (or replaces) routes in the guest's main table; link routes go first.
+    UpdateRoutes {
+        routes: Vec<crate::guest_network::Route>,
+    },
+    /// Adds permanent neighbour (ARP) entries.
+    AddNeighbours {
+        neighbours: Vec<crate::guest_network::Neighbour>,
     },
     DestroySandbox,
 }

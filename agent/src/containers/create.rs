@@ -15,7 +15,8 @@ use oci_spec::runtime::Spec;
 
 use super::cgroup::cgroup_dir;
 use super::delete::remove_bundle;
-use super::spec_defaults::{apply_defaults, check_id, resolve_bind_sources};
+use super::setup::GUEST_RESOLV_CONF;
+use super::spec_defaults::{apply_defaults, bind_resolv_conf, check_id, resolve_bind_sources};
 use super::{ContainerEntry, ProcessEntry, Sandbox};
 use crate::errors::{chain, error, internal, AgentResult};
 use crate::exec_confinement::Confinement;
@@ -47,6 +48,9 @@ impl Sandbox {
                 return Err(e);
             }
         };
+        if *lock(&self.resolv_conf) {
+            bind_resolv_conf(&mut spec, GUEST_RESOLV_CONF, &bundle.join("rootfs"));
+        }
         let result = resolve_bind_sources(&mut spec, &bundle)
             .and_then(|()| self.build_container(container_id, &spec, ports, &bundle));
         if result.is_err() {

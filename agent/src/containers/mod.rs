@@ -70,6 +70,8 @@ pub struct Sandbox {
     created: Mutex<bool>,
     /// Where the sandbox's writable mounts are (the volumes the host may ask back).
     writable_mounts: Mutex<Vec<String>>,
+    /// The host gave DNS servers: the guest's resolv.conf is bound into containers.
+    resolv_conf: Mutex<bool>,
     /// Image layer disks mounted for containers' overlays (under the bundles, as `.layers`).
     layers: Layers,
     /// The exits of deleted containers' processes, newest last: a `Wait` the host sent before
@@ -87,6 +89,7 @@ impl Sandbox {
             owners: Arc::new(Mutex::new(HashMap::new())),
             created: Mutex::new(false),
             writable_mounts: Mutex::new(Vec::new()),
+            resolv_conf: Mutex::new(false),
             layers: Layers::new(layout.bundles.join(".layers")),
             departed: Mutex::default(),
             layout,

@@ -5,17 +5,21 @@ use std::fs;
 use std::path::PathBuf;
 
 use cocoon_common::lock;
+use cocoon_protocol::guest_network::DnsConfig;
 use cocoon_protocol::{ErrorKind, Reply, SandboxMount};
 use nix::mount::{mount, MsFlags};
 
 use super::Sandbox;
 use crate::errors::{error, internal, AgentResult};
 
+/// The guest's resolv.conf, which containers get bound in when the host gave DNS servers.
+pub(super) const GUEST_RESOLV_CONF: &str = "/etc/resolv.conf";
+
 impl Sandbox {
     pub fn create_sandbox(
         &self,
         hostname: &str,
-        dns: &[String],
+        dns: &DnsConfig,
         mounts: &[SandboxMount],
     ) -> AgentResult<Reply> {
         let mut created = lock(&self.created);
@@ -33,11 +37,11 @@ impl Sandbox {
                 )
             })?;
         }
-        if !dns.is_empty() {
+        if !dns.servers.is_empty() {
             let _ = fs::create_dir_all("/etc");
-            let text: String = dns.iter().map(|s| format!("nameserver {s}\n")).collect();
-            fs::write("/etc/resolv.conf", text)
+            fs::write(GUEST_RESOLV_CONF, dns.resolv_conf())
                 .map_err(|e| internal("writing /etc/resolv.conf", e))?;
+            *lock(&self.resolv_conf) = true;
         }
         for m in mounts {
             let _ = fs::create_dir_all(&m.target);

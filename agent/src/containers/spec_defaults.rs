@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use cocoon_protocol::defaults::default_capabilities;
 use cocoon_protocol::ErrorKind;
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
 use crate::errors::{error, AgentResult};
 
@@ -55,6 +55,16 @@ pub fn apply_defaults(spec: &mut Spec, container_id: &str, cgroup_parent: &str) 
     }
     spec.set_process(Some(process));
     let mut linux = spec.linux().clone().unwrap_or_default();
+    if let Some(namespaces) = linux.namespaces().clone() {
+        // Every container shares the VM's network: the VM is the pod's network boundary, and a
+        // path there is the host's, meaningless in the guest.
+        linux.set_namespaces(Some(
+            namespaces
+                .into_iter()
+                .filter(|n| n.typ() != LinuxNamespaceType::Network)
+                .collect(),
+        ));
+    }
     if linux.cgroups_path().is_none() {
         linux.set_cgroups_path(Some(PathBuf::from(format!(
             "{cgroup_parent}/{container_id}"
@@ -62,6 +72,57 @@ pub fn apply_defaults(spec: &mut Spec, container_id: &str, cgroup_parent: &str) 
     }
     spec.set_linux(Some(linux));
     Ok(())
+}
+
+/// Binds the guest's resolv.conf (`source`, written from the host's DNS configuration) read-only
+/// into a container whose spec does not mount its own, when its root (mounted at `rootfs`) has
+/// the file or room to make it: an image without /etc/resolv.conf gets an empty one to mount on,
+/// as Docker makes; a read-only root without one goes without (said in the log).
+pub(super) fn bind_resolv_conf(spec: &mut Spec, source: &str, rootfs: &Path) {
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    if mounts
+        .iter()
+        .any(|m| m.destination() == Path::new("/etc/resolv.conf"))
+    {
+        return;
+    }
+    if let Err(e) = resolv_conf_mount_point(rootfs) {
+        tracing::info!("no /etc/resolv.conf in this container: {e}");
+        return;
+    }
+    let mut bind = Mount::default();
+    bind.set_destination("/etc/resolv.conf".into())
+        .set_typ(Some("bind".into()))
+        .set_source(Some(source.into()))
+        .set_options(Some(vec![
+            "rbind".into(),
+            "ro".into(),
+            "nosuid".into(),
+            "nodev".into(),
+        ]));
+    mounts.push(bind);
+    spec.set_mounts(Some(mounts));
+}
+
+/// /etc/resolv.conf in the container's root, made empty when missing: `/etc` must be a directory
+/// of the image's own (no symlink out), and nothing is followed to make the file.
+fn resolv_conf_mount_point(rootfs: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let etc = rootfs.join("etc");
+    if !fs::symlink_metadata(&etc)?.is_dir() {
+        return Err(std::io::Error::other("/etc is not a directory"));
+    }
+    let file = etc.join("resolv.conf");
+    if fs::symlink_metadata(&file).is_ok() {
+        return Ok(());
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(&file)
+        .map(drop)
 }
 
 /// Makes the spec's relative bind sources absolute: OCI takes them as relative to the bundle. The

@@ -100,7 +100,7 @@ impl Lifecycle {
         };
         client.call(Operation::CreateSandbox {
             hostname: spec.hostname().clone().unwrap_or_default(),
-            dns: Vec::new(),
+            dns: Default::default(),
             mounts: Vec::new(),
         })?;
         let forwarder = self.forward_events(&client);

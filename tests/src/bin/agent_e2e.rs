@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use cocoon_protocol::guest_network::DnsConfig;
 use cocoon_protocol::{
     ErrorKind, Event, ExitStatus, Operation, Reply, Rootfs, SandboxMount, StdioPorts,
 };
@@ -247,7 +248,11 @@ fn case_sandbox_setup(s: &Session) -> Result<String> {
     let create = || {
         s.call(Operation::CreateSandbox {
             hostname: "pod-host".into(),
-            dns: vec!["192.0.2.53".into()],
+            dns: DnsConfig {
+                servers: vec!["192.0.2.53".into()],
+                search: vec!["pod.example".into()],
+                options: vec!["ndots:2".into()],
+            },
             mounts: vec![SandboxMount {
                 source: "tmpfs".into(),
                 target: "/run/cocoon/shared".into(),
@@ -262,10 +267,13 @@ fn case_sandbox_setup(s: &Session) -> Result<String> {
         "pod-writer",
         pod_member_spec(
             "pod-writer",
-            "echo from-writer > /tmp/shared/note; cat /tmp/resolv.conf",
+            "echo from-writer > /tmp/shared/note; cat /tmp/resolv.conf; echo ---; cat /etc/resolv.conf 2>/dev/null || echo none",
         ),
     )?;
-    if status != ExitStatus::Exited(0) || !out.contains("nameserver 192.0.2.53") {
+    // The guest's resolv.conf as the spec binds it; the agent binds none of its own into a
+    // read-only root without one to mount on (a writable root gets it: the launcher's network).
+    let bound = "nameserver 192.0.2.53\nsearch pod.example\noptions ndots:2\n";
+    if status != ExitStatus::Exited(0) || out != format!("{bound}---\nnone\n") {
         bail!("writer: status {status:?} out {out:?} err {err:?}");
     }
     let (out, err, status) = s.run(
