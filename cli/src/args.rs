@@ -22,6 +22,18 @@ pub struct RunArgs {
     /// the host meanwhile are overwritten).
     #[arg(short, long = "volume", value_name = "HOSTDIR:GUESTDIR[:ro]")]
     pub volumes: Vec<String>,
+    /// The container's network: `default` (passt: outbound connections through the host, and
+    /// the ports published with -p; the host's own loopback services stay out of reach) or
+    /// `none` (loopback only).
+    #[arg(long, default_value = "default", value_name = "default|none")]
+    pub network: String,
+    /// Publish a container port on the host (repeatable), as Docker writes it.
+    #[arg(
+        short,
+        long = "publish",
+        value_name = "[IP:]HOSTPORT:CONTAINERPORT[/udp]"
+    )]
+    pub publish: Vec<String>,
     /// vCPUs of the microVM.
     #[arg(long, default_value_t = 1)]
     pub cpus: u8,

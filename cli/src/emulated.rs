@@ -63,6 +63,10 @@ fn inner_command(args: &RunArgs) -> Result<String> {
     if let Some(n) = &args.name {
         words.push(format!("--name {}", quote(n)));
     }
+    words.push(format!("--network {}", quote(&args.network)));
+    for p in &args.publish {
+        words.push(format!("-p {}", quote(p)));
+    }
     words.push(format!("{DEFAULT_IMAGE} --"));
     words.extend(args.command.iter().map(|w| quote(w)));
     Ok(words.join(" "))
@@ -93,6 +97,14 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         }],
     )?;
     let in_host = host.add_binary(&launcher)?;
+    if args.network != "none" {
+        // The network's passt runs inside the emulated host, beside the VMM; it sandboxes
+        // itself with pivot_root, which cannot leave an initramfs.
+        if let Some(passt) = crate::network::passt_program() {
+            host.add_binary(&passt)?;
+            host.real_root = true;
+        }
+    }
     host.set_env("COCOON", &in_host);
     host.set_env("COCOON_DEFAULT_IMAGE", &format!("{FILES_DIR}/default.ext4"));
     host.cpus = args.cpus.max(2);

@@ -14,6 +14,7 @@ mod emulated;
 mod image;
 mod logs;
 mod manage;
+mod network;
 mod request;
 mod run;
 mod session;

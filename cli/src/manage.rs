@@ -166,7 +166,10 @@ pub fn ps(root: Option<&Path>, args: &PsArgs) -> Result<()> {
         }
         return Ok(());
     }
-    println!("{:<20} {:<22} {:<24} COMMAND", "NAME", "STATUS", "IMAGE");
+    println!(
+        "{:<20} {:<22} {:<24} {:<40} PORTS",
+        "NAME", "STATUS", "IMAGE", "COMMAND"
+    );
     for (entry, record) in listed {
         let mut command = record.command.join(" ");
         if command.len() > 40 {
@@ -174,10 +177,11 @@ pub fn ps(root: Option<&Path>, args: &PsArgs) -> Result<()> {
             command.push_str("...");
         }
         println!(
-            "{:<20} {:<22} {:<24} {command}",
+            "{:<20} {:<22} {:<24} {command:<40} {}",
             entry.name,
             status_column(&record),
-            record.image
+            record.image,
+            record.ports
         );
     }
     Ok(())

@@ -8,6 +8,7 @@ use cocoon_sandbox::spec::ProcessOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::image::ImageConfig;
+use crate::network::Network;
 use crate::volume::{self, Volume};
 
 const MIN_MEMORY_MIB: u64 = 64;
@@ -122,6 +123,8 @@ pub struct Request {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub remove_on_exit: bool,
+    #[serde(default)]
+    pub network: Network,
 }
 
 /// `256M`, `1g`, `65536k`, or bytes; in MiB.

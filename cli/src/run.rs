@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use cocoon_protocol::Operation;
 
 use crate::args::RunArgs;
+use crate::network::Network;
 use crate::request::{self, Request};
 use crate::session::{self, Session, Stdio as ProcessStdio, CONTAINER_ID};
 use crate::state::{self, Entry, Record, Root, Status};
@@ -37,6 +38,7 @@ fn request_from(args: &RunArgs) -> Result<Request> {
         bail!("-d cannot be combined with -i or -t (cocoon has no attach): run detached, then use `cocoon exec -it NAME sh`");
     }
     let volumes = request::parse_volumes(&args.volumes)?;
+    let network = Network::from_flags(&args.network, &args.publish)?;
     let files =
         cocoon_sandbox::GuestFiles::locate(None, args.kernel.as_deref(), args.initrd.as_deref())?;
     cocoon_sandbox::check_kvm()?;
@@ -52,6 +54,7 @@ fn request_from(args: &RunArgs) -> Result<Request> {
         kernel: files.kernel,
         initrd: files.initrd,
         remove_on_exit: args.rm || !args.detach,
+        network,
     })
 }
 
@@ -93,6 +96,7 @@ fn prepare(entry: &Entry, request: &mut Request, detached: bool) -> Result<()> {
         watcher_pid: std::process::id(),
         vmm_pid: None,
         detached,
+        ports: request.network.ports_column(),
     })?;
     let image = image::prepare(&request.image, &session::rootfs_disk(entry))?;
     request.process.apply_image(&image)?;

@@ -14,6 +14,7 @@ use cocoon_sandbox::spec::container_spec;
 use cocoon_sandbox::{AgentClient, ProcessPorts, ProcessStreams, Vm, VmOptions};
 use oci_spec::runtime::Mount;
 
+use crate::network::{self, NetworkMode, Passt};
 use crate::request::Request;
 use crate::state::Entry;
 use crate::target::Target;
@@ -42,6 +43,8 @@ fn guest_disk(index: usize) -> String {
 pub struct Session {
     pub vm: Vm,
     pub client: Arc<AgentClient>,
+    /// The network's passt, with `--network default`.
+    pub passt: Option<Passt>,
 }
 
 /// Boots the container's VM and sets up its sandbox (hostname, volumes mounted in the guest).
@@ -50,6 +53,17 @@ pub fn boot(entry: &Entry, request: &Request) -> Result<Session> {
     for (i, volume) in request.volumes.iter().enumerate() {
         disks.push((volume_disk(entry, i), volume.read_only));
     }
+    let mut passt = match request.network.mode {
+        NetworkMode::Default => Some(Passt::start(
+            &request.network,
+            &entry.dir.join("passt.log"),
+        )?),
+        NetworkMode::None => None,
+    };
+    let nets = match passt.as_mut() {
+        Some(passt) => vec![passt.take_vm_net()?],
+        None => Vec::new(),
+    };
     let mut vm = Vm::spawn(&VmOptions {
         vmm: request.vmm.clone(),
         kernel: request.kernel.clone(),
@@ -61,9 +75,10 @@ pub fn boot(entry: &Entry, request: &Request) -> Result<Session> {
         cid: 3,
         extra_cmdline: String::new(),
         runtime_dir: Some(entry.dir.clone()),
+        nets,
     })?;
-    match set_up(entry, request, &mut vm) {
-        Ok(client) => Ok(Session { vm, client }),
+    match set_up(entry, request, &mut vm, passt.as_mut()) {
+        Ok(client) => Ok(Session { vm, client, passt }),
         Err(e) => {
             let note = vm.shut_down_note(Duration::from_millis(500))?;
             Err(with_vmm_note(e, &note))
@@ -71,7 +86,12 @@ pub fn boot(entry: &Entry, request: &Request) -> Result<Session> {
     }
 }
 
-fn set_up(entry: &Entry, request: &Request, vm: &mut Vm) -> Result<Arc<AgentClient>> {
+fn set_up(
+    entry: &Entry,
+    request: &Request,
+    vm: &mut Vm,
+    passt: Option<&mut Passt>,
+) -> Result<Arc<AgentClient>> {
     entry.update(|r| r.vmm_pid = vm.pid())?;
     let client = Arc::new(vm.connect_agent(AGENT_TIMEOUT)?);
     let mounts = request
@@ -91,9 +111,18 @@ fn set_up(entry: &Entry, request: &Request, vm: &mut Vm) -> Result<Arc<AgentClie
         .collect();
     client.call(Operation::CreateSandbox {
         hostname: request.hostname.clone(),
-        dns: Default::default(),
+        dns: match passt {
+            Some(_) => network::guest_dns(),
+            None => Default::default(),
+        },
         mounts,
     })?;
+    if let Some(passt) = passt {
+        passt.check_running()?;
+        for op in network::guest_setup() {
+            client.call(op).context("setting up the guest's network")?;
+        }
+    }
     Ok(client)
 }
 
@@ -273,7 +302,11 @@ pub fn stop(mut session: Session, clean: bool) -> Result<String> {
     } else {
         Duration::from_millis(500)
     };
-    Ok(session.vm.shut_down_note(grace)?)
+    let note = session.vm.shut_down_note(grace)?;
+    if let Some(passt) = session.passt.as_mut() {
+        passt.stop();
+    }
+    Ok(note)
 }
 
 /// `error`, followed by what the VMM said.

@@ -43,6 +43,9 @@ pub struct Record {
     #[serde(default)]
     pub vmm_pid: Option<u32>,
     pub detached: bool,
+    /// Published ports, as `cocoon ps` shows them.
+    #[serde(default)]
+    pub ports: String,
 }
 
 /// How a container looks from outside: its record, corrected where its watcher died unseen.
@@ -267,6 +270,7 @@ mod tests {
             watcher_pid,
             vmm_pid: None,
             detached: true,
+            ports: String::new(),
         }
     }
 

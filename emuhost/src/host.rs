@@ -56,6 +56,9 @@ mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
+# Loopback up, as on any machine (passt, cocoon run's network, takes it as its template
+# interface when there is no uplink).
+ip link set lo up
 for m in irqbypass kvm; do insmod /modules/$m.ko || echo "@@COCOON-HOST-ERROR insmod $m failed"; done
 for m in /modules/extra/*.ko; do [ -e "$m" ] && { insmod "$m" || echo "@@COCOON-HOST-ERROR insmod $m failed"; }; done
 # vgif=0: with virtual GIF, qemu 7.2's TCG delivers host interrupts right after #VMEXIT while GIF

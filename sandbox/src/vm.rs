@@ -3,15 +3,17 @@
 //! directory (a private one goes away with it); the API socket's disk slots; how the VMM ended.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cocoon_protocol::socket_path::MAX_SOCKET_PATH_LEN;
 use cocoon_protocol::vm_config::{
-    ConsoleConfig, DiskConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE,
+    ConsoleConfig, DiskConfig, NetBackendConfig, NetConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE,
 };
 use cocoon_protocol::vmm_api::{ApiRequest, ApiResponse};
 
@@ -76,6 +78,20 @@ pub fn check_socket_room(dir: &Path) -> Result<(), VmError> {
     Ok(())
 }
 
+/// The descriptor the `index`th network device's backend has in the VMM: 3, 4, ... (after stdio).
+const fn inherited_fd(index: usize) -> RawFd {
+    3 + index as RawFd
+}
+
+/// One of the VM's network devices: `config`, and the descriptor its backend is (a tap or a
+/// stream socket), which the VMM inherits and alone keeps open. A `Tap` backend by name needs
+/// none.
+#[derive(Clone, Debug)]
+pub struct VmNet {
+    pub config: NetConfig,
+    pub fd: Option<Arc<OwnedFd>>,
+}
+
 /// What to boot.
 #[derive(Clone, Debug)]
 pub struct VmOptions {
@@ -95,6 +111,8 @@ pub struct VmOptions {
     /// Where the VM's sockets and console log go; a private temporary directory, removed with
     /// the `Vm`, when `None`. A given directory is left in place.
     pub runtime_dir: Option<PathBuf>,
+    /// Network devices (virtio-net), in the order the guest sees them.
+    pub nets: Vec<VmNet>,
 }
 
 impl VmOptions {
@@ -122,7 +140,35 @@ impl VmOptions {
             config.disk_slots = self.disk_slots;
             config.api_socket = Some(dir.join(API_SOCKET));
         }
+        config.nets = self
+            .nets
+            .iter()
+            .enumerate()
+            .map(|(i, net)| {
+                let mut config = net.config.clone();
+                if net.fd.is_some() {
+                    config.backend = match config.backend {
+                        NetBackendConfig::TapFd(_) | NetBackendConfig::Tap(_) => {
+                            NetBackendConfig::TapFd(inherited_fd(i))
+                        }
+                        NetBackendConfig::StreamFd(_) => {
+                            NetBackendConfig::StreamFd(inherited_fd(i))
+                        }
+                    };
+                }
+                config
+            })
+            .collect();
         config
+    }
+
+    /// (descriptor here, descriptor in the VMM) of each network backend the VMM inherits.
+    fn inherited_fds(&self) -> Vec<(RawFd, RawFd)> {
+        self.nets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, net)| net.fd.as_ref().map(|fd| (fd.as_raw_fd(), inherited_fd(i))))
+            .collect()
     }
 }
 
@@ -173,14 +219,16 @@ impl Vm {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // SAFETY: prctl(2) only, between fork and exec: the VMM dies with the thread that started
-        // it, so a killed launcher or shim never leaves a VM running with nobody to stop it.
+        let fds = options.inherited_fds();
+        // SAFETY: prctl(2), fcntl(2) and dup2(2) only, between fork and exec: the VMM dies with
+        // the thread that started it, so a killed launcher or shim never leaves a VM running with
+        // nobody to stop it, and it gets its network backends' descriptors.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                crate::inherit::move_descriptors(&fds)
             });
         }
         let child = cmd
@@ -388,6 +436,7 @@ mod tests {
             cid: 7,
             extra_cmdline: "cocoon.root=vda".into(),
             runtime_dir: None,
+            nets: Vec::new(),
         };
         let dir = Path::new("/run/cocoon/vm1");
         let config = options.vm_config(dir);
@@ -424,6 +473,33 @@ mod tests {
         // What the VMM reads back is what was written.
         let json = serde_json::to_string(&config).unwrap();
         assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), config);
+    }
+
+    #[test]
+    fn network_backends_get_the_descriptors_the_vmm_inherits() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = Arc::new(OwnedFd::from(a));
+        let mut options = stand_in(Path::new("/bin/true"));
+        options.nets = vec![
+            VmNet {
+                config: NetConfig::new(NetBackendConfig::Tap("tap-by-name".into())),
+                fd: None,
+            },
+            VmNet {
+                config: NetConfig::new(NetBackendConfig::StreamFd(-1)),
+                fd: Some(fd.clone()),
+            },
+        ];
+        let config = options.vm_config(Path::new("/run/x"));
+        let backends: Vec<_> = config.nets.iter().map(|n| n.backend.clone()).collect();
+        assert_eq!(
+            backends,
+            [
+                NetBackendConfig::Tap("tap-by-name".into()),
+                NetBackendConfig::StreamFd(4)
+            ]
+        );
+        assert_eq!(options.inherited_fds(), [(fd.as_raw_fd(), 4)]);
     }
 
     #[test]
@@ -465,6 +541,7 @@ mod tests {
             cid: 3,
             extra_cmdline: String::new(),
             runtime_dir: None,
+            nets: Vec::new(),
         }
     }
 

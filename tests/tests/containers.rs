@@ -9,8 +9,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use cocoon_tests::suite::{scenario_result, value, SuiteFile};
-use cocoon_tests::{run_suite, Scenario, SuiteError, SuiteRun};
+use cocoon_tests::suite::{run_suite_with, scenario_result, value, HostNeeds, SuiteFile};
+use cocoon_tests::{Scenario, SuiteError, SuiteRun};
 
 static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
     let mut files = vec![
@@ -135,16 +135,50 @@ echo "rootless=$? $rootless state=$(ls "$user_dir/xdg/cocoon" | wc -l) host-uid=
 chmod "$kvm_mode" /dev/kvm; rm -rf "$user_dir"
 echo "t-rootless=$(date +%s)"
 
+# The network (`--network default`: passt on a socketpair; README "Networking"), in a network
+# namespace of its own with a dummy uplink, so nothing of the machine's network is touched.
+# (`timeout wget`, not `wget -T`: busybox 1.35's static wget segfaults with -T.)
+cat > net.sh <<'NET'
+"$IP" link set lo up
+"$IP" link add uplink0 type dummy && "$IP" addr add 198.51.100.1/24 dev uplink0 && "$IP" link set uplink0 up && "$IP" route add default via 198.51.100.254 dev uplink0 || echo "net-setup=FAILED"
+mkdir -p www-host www-lo; echo from-host-dummy > www-host/index.html; echo from-host-loopback > www-lo/index.html
+httpd -f -p 198.51.100.1:8081 -h www-host & h1=$!
+httpd -f -p 127.0.0.1:8082 -h www-lo & h2=$!
+web=$("$COCOON" run -d --name web -p 127.0.0.1:18080:80 default -- sh -c 'mkdir -p /www && echo served-by-guest > /www/index.html && exec httpd -f -p 80 -h /www')
+echo "net-detach=$? $web"
+i=0; until page=$(timeout 3 wget -q -O- http://127.0.0.1:18080/ 2>/dev/null) || [ $i -ge 60 ]; do sleep 0.5; i=$((i + 1)); done
+echo "net-published=$page"
+echo "net-ps=$("$COCOON" ps | grep '^web ' | grep -o '127.0.0.1:18080->80/tcp')"
+"$COCOON" run --rm -p 127.0.0.1:18080:80 default -- true 2>err; echo "net-taken=$? lines=$(wc -l < err) $(cat err)"
+"$COCOON" rm -f web > /dev/null; echo "net-rm=$?"
+echo "net-outbound=$("$COCOON" run --rm default -- timeout 10 wget -q -O- http://198.51.100.1:8081/ 2>&1)"
+echo "net-host-loopback=$("$COCOON" run --rm default -- sh -c 'timeout 5 wget -q -O- http://10.0.2.2:8082/ > /dev/null 2>&1 && echo reachable || echo unreachable')"
+echo "net-guest=$("$COCOON" run --rm default -- sh -c 'ip -o -4 addr show eth0 | awk "{print \$4}"; cat /sys/class/net/eth0/mtu /sys/class/net/eth0/address; ip route | grep ^default; grep -c ^nameserver /etc/resolv.conf' | tr '\n' ' ')"
+echo "net-none=$("$COCOON" run --rm --network none default -- ls /sys/class/net | tr '\n' ' ')"
+kvm_mode=$(stat -c %a /dev/kvm); chmod o+rw /dev/kvm
+user_dir=$(mktemp -d /tmp/rootless-net.XXXXXX); chmod 755 "$user_dir"
+mkdir -p "$user_dir/xdg" "$user_dir/home"; chown 1000:1000 "$user_dir/xdg" "$user_dir/home"
+echo "net-rootless=$(env -u COCOON_ROOT HOME="$user_dir/home" XDG_RUNTIME_DIR="$user_dir/xdg" "$COCOON_AGENT_E2E" as-user 1000 1000 "$COCOON" run --rm default -- timeout 10 wget -q -O- http://198.51.100.1:8081/ 2>&1)"
+chmod "$kvm_mode" /dev/kvm; rm -rf "$user_dir"
+kill $h1 $h2
+echo "net-passts=$(ps | grep -c '[p]asst')"
+NET
+unshare -n sh net.sh
+"$COCOON" run --network bogus default -- true 2>err; echo "net-bogus=$? lines=$(wc -l < err) $(cat err)"
+"$COCOON" run -p 80 default -- true 2>err; echo "net-bad-port=$? lines=$(wc -l < err) $(cat err)"
+"$COCOON" run --network none -p 8080:80 default -- true 2>err; echo "net-none-port=$? lines=$(wc -l < err) $(cat err)"
+echo "t-network=$(date +%s)"
+
 run /nonexistent -- true 2>err; echo "missing-image=$? lines=$(wc -l < err) $(cat err)"
 run --memory 0 default -- true 2>err; echo "memory0=$? lines=$(wc -l < err) $(cat err)"
 run -v nocolon default -- true 2>err; echo "bad-volume=$? lines=$(wc -l < err) $(cat err)"
 "$COCOON" exec nosuch true 2>err; echo "unknown-name=$? lines=$(wc -l < err) $(cat err)"
 run default 2>err; echo "no-command=$? lines=$(wc -l < err) $(cat err)"
 run default -- /no/such/command 2>err; echo "bad-command=$? lines=$(wc -l < err) $(cat err)"
-echo "leftovers=$(ls /tmp | grep -c '^cocoon-') state=$(ls "$COCOON_ROOT" | wc -l) vmms=$(ps | grep -c '[c]ocoon-vmm') monitors=$(ps | grep -c '[m]onitor')"
+echo "leftovers=$(ls /tmp | grep -c '^cocoon-') state=$(ls "$COCOON_ROOT" | wc -l) vmms=$(ps | grep -c '[c]ocoon-vmm') monitors=$(ps | grep -c '[m]onitor') passts=$(ps | grep -c '[p]asst')"
 cut -c1-300 crashes.log 2>/dev/null | sed 's/^/@@COCOON-GUEST-CRASH launcher: /'
 "#;
-    run_suite(
+    run_suite_with(
         &[
             Scenario::new("containers", script),
             Scenario::new("launcher", launcher),
@@ -155,9 +189,18 @@ cut -c1-300 crashes.log 2>/dev/null | sed 's/^/@@COCOON-GUEST-CRASH launcher: /'
             "cocoon",
             "/sbin/mkfs.ext4",
             "/sbin/debugfs",
+            // `cocoon run`'s network, and the test's own uplink.
+            "/usr/bin/passt",
+            "/usr/sbin/ip",
         ],
         2,
         Duration::from_secs(720),
+        &HostNeeds {
+            // passt sandboxes itself with pivot_root, which cannot leave an initramfs.
+            real_root: true,
+            modules: vec!["drivers/net/dummy.ko".into()],
+            ..HostNeeds::default()
+        },
     )
 });
 
@@ -341,7 +384,7 @@ fn cocoon_run_refuses_bad_input_in_one_line_and_leaves_nothing() {
     );
     assert_eq!(
         value(&out, "leftovers="),
-        "0 state=0 vmms=0 monitors=0",
+        "0 state=0 vmms=0 monitors=0 passts=0",
         "{out}"
     );
 }
@@ -451,5 +494,78 @@ fn cocoon_run_works_rootless() {
         value(&out, "rootless="),
         "0 in-guest-uid=0 caps=00000000a80425fb state=0 host-uid=1000",
         "uid 1000 on the host with /dev/kvm; hardened root in the guest; state under XDG_RUNTIME_DIR\n{out}"
+    );
+}
+
+#[test]
+fn cocoon_run_gets_a_network_through_passt_with_published_ports() {
+    let Some(out) = launcher_output("cocoon_run_gets_a_network_through_passt_with_published_ports")
+    else {
+        return;
+    };
+    assert!(
+        !out.contains("net-setup=FAILED"),
+        "the test's dummy uplink\n{out}"
+    );
+    assert_eq!(value(&out, "net-detach="), "0 web", "{out}");
+    assert_eq!(
+        value(&out, "net-published="),
+        "served-by-guest",
+        "-p reaches the guest's server\n{out}"
+    );
+    assert_eq!(value(&out, "net-ps="), "127.0.0.1:18080->80/tcp", "{out}");
+    assert!(
+        value(&out, "net-taken=").starts_with(
+            "125 lines=1 cocoon: -p 127.0.0.1:18080->80/tcp: host port 18080 cannot be bound"
+        ),
+        "{out}"
+    );
+    assert_eq!(value(&out, "net-rm="), "0", "{out}");
+    assert_eq!(
+        value(&out, "net-outbound="),
+        "from-host-dummy",
+        "the guest reaches a host address\n{out}"
+    );
+    assert_eq!(
+        value(&out, "net-host-loopback="),
+        "unreachable",
+        "--no-map-gw: the host's loopback services are out of reach\n{out}"
+    );
+    // Address, MTU, MAC, default route, and how many nameservers resolv.conf has.
+    let guest = value(&out, "net-guest=");
+    for part in [
+        "10.0.2.100/24 65520 02:63:6f:63:6f:6e ",
+        "default via 10.0.2.2 dev eth0",
+    ] {
+        assert!(guest.contains(part), "{part} in {guest}\n{out}");
+    }
+    assert!(
+        !guest.trim_end().ends_with(" 0"),
+        "the guest has DNS servers: {guest}\n{out}"
+    );
+    assert_eq!(value(&out, "net-none="), "lo ", "{out}");
+    assert_eq!(
+        value(&out, "net-rootless="),
+        "from-host-dummy",
+        "passt works for uid 1000 too\n{out}"
+    );
+    assert_eq!(
+        value(&out, "net-passts="),
+        "0",
+        "no passt outlives its container\n{out}"
+    );
+    assert!(
+        value(&out, "net-bogus=")
+            .starts_with("125 lines=1 cocoon: --network 'bogus' is not a network cocoon knows"),
+        "{out}"
+    );
+    assert!(
+        value(&out, "net-bad-port=")
+            .starts_with("125 lines=1 cocoon: -p '80': give a host port and a container port"),
+        "{out}"
+    );
+    assert!(
+        value(&out, "net-none-port=").starts_with("125 lines=1 cocoon: -p needs a network"),
+        "{out}"
     );
 }

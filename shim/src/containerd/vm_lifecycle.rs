@@ -89,6 +89,7 @@ impl Lifecycle {
             cid: 3,
             extra_cmdline: String::new(),
             runtime_dir: Some(dir.to_path_buf()),
+            nets: Vec::new(),
         })?;
         let uds = vm.uds();
         let client = match vm.connect_agent(AGENT_TIMEOUT) {

@@ -844,6 +844,7 @@ fn main() -> Result<()> {
         cid: 3,
         extra_cmdline: String::new(),
         runtime_dir: None,
+        nets: Vec::new(),
     };
     let booted = Instant::now();
     let mut vm = Vm::spawn(&options)?;

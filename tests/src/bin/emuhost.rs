@@ -49,6 +49,12 @@ fn main() -> ExitCode {
     }
 }
 
+fn on_path(program: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
 fn run(command: &str, cpus: u8, deadline: Duration) -> anyhow::Result<u8> {
     let vmm = workspace_binary("cocoon-vmm").map_err(anyhow::Error::msg)?;
     let guest = guest_images().map_err(anyhow::Error::msg)?;
@@ -95,6 +101,13 @@ fn run(command: &str, cpus: u8, deadline: Duration) -> anyhow::Result<u8> {
                     "COCOON_DEFAULT_IMAGE",
                     &format!("{}/default.ext4", cocoon_emuhost::host::FILES_DIR),
                 );
+            }
+            if let Some(passt) = on_path("passt") {
+                // `cocoon run`'s network: passt sandboxes itself with pivot_root, which cannot
+                // leave an initramfs; a dummy uplink can be made (`ip link add x type dummy`).
+                host.add_binary(&passt)?;
+                host.real_root = true;
+                host.add_module("drivers/net/dummy.ko")?;
             }
             host.cpus = cpus;
             run_command(host, command, deadline, echo)
