@@ -4,15 +4,15 @@
 
 use std::net::IpAddr;
 
+use cocoon_net::core::{NLM_F_CREATE, NLM_F_REPLACE};
+use cocoon_net::route::address::{AddressAttribute, AddressMessage, AddressScope};
+use cocoon_net::route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use cocoon_net::route::{AddressFamily, RouteNetlinkMessage};
 use cocoon_protocol::guest_network::Interface;
 use cocoon_protocol::ErrorKind;
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::netlink::RouteSocket;
 use crate::errors::{error, internal, AgentResult};
+use cocoon_net::RouteSocket;
 
 /// The kernel's limit on an interface name (IFNAMSIZ less the terminating NUL).
 const MAX_NAME_LEN: usize = 15;

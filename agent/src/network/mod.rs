@@ -5,7 +5,6 @@
 mod announce;
 mod interface;
 mod neighbours;
-mod netlink;
 mod routes;
 
 pub use interface::update_interface;

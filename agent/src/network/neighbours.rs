@@ -1,16 +1,16 @@
 //! `AddNeighbours`: permanent ARP entries (a CNI result's gateway, as Kata's AddARPNeighbors).
 
-use cocoon_protocol::guest_network::Neighbour;
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
-use netlink_packet_route::neighbour::{
+use cocoon_net::core::{NLM_F_CREATE, NLM_F_REPLACE};
+use cocoon_net::route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::RouteType;
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use cocoon_net::route::route::RouteType;
+use cocoon_net::route::{AddressFamily, RouteNetlinkMessage};
+use cocoon_protocol::guest_network::Neighbour;
 
 use super::interface::link_by_name;
-use super::netlink::RouteSocket;
 use crate::errors::{internal, AgentResult};
+use cocoon_net::RouteSocket;
 
 pub fn add_neighbours(neighbours: &[Neighbour]) -> AgentResult<()> {
     let mut socket = RouteSocket::open().map_err(|e| internal("opening rtnetlink", e))?;

@@ -1,17 +1,17 @@
 //! `UpdateRoutes`: routes in the guest's main table, link routes before gateway routes (a gateway
 //! must be reachable when its route is added). A route that exists already is replaced.
 
-use cocoon_protocol::guest_network::{in_adding_order, Route};
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
-use netlink_packet_route::route::{
+use cocoon_net::core::{NLM_F_CREATE, NLM_F_REPLACE};
+use cocoon_net::route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
     RouteScope, RouteType,
 };
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use cocoon_net::route::{AddressFamily, RouteNetlinkMessage};
+use cocoon_protocol::guest_network::{in_adding_order, Route};
 
 use super::interface::link_by_name;
-use super::netlink::RouteSocket;
 use crate::errors::{internal, AgentResult};
+use cocoon_net::RouteSocket;
 
 fn message(route: &Route, index: u32) -> RouteMessage {
     let mut message = RouteMessage::default();

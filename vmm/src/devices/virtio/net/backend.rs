@@ -17,6 +17,8 @@ pub enum BackendError {
         what: String,
         source: std::io::Error,
     },
+    #[error("{0} (tap=NAME, fd=N)")]
+    Tap(#[from] cocoon_net::tap::TapError),
     #[error("the backend closed its end (the link is down)")]
     Closed,
     #[error("the backend sent a frame of {0} bytes, more than a frame can be")]

@@ -1,5 +1,6 @@
-//! A blocking rtnetlink socket: one request at a time, acknowledged or answered in full before the
-//! next. The message types are `netlink-packet-route`'s; the socket is `netlink-sys`'s (the crates
+//! A blocking rtnetlink socket, for the agent (the guest's interfaces, routes, neighbours) and the
+//! host side (a pod's tap and its tc redirects). One request at a time,
+//! acknowledged or answered in full before the next. The message types are `netlink-packet-route`'s; the socket is `netlink-sys`'s (the crates
 //! `rtnetlink` is built on — its async API would bring tokio into the agent for a handful of
 //! requests made once per sandbox).
 
@@ -79,6 +80,19 @@ impl RouteSocket {
     pub fn request(&mut self, message: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
         let sequence = self.send(message, flags | NLM_F_ACK)?;
         self.answers(sequence, |_| {})
+    }
+
+    /// Every link, with its attributes.
+    pub fn links(&mut self) -> io::Result<Vec<netlink_packet_route::link::LinkMessage>> {
+        let request = RouteNetlinkMessage::GetLink(Default::default());
+        Ok(self
+            .dump(request)?
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(link) => Some(link),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Every object a dump request (`RTM_GET*`) lists.
