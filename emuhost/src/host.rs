@@ -60,7 +60,15 @@ mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 # interface when there is no uplink).
 ip link set lo up
 for m in irqbypass kvm; do insmod /modules/$m.ko || echo "@@COCOON-HOST-ERROR insmod $m failed"; done
-for m in /modules/extra/*.ko; do [ -e "$m" ] && { insmod "$m" || echo "@@COCOON-HOST-ERROR insmod $m failed"; }; done
+# Two passes: a module whose dependencies come later in the list (bridge before llc, stp) loads in
+# the second.
+for pass in 1 2; do
+  for m in /modules/extra/*.ko; do
+    [ -e "$m" ] || continue
+    n=$(basename "$m" .ko); grep -q "^$n " /proc/modules && continue
+    insmod "$m" 2>/dev/null || [ $pass = 1 ] || echo "@@COCOON-HOST-ERROR insmod $m failed"
+  done
+done
 # vgif=0: with virtual GIF, qemu 7.2's TCG delivers host interrupts right after #VMEXIT while GIF
 # is still clear (seen as a stack-guard crash in __svm_vcpu_run, and as guests reset mid-run).
 insmod /modules/kvm-amd.ko vgif=0 2>/dev/null || insmod /modules/kvm-intel.ko 2>/dev/null

@@ -5,13 +5,17 @@
 use crate::suite::HostNeeds;
 
 /// Host tools a containerd scenario carries into the emulated host (with their libraries).
-pub const TOOLS: [&str; 6] = [
+pub const TOOLS: [&str; 9] = [
     "/usr/bin/containerd",
     "/usr/bin/ctr",
     "/usr/bin/containerd-shim-runc-v2",
     "/usr/sbin/runc",
     "/sbin/mkfs.ext4",
     "/sbin/debugfs",
+    // CNI, for pods with a network of their own.
+    "/usr/lib/cni/bridge",
+    "/usr/lib/cni/host-local",
+    "/usr/lib/cni/loopback",
 ];
 
 /// The image [`crate::images::docker_archive`] holds, as `ctr images import` names it.
@@ -26,7 +30,20 @@ pub const SINGLE_LAYER_IMAGE: &str = "docker.io/library/cocoon-single:latest";
 pub fn host_needs() -> HostNeeds {
     HostNeeds {
         real_root: true,
-        modules: vec!["fs/overlayfs/overlay.ko".into()],
+        modules: [
+            "fs/overlayfs/overlay.ko",
+            // A pod's network: CNI's bridge and veth, the pod's tap and its tc redirects.
+            "net/llc/llc.ko",
+            "net/802/stp.ko",
+            "net/bridge/bridge.ko",
+            "drivers/net/veth.ko",
+            "drivers/net/tun.ko",
+            "net/sched/sch_ingress.ko",
+            "net/sched/cls_u32.ko",
+            "net/sched/act_mirred.ko",
+        ]
+        .map(String::from)
+        .to_vec(),
         memory_mib: Some(2048),
     }
 }
@@ -62,6 +79,11 @@ if [ -n "${COCOON_CRI_SANDBOX:-}" ]; then
   ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
   mkdir -p /etc; [ -e /etc/hosts ] || printf '127.0.0.1 localhost\n' > /etc/hosts
   [ -e /etc/resolv.conf ] || : > /etc/resolv.conf
+  # Pods with a network of their own: CNI's bridge and host-local (no masquerade: no iptables),
+  # from Debian's containernetworking-plugins, carried in as $BRIDGE, $HOST_LOCAL, $LOOPBACK.
+  mkdir -p cni/bin cni/conf
+  for plugin in "${BRIDGE:-}" "${HOST_LOCAL:-}" "${LOOPBACK:-}"; do [ -n "$plugin" ] && cp "$plugin" cni/bin/; done
+  printf '{"cniVersion":"0.4.0","name":"cocoon-test","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.88.0.0/16"}]],"routes":[{"dst":"0.0.0.0/0"}]}}]}\n' > cni/conf/10-cocoon-test.conflist
   cat >> containerd.toml <<CRI
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$COCOON_CRI_SANDBOX"

@@ -337,6 +337,14 @@ while :; do
   attempt=$((attempt + 1))
 done
 cat cri-pod.out; echo "cri-pod-exit=$cri_pod_exit"
+# A pod with a network of its own (CNI's bridge; README "Pod networking"): served to the host.
+if [ -x cni/bin/bridge ]; then
+  "$COCOON_CRI_POD" --network "$containerd_sock" cocoon "$COCOON_TEST_IMAGE" > cri-net.out 2>&1; echo "cri-net-exit=$?"
+  cat cri-net.out
+  echo "net-pod-left=netns:$(ls /var/run/netns 2>/dev/null | wc -l) veths:$(ls /sys/class/net | grep -c '^veth')"
+else
+  echo "cri-net-exit=skipped: no CNI plugins (make deps installs containernetworking-plugins)"
+fi
 kill $watchdog_pid
 i=0; while [ "$(ours)" -gt "$processes_before" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 echo "pod-processes-left=$(($(ours) - processes_before)) pod-vm-dirs-left=$(($(ls /run/cocoon/ctr 2>/dev/null | wc -l) - vm_dirs_before)) pod-mounts-left=$(grep -c "$root/state" /proc/mounts)"
@@ -723,4 +731,42 @@ fn the_ctr_suite_leaves_nothing_behind() {
         "0 vm-dirs-left=0 tmp-left=0",
         "{out}"
     );
+}
+
+#[test]
+fn a_pod_with_a_cni_network_gets_its_address_in_the_guest_and_serves_the_host() {
+    let Some(out) =
+        pod_output("a_pod_with_a_cni_network_gets_its_address_in_the_guest_and_serves_the_host")
+    else {
+        return;
+    };
+    assert_eq!(value(&out, "cri-net-exit="), "0", "{out}");
+    let ip = value(&out, "net-pod-ip=");
+    assert!(
+        ip.starts_with("10.88."),
+        "CNI's host-local address: {ip}\n{out}"
+    );
+    // The guest's eth0: the pod's address, and the veth's MAC and MTU; the default route CNI gave.
+    let guest = value(&out, "net-pod-guest=");
+    let veth = value(&out, "net-pod-veth=");
+    let (mac, mtu) = veth.split_once(' ').unwrap_or_default();
+    assert!(
+        guest.starts_with(&format!("{ip}/16 {mac} {mtu} ")),
+        "guest {guest} veth {veth}\n{out}"
+    );
+    assert!(
+        guest.contains("default via 10.88.0.1 dev eth0"),
+        "{guest}\n{out}"
+    );
+    assert_eq!(
+        value(&out, "net-pod-dns="),
+        "search svc.example nameserver 192.0.2.53 options ndots:3",
+        "the DNS CRI asked for\n{out}"
+    );
+    assert_eq!(
+        value(&out, "net-pod-fetch="),
+        "served-by-the-pod",
+        "the host reaches the pod's server\n{out}"
+    );
+    assert_eq!(value(&out, "net-pod-left="), "netns:0 veths:0", "{out}");
 }

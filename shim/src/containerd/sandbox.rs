@@ -24,6 +24,8 @@ pub struct Sandbox {
     /// The VMM's hybrid-vsock socket.
     pub uds: PathBuf,
     pub disks: DiskSlots,
+    /// The pod network namespace's tap and redirects, for a pod that has a network.
+    pub pod_network: Mutex<Option<cocoon_sandbox::pod_network::PodTap>>,
 }
 
 impl Sandbox {

@@ -2,18 +2,21 @@
 //! started process's exit watched and published, the VM stopped, and what a dead shim left
 //! cleaned up.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use cocoon_common::lock;
+use cocoon_protocol::vm_config::{NetBackendConfig, NetConfig};
 use cocoon_protocol::{Event, Operation, Reply};
-use cocoon_sandbox::{AgentClient, ClientError, VmOptions};
+use cocoon_sandbox::pod_network::{PodTap, TAP_NAME};
+use cocoon_sandbox::{AgentClient, ClientError, Vm, VmNet, VmOptions};
 use containerd_shim::protos::events::task as events;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics;
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use super::config::{self, Config};
 use super::disk_slots::{boot_root, DiskSlots};
@@ -37,6 +40,67 @@ pub fn sandbox_dir(namespace: &str, id: &str) -> PathBuf {
     PathBuf::from("/run/cocoon/ctr").join(cocoon_common::short_hash(
         format!("{namespace}/{id}").as_bytes(),
     ))
+}
+
+/// The network namespace the sandbox's spec names by path (CRI's pod namespace, with CNI's
+/// veth in it), if any.
+fn network_namespace(spec: &Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|n| n.typ() == LinuxNamespaceType::Network)
+        .and_then(|n| n.path().clone())
+}
+
+/// Joins the pod's network namespace to a tap for the VM, when the spec names one with an
+/// addressed interface in it; a host-network pod (no namespace path) keeps loopback only.
+fn join_pod_network(id: &str, spec: &Spec) -> Result<Option<PodTap>, TaskError> {
+    let Some(netns) = network_namespace(spec) else {
+        tracing::info!("sandbox {id}: no network namespace to join (host network): the guest has loopback only");
+        return Ok(None);
+    };
+    let joined = PodTap::plumb(&netns).map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+    match &joined {
+        Some(pod_tap) => tracing::info!(
+            "sandbox {id}: {} ({}, MTU {}) joined to {TAP_NAME} in {}",
+            pod_tap.pod.veth,
+            pod_tap.pod.interface.mac,
+            pod_tap.pod.interface.mtu,
+            netns.display()
+        ),
+        None => tracing::info!(
+            "sandbox {id}: {} has no interface with an IPv4 address: the guest has loopback only",
+            netns.display()
+        ),
+    }
+    Ok(joined)
+}
+
+/// The VM's network device on the pod's tap, the veth's MAC, MTU and first address its own.
+fn pod_net(pod_tap: &PodTap) -> Result<VmNet, TaskError> {
+    let interface = &pod_tap.pod.interface;
+    let mut config = NetConfig::new(NetBackendConfig::TapFd(-1));
+    config.mac = Some(interface.mac);
+    config.mtu = interface.mtu;
+    config.ipv4 = interface.addresses.first().map(|c| c.address);
+    let tap = pod_tap
+        .tap
+        .try_clone()
+        .map_err(|e| TaskError::Internal(format!("duplicating the pod's tap: {e}")))?;
+    Ok(VmNet {
+        config,
+        fd: Some(Arc::new(OwnedFd::from(tap))),
+    })
+}
+
+fn remove_pod_network(id: &str, pod_tap: Option<PodTap>) {
+    if let Some(pod_tap) = pod_tap {
+        if let Err(e) = pod_tap.remove() {
+            tracing::warn!("sandbox {id}: {e}");
+        }
+    }
 }
 
 /// Boots, watches and stops the shim's VMs, publishing what happens in them.
@@ -64,8 +128,7 @@ impl Lifecycle {
         dir: &Path,
         pod: bool,
     ) -> Result<Arc<Sandbox>, TaskError> {
-        let (disks, _) = boot_root(root);
-        let boot_disks = disks.len();
+        let boot_disks = boot_root(root).0.len();
         let annotations = spec.annotations().clone().unwrap_or_default();
         let size = config.size_for(&annotations)?;
         let files = config::guest_files(config)?;
@@ -78,6 +141,63 @@ impl Lifecycle {
         } else {
             0
         };
+        let pod_network = join_pod_network(id, spec)?;
+        let nets = match &pod_network {
+            Some(pod_tap) => vec![pod_net(pod_tap)?],
+            None => Vec::new(),
+        };
+        let booted = self.boot_with(spec, root, dir, disk_slots, size, files, nets);
+        let (vm, client, uds) = match booted {
+            Ok(booted) => booted,
+            Err(e) => {
+                remove_pod_network(id, pod_network);
+                return Err(e);
+            }
+        };
+        if let Some(pod_tap) = &pod_network {
+            // The guest takes the veth's place: its MAC, addresses, MTU and routes.
+            let configured = client
+                .call(Operation::UpdateInterface {
+                    interface: pod_tap.pod.interface.clone(),
+                })
+                .and_then(|_| {
+                    client.call(Operation::UpdateRoutes {
+                        routes: pod_tap.pod.routes.clone(),
+                    })
+                });
+            if let Err(e) = configured {
+                let mut vm = vm;
+                let _ = vm.shut_down(Duration::from_millis(500));
+                remove_pod_network(id, pod_network);
+                return Err(e.into());
+            }
+        }
+        let forwarder = self.forward_events(&client);
+        Ok(Arc::new(Sandbox {
+            id: id.to_string(),
+            vm: Mutex::new(Some(vm)),
+            client,
+            forwarder: Mutex::new(Some(forwarder)),
+            dir: dir.to_path_buf(),
+            uds,
+            disks: DiskSlots::after_boot(id, root, usize::from(disk_slots)),
+            pod_network: Mutex::new(pod_network),
+        }))
+    }
+
+    /// Starts the VMM and connects to its agent, which sets up the sandbox.
+    #[allow(clippy::too_many_arguments)]
+    fn boot_with(
+        &self,
+        spec: &Spec,
+        root: &RootDisks,
+        dir: &Path,
+        disk_slots: u8,
+        size: config::VmSize,
+        files: (PathBuf, PathBuf, PathBuf),
+        nets: Vec<VmNet>,
+    ) -> Result<(Vm, Arc<AgentClient>, PathBuf), TaskError> {
+        let (disks, _) = boot_root(root);
         let mut vm = self.spawner.spawn(VmOptions {
             vmm: files.0,
             kernel: files.1,
@@ -89,7 +209,7 @@ impl Lifecycle {
             cid: 3,
             extra_cmdline: String::new(),
             runtime_dir: Some(dir.to_path_buf()),
-            nets: Vec::new(),
+            nets,
         })?;
         let uds = vm.uds();
         let client = match vm.connect_agent(AGENT_TIMEOUT) {
@@ -99,21 +219,15 @@ impl Lifecycle {
                 return Err(anyhow::anyhow!("{e}{note}").into());
             }
         };
-        client.call(Operation::CreateSandbox {
+        if let Err(e) = client.call(Operation::CreateSandbox {
             hostname: spec.hostname().clone().unwrap_or_default(),
             dns: Default::default(),
             mounts: Vec::new(),
-        })?;
-        let forwarder = self.forward_events(&client);
-        Ok(Arc::new(Sandbox {
-            id: id.to_string(),
-            vm: Mutex::new(Some(vm)),
-            client,
-            forwarder: Mutex::new(Some(forwarder)),
-            dir: dir.to_path_buf(),
-            uds,
-            disks: DiskSlots::after_boot(id, root, usize::from(disk_slots)),
-        }))
+        }) {
+            let _ = vm.shut_down(Duration::from_millis(500));
+            return Err(e.into());
+        }
+        Ok((vm, client, uds))
     }
 
     /// Publishes what the agent reports unasked (a container's cgroup hit its memory limit and
@@ -165,6 +279,7 @@ impl Lifecycle {
         if let Some(mut vm) = lock(&sandbox.vm).take() {
             let _ = vm.shut_down(Duration::from_secs(10));
         }
+        remove_pod_network(&sandbox.id, lock(&sandbox.pod_network).take());
         let _ = std::fs::remove_dir_all(&sandbox.dir);
         tracing::info!("sandbox {} stopped", sandbox.id);
     }

@@ -7,7 +7,8 @@
 //! ExecSyncs' exit codes; a container of OTHER_IMAGE (other layers) after the first is removed;
 //! then Stop/RemovePodSandbox. Every id is containerd's own (64 hex digits). Prints one
 //! `key=value` line per observation for the suite to check, and exits non-zero at the first CRI
-//! call that fails (its error printed as `error=`).
+//! call that fails (its error printed as `error=`). With `--network`: a pod with a network of its
+//! own instead (CNI's), which serves the host.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,12 +22,13 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::security_profile::ProfileType;
 use k8s_cri::v1::{
     AttachRequest, Capability, ContainerConfig, ContainerMetadata, ContainerState,
-    ContainerStatusRequest, CreateContainerRequest, ExecRequest, ExecSyncRequest, ImageSpec,
-    ImageStatusRequest, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest, VersionRequest,
+    ContainerStatusRequest, CreateContainerRequest, DnsConfig, ExecRequest, ExecSyncRequest,
+    ImageSpec, ImageStatusRequest, LinuxContainerConfig, LinuxContainerSecurityContext,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest,
+    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    SecurityProfile, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    VersionRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -37,6 +39,8 @@ const KEEP_RUNNING: &str = "trap 'exit 0' TERM; while :; do sleep 1; done";
 struct Cri {
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
+    /// The pod's config, as CreateContainer repeats it.
+    pod: PodSandboxConfig,
 }
 
 async fn connect(socket: PathBuf) -> Result<Cri> {
@@ -54,6 +58,7 @@ async fn connect(socket: PathBuf) -> Result<Cri> {
     Ok(Cri {
         runtime: RuntimeServiceClient::new(channel.clone()),
         images: ImageServiceClient::new(channel),
+        pod: pod_config(),
     })
 }
 
@@ -153,7 +158,7 @@ impl Cri {
             .create_container(CreateContainerRequest {
                 pod_sandbox_id: pod_id.into(),
                 config: Some(config),
-                sandbox_config: Some(pod_config()),
+                sandbox_config: Some(self.pod.clone()),
             })
             .await
             .with_context(|| format!("CreateContainer {name}"))?
@@ -608,14 +613,155 @@ async fn many_exec_syncs(cri: &mut Cri, pod: &str, image: &str) -> Result<()> {
     Ok(())
 }
 
+/// A pod with a network of its own (CNI's, from the pod network namespace), its DNS as CRI
+/// asks.
+fn network_pod_config() -> PodSandboxConfig {
+    let mut config = pod_config();
+    if let Some(metadata) = config.metadata.as_mut() {
+        metadata.name = "cocoon-net-pod".into();
+        metadata.uid = "cocoon-net-pod-uid".into();
+    }
+    config.hostname = "net-pod".into();
+    config.dns_config = Some(DnsConfig {
+        servers: vec!["192.0.2.53".into()],
+        searches: vec!["svc.example".into()],
+        options: vec!["ndots:3".into()],
+    });
+    if let Some(options) = config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|c| c.namespace_options.as_mut())
+    {
+        options.network = NamespaceMode::Pod as i32;
+    }
+    config
+}
+
+/// `GET /` from `ip:80`, the body, retried for up to 20 s while nothing answers.
+fn http_get(ip: &str) -> String {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let attempt = (|| -> std::io::Result<String> {
+            let address = format!("{ip}:80")
+                .parse()
+                .map_err(|e| std::io::Error::other(format!("{e}")))?;
+            let mut stream =
+                std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            Ok(answer)
+        })();
+        match attempt {
+            Ok(answer) => {
+                return answer
+                    .split_once("\r\n\r\n")
+                    .map_or(answer.clone(), |(_, body)| body.trim().to_string())
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    format!("unreachable ({last})")
+}
+
+/// The pod gets CNI's address on a guest interface with the veth's MAC and MTU, serves the host
+/// over it, and has the DNS CRI asked for; then it is removed.
+async fn network_scenario(socket: PathBuf, handler: &str, image: &str) -> Result<()> {
+    let mut cri = connect(socket).await?;
+    cri.pod = network_pod_config();
+    let pod = cri
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(cri.pod.clone()),
+            runtime_handler: handler.into(),
+        })
+        .await
+        .context("RunPodSandbox of a pod with a network")?
+        .into_inner()
+        .pod_sandbox_id;
+    let in_pod = async {
+        let status = cri
+            .runtime
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: false,
+            })
+            .await
+            .context("PodSandboxStatus")?
+            .into_inner();
+        let ip = status
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default();
+        println!("net-pod-ip={ip}");
+        let web = cri
+            .create_with(&pod, "web", image, NamespaceMode::Pod, |c| {
+                c.command = vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "mkdir -p /www && echo served-by-the-pod > /www/index.html && exec httpd -f -p 80 -h /www".into(),
+                ];
+            })
+            .await?;
+        let (_, guest, _) = cri
+            .exec(
+                &web,
+                "ip -o -4 addr show eth0 | awk '{print $4}'; cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu; ip route | grep ^default",
+            )
+            .await?;
+        println!("net-pod-guest={}", guest.replace('\n', " "));
+        // What CNI gave the pod: its eth0 in the pod's namespace, as `ip` sees it there.
+        for netns in std::fs::read_dir("/var/run/netns").into_iter().flatten().flatten() {
+            let out = std::process::Command::new("nsenter")
+                .arg(format!("--net={}", netns.path().display()))
+                .args(["ip", "link", "show", "eth0"])
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let words: Vec<&str> = text.split_whitespace().collect();
+            let after = |key: &str| {
+                words
+                    .iter()
+                    .position(|w| *w == key)
+                    .and_then(|i| words.get(i + 1))
+                    .copied()
+                    .unwrap_or("?")
+            };
+            println!("net-pod-veth={} {}", after("link/ether"), after("mtu"));
+        }
+        let (_, dns, _) = cri.exec(&web, "cat /etc/resolv.conf").await?;
+        println!("net-pod-dns={}", dns.replace('\n', " "));
+        println!("net-pod-fetch={}", http_get(&ip));
+        anyhow::Ok(())
+    }
+    .await;
+    let removed = cri.remove_pod(&pod).await;
+    in_pod?;
+    removed
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [socket, handler, image, other_image] = args.as_slice() else {
-        bail!("usage: cocoon-cri-pod CONTAINERD_SOCKET RUNTIME_HANDLER IMAGE OTHER_IMAGE");
-    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if let [flag, socket, handler, image] = args.as_slice() {
+        if flag == "--network" {
+            if let Err(e) = runtime.block_on(network_scenario(socket.into(), handler, image)) {
+                println!("error={e:#}");
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
+    }
+    let [socket, handler, image, other_image] = args.as_slice() else {
+        bail!("usage: cocoon-cri-pod [--network] CONTAINERD_SOCKET RUNTIME_HANDLER IMAGE [OTHER_IMAGE]");
+    };
     if let Err(e) = runtime.block_on(scenario(socket.into(), handler, image, other_image)) {
         println!("error={e:#}");
         std::process::exit(1);
