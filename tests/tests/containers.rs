@@ -278,6 +278,11 @@ fn secure_defaults_apply() {
 }
 
 #[test]
+fn a_container_with_net_admin_makes_bridges_veths_and_has_tun() {
+    assert_case("a_container_with_net_admin_makes_bridges_veths_and_has_tun", "net_admin");
+}
+
+#[test]
 fn user_env_and_cwd_take_effect() {
     assert_case("user_env_and_cwd_take_effect", "user_env_cwd");
 }

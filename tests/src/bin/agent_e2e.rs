@@ -20,7 +20,9 @@ use cocoon_protocol::{
 use cocoon_sandbox::client::ClientError;
 use cocoon_sandbox::spec::{container_spec, process, ProcessOptions};
 use cocoon_sandbox::{AgentClient, HostPort, Vm, VmOptions};
-use oci_spec::runtime::{LinuxMemory, LinuxResources, LinuxSeccomp, Mount, Spec};
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxMemory, LinuxResources, LinuxSeccomp, Mount, Spec,
+};
 
 const ROOTFS_DEVICE: &str = "/dev/vda";
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
@@ -586,6 +588,37 @@ fn case_hardening(s: &Session) -> Result<String> {
     Ok(format!("no_new_privs, Docker caps, read-only root, hostname, read-only /proc/sys, {masked} masked /proc paths"))
 }
 
+/// A container given CAP_NET_ADMIN can do in the guest what it could under runc: a bridge, a veth
+/// pair, tun/tap (the guest kernel has them; they live in the VM's network, the pod's).
+fn case_net_admin(s: &Session) -> Result<String> {
+    let script = "brctl addbr br-test && brctl delbr br-test && echo bridge=ok; \
+        ip link add v-test type veth && ip link del v-test && echo veth=ok; \
+        grep -qw tun /proc/misc && echo tun=ok";
+    let mut spec = container_spec(&args(&["sh", "-c", script]), "net-admin", true);
+    let mut process = spec.process().clone().context("the spec has a process")?;
+    let mut caps = process.capabilities().clone().unwrap_or_default();
+    let with_net_admin = |set: &Option<Capabilities>| {
+        let mut set = set.clone().unwrap_or_default();
+        set.insert(Capability::NetAdmin);
+        Some(set)
+    };
+    let (bounding, effective, permitted) = (
+        with_net_admin(caps.bounding()),
+        with_net_admin(caps.effective()),
+        with_net_admin(caps.permitted()),
+    );
+    caps.set_bounding(bounding)
+        .set_effective(effective)
+        .set_permitted(permitted);
+    process.set_capabilities(Some(caps));
+    spec.set_process(Some(process));
+    let (out, err, status) = s.run("net-admin", spec)?;
+    if status != ExitStatus::Exited(0) || out != "bridge=ok\nveth=ok\ntun=ok\n" {
+        bail!("status {status:?}, output {out:?}, stderr {err:?}");
+    }
+    Ok("with CAP_NET_ADMIN: brctl addbr, a veth pair, tun".into())
+}
+
 fn case_user_env_cwd(s: &Session) -> Result<String> {
     let mut options = args(&["sh", "-c", "id -u; id -g; pwd; echo $FOO"]);
     options.uid = 1000;
@@ -883,6 +916,7 @@ fn main() -> Result<()> {
             ("oom", case_oom),
             ("two_containers", case_two_containers),
             ("hardening", case_hardening),
+            ("net_admin", case_net_admin),
             ("user_env_cwd", case_user_env_cwd),
             ("seccomp", case_seccomp),
             ("stats_pause_update", case_stats_pause_update),
