@@ -5,7 +5,7 @@
 use crate::suite::HostNeeds;
 
 /// Host tools a containerd scenario carries into the emulated host (with their libraries).
-pub const TOOLS: [&str; 9] = [
+pub const TOOLS: [&str; 10] = [
     "/usr/bin/containerd",
     "/usr/bin/ctr",
     "/usr/bin/containerd-shim-runc-v2",
@@ -16,6 +16,8 @@ pub const TOOLS: [&str; 9] = [
     "/usr/lib/cni/bridge",
     "/usr/lib/cni/host-local",
     "/usr/lib/cni/loopback",
+    // iproute2, for network namespaces made by hand (busybox's ip has no netns).
+    "/usr/sbin/ip",
 ];
 
 /// The image [`crate::images::docker_archive`] holds, as `ctr images import` names it.

@@ -285,6 +285,22 @@ c task rm t-bg > /dev/null; c containers rm t-bg; echo "removed=$? $(c container
 echo "tty=$(tr '\n' ' ' < tty.out)"
 grep -q '@@TIMEOUT' tty.out && { echo "@@TTY-STALL: containerd's log:"; tail -n 40 containerd.log | cut -c1-400; }
 
+# A plain containerd user's network (README "Pod networking"): a namespace made beforehand (here
+# by hand, as CNI would), named with --with-ns; the host reaches the task's server; nothing left.
+if "$IP" netns add cocoon-ctr-net; then
+  "$IP" link add ctr-host type veth peer name eth0 netns cocoon-ctr-net
+  "$IP" addr add 10.99.0.1/24 dev ctr-host && "$IP" link set ctr-host up
+  "$IP" -n cocoon-ctr-net addr add 10.99.0.2/24 dev eth0 && "$IP" -n cocoon-ctr-net link set eth0 up && "$IP" -n cocoon-ctr-net route add default via 10.99.0.1
+  c run -d $R --with-ns network:/run/netns/cocoon-ctr-net $IMG t-net sh -c 'mkdir -p /www && echo served-by-ctr > /www/index.html && exec httpd -f -p 80 -h /www' > /dev/null 2>&1
+  i=0; until page=$(timeout 3 wget -q -O- http://10.99.0.2/ 2>/dev/null) || [ $i -ge 40 ]; do sleep 0.5; i=$((i + 1)); done
+  echo "ctr-net=$page"
+  c task kill -s KILL t-net; wait_status t-net STOPPED > /dev/null; c task rm t-net > /dev/null 2>&1; c containers rm t-net
+  echo "ctr-net-left=taps:$("$IP" -n cocoon-ctr-net link | grep -c tap0_cocoon) qdiscs:$("$IP" netns exec cocoon-ctr-net tc qdisc show dev eth0 | grep -c ingress)"
+  "$IP" netns del cocoon-ctr-net; "$IP" link del ctr-host 2>/dev/null
+else
+  echo "ctr-net=no network namespace could be made here"
+fi
+
 c run -d $R $IMG t-die sleep 1000 > /dev/null 2>&1
 vmms=$(cmdlines | grep '^[0-9]* [^ ]*cocoon-vmm .*/run/cocoon/ctr/' | cut -d' ' -f1)
 echo "vmms-for-one-task=$(echo $vmms | wc -w)"
@@ -769,4 +785,17 @@ fn a_pod_with_a_cni_network_gets_its_address_in_the_guest_and_serves_the_host() 
         "the host reaches the pod's server\n{out}"
     );
     assert_eq!(value(&out, "net-pod-left="), "netns:0 veths:0", "{out}");
+}
+
+#[test]
+fn ctr_run_with_a_network_namespace_gets_its_interface() {
+    let Some(out) = ctr_output("ctr_run_with_a_network_namespace_gets_its_interface") else {
+        return;
+    };
+    assert_eq!(
+        value(&out, "ctr-net="),
+        "served-by-ctr",
+        "the host reaches the task by the namespace's address\n{out}"
+    );
+    assert_eq!(value(&out, "ctr-net-left="), "taps:0 qdiscs:0", "{out}");
 }

@@ -279,7 +279,10 @@ fn secure_defaults_apply() {
 
 #[test]
 fn a_container_with_net_admin_makes_bridges_veths_and_has_tun() {
-    assert_case("a_container_with_net_admin_makes_bridges_veths_and_has_tun", "net_admin");
+    assert_case(
+        "a_container_with_net_admin_makes_bridges_veths_and_has_tun",
+        "net_admin",
+    );
 }
 
 #[test]
