@@ -95,6 +95,18 @@ impl RouteSocket {
             .collect())
     }
 
+    /// The index of the first link one of whose attributes `matches` (its name, its address).
+    pub fn link_index(
+        &mut self,
+        matches: impl Fn(&netlink_packet_route::link::LinkAttribute) -> bool,
+    ) -> io::Result<Option<u32>> {
+        Ok(self
+            .links()?
+            .into_iter()
+            .find(|link| link.attributes.iter().any(&matches))
+            .map(|link| link.header.index))
+    }
+
     /// Every object a dump request (`RTM_GET*`) lists.
     pub fn dump(&mut self, message: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
         let sequence = self.send(message, NLM_F_DUMP)?;

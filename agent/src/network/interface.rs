@@ -19,22 +19,9 @@ const MAX_NAME_LEN: usize = 15;
 
 /// The index of the link whose hardware address is `mac`.
 pub(super) fn link_by_mac(socket: &mut RouteSocket, mac: [u8; 6]) -> AgentResult<u32> {
-    let links = socket
-        .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
-        .map_err(|e| internal("listing the guest's interfaces", e))?;
-    links
-        .into_iter()
-        .find_map(|m| match m {
-            RouteNetlinkMessage::NewLink(link)
-                if link
-                    .attributes
-                    .iter()
-                    .any(|a| matches!(a, LinkAttribute::Address(a) if a[..] == mac[..])) =>
-            {
-                Some(link.header.index)
-            }
-            _ => None,
-        })
+    socket
+        .link_index(|a| matches!(a, LinkAttribute::Address(a) if a[..] == mac[..]))
+        .map_err(|e| internal("listing the guest's interfaces", e))?
         .ok_or_else(|| {
             error(
                 ErrorKind::NotFound,
@@ -48,22 +35,9 @@ pub(super) fn link_by_mac(socket: &mut RouteSocket, mac: [u8; 6]) -> AgentResult
 
 /// The index of the link called `name`.
 pub(super) fn link_by_name(socket: &mut RouteSocket, name: &str) -> AgentResult<u32> {
-    let links = socket
-        .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
-        .map_err(|e| internal("listing the guest's interfaces", e))?;
-    links
-        .into_iter()
-        .find_map(|m| match m {
-            RouteNetlinkMessage::NewLink(link)
-                if link
-                    .attributes
-                    .iter()
-                    .any(|a| matches!(a, LinkAttribute::IfName(n) if n == name)) =>
-            {
-                Some(link.header.index)
-            }
-            _ => None,
-        })
+    socket
+        .link_index(|a| matches!(a, LinkAttribute::IfName(n) if n == name))
+        .map_err(|e| internal("listing the guest's interfaces", e))?
         .ok_or_else(|| {
             error(
                 ErrorKind::NotFound,

@@ -151,11 +151,8 @@ pub fn join_tap(pod: &PodInterface) -> Result<File, PodNetworkError> {
     let tap = cocoon_net::tap::open_tap(TAP_NAME)?;
     let mut socket = RouteSocket::open().map_err(netlink("opening rtnetlink"))?;
     let tap_index = socket
-        .links()
+        .link_index(|a| matches!(a, LinkAttribute::IfName(n) if n == TAP_NAME))
         .map_err(netlink("listing interfaces"))?
-        .iter()
-        .find(|l| name_of(l) == Some(TAP_NAME))
-        .map(|l| l.header.index)
         .ok_or_else(|| PodNetworkError::Netlink {
             what: format!("finding {TAP_NAME}"),
             source: std::io::Error::from_raw_os_error(libc::ENODEV),
