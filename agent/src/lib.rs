@@ -20,7 +20,7 @@ pub mod export;
 mod init;
 mod layout;
 mod logging;
-mod network;
+pub mod network;
 mod reaper;
 mod report;
 mod rootfs;

@@ -10,6 +10,3 @@ mod routes;
 pub use interface::update_interface;
 pub use neighbours::add_neighbours;
 pub use routes::update_routes;
-
-#[cfg(test)]
-mod host_tests;

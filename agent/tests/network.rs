@@ -1,7 +1,15 @@
-//! The operations against this machine's kernel, in a network namespace of the test's own thread
-//! (a namespace is per thread; `ip`, run from it, sees the same one): a veth found by its MAC,
-//! renamed, addressed and brought up, its routes and a neighbour. Root only; skipped, saying so,
-//! where the namespace or the veth cannot be made.
+//! The agent's network operations against this machine's kernel, in a network namespace of the
+//! test's own thread (a namespace is per thread; `ip`, run from it, sees the same one): a veth
+//! found by its MAC, renamed, addressed and brought up, its routes and a neighbour. Root only;
+//! skipped, saying so, where the namespace or the veth cannot be made.
+//!
+//! A test binary of its own, apart from the container host tests: libcontainer clones its
+//! processes without exec while other threads of the test process run, and once (in `.ci/run`,
+//! beside these tests, which run `ip` through `Command`) a cloned child waited on a futex forever
+//! — most likely a lock another thread held at the clone, such as std's environment lock that
+//! `Command::spawn` takes and libcontainer's init needs to set the process's environment. The
+//! container host tests take the reaper's spawn lock around their own `Command`s for the same
+//! reason.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -9,7 +17,7 @@ use std::process::Command;
 use cocoon_protocol::guest_network::{Interface, Neighbour, Route};
 use cocoon_protocol::net_config::MacAddress;
 
-use super::*;
+use cocoon_agent::network::{add_neighbours, update_interface, update_routes};
 
 fn ip(args: &str) -> String {
     let out = Command::new("ip")
