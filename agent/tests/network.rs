@@ -3,13 +3,8 @@
 //! found by its MAC, renamed, addressed and brought up, its routes and a neighbour. Root only;
 //! skipped, saying so, where the namespace or the veth cannot be made.
 //!
-//! A test binary of its own, apart from the container host tests: libcontainer clones its
-//! processes without exec while other threads of the test process run, and once (in `.ci/run`,
-//! beside these tests, which run `ip` through `Command`) a cloned child waited on a futex forever
-//! — most likely a lock another thread held at the clone, such as std's environment lock that
-//! `Command::spawn` takes and libcontainer's init needs to set the process's environment. The
-//! container host tests take the reaper's spawn lock around their own `Command`s for the same
-//! reason.
+//! A test binary of its own: these tests unshare a thread's network namespace and run `ip`,
+//! which has no business beside the container host tests and libcontainer's clones.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
