@@ -128,7 +128,7 @@ impl Lifecycle {
         dir: &Path,
         pod: bool,
     ) -> Result<Arc<Sandbox>, TaskError> {
-        let boot_disks = boot_root(root).0.len();
+        let (disks, _) = boot_root(root);
         let annotations = spec.annotations().clone().unwrap_or_default();
         let size = config.size_for(&annotations)?;
         let files = config::guest_files(config)?;
@@ -137,41 +137,31 @@ impl Lifecycle {
         let disk_slots = if pod {
             config
                 .pod_disk_slots
-                .min(config::VM_DISKS - boot_disks as u8)
+                .min(config::VM_DISKS - disks.len() as u8)
         } else {
             0
         };
         let pod_network = join_pod_network(id, spec)?;
-        let nets = match &pod_network {
-            Some(pod_tap) => vec![pod_net(pod_tap)?],
-            None => Vec::new(),
+        let options = VmOptions {
+            vmm: files.0,
+            kernel: files.1,
+            initrd: files.2,
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+            disks,
+            disk_slots,
+            cid: 3,
+            extra_cmdline: String::new(),
+            runtime_dir: Some(dir.to_path_buf()),
+            nets: Vec::new(),
         };
-        let booted = self.boot_with(spec, root, dir, disk_slots, size, files, nets);
-        let (vm, client, uds) = match booted {
+        let (vm, client, uds) = match self.boot_with(options, spec, pod_network.as_ref()) {
             Ok(booted) => booted,
             Err(e) => {
                 remove_pod_network(id, pod_network);
                 return Err(e);
             }
         };
-        if let Some(pod_tap) = &pod_network {
-            // The guest takes the veth's place: its MAC, addresses, MTU and routes.
-            let configured = client
-                .call(Operation::UpdateInterface {
-                    interface: pod_tap.pod.interface.clone(),
-                })
-                .and_then(|_| {
-                    client.call(Operation::UpdateRoutes {
-                        routes: pod_tap.pod.routes.clone(),
-                    })
-                });
-            if let Err(e) = configured {
-                let mut vm = vm;
-                let _ = vm.shut_down(Duration::from_millis(500));
-                remove_pod_network(id, pod_network);
-                return Err(e.into());
-            }
-        }
         let forwarder = self.forward_events(&client);
         Ok(Arc::new(Sandbox {
             id: id.to_string(),
@@ -185,32 +175,18 @@ impl Lifecycle {
         }))
     }
 
-    /// Starts the VMM and connects to its agent, which sets up the sandbox.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts the VMM (on the pod's tap, if it has one) and connects to its agent, which sets up
+    /// the sandbox and, for a pod with a network, the guest's interface in the veth's place.
     fn boot_with(
         &self,
+        mut options: VmOptions,
         spec: &Spec,
-        root: &RootDisks,
-        dir: &Path,
-        disk_slots: u8,
-        size: config::VmSize,
-        files: (PathBuf, PathBuf, PathBuf),
-        nets: Vec<VmNet>,
+        pod_network: Option<&PodTap>,
     ) -> Result<(Vm, Arc<AgentClient>, PathBuf), TaskError> {
-        let (disks, _) = boot_root(root);
-        let mut vm = self.spawner.spawn(VmOptions {
-            vmm: files.0,
-            kernel: files.1,
-            initrd: files.2,
-            vcpus: size.vcpus,
-            memory_mib: size.memory_mib,
-            disks,
-            disk_slots,
-            cid: 3,
-            extra_cmdline: String::new(),
-            runtime_dir: Some(dir.to_path_buf()),
-            nets,
-        })?;
+        if let Some(pod_tap) = pod_network {
+            options.nets.push(pod_net(pod_tap)?);
+        }
+        let mut vm = self.spawner.spawn(options)?;
         let uds = vm.uds();
         let client = match vm.connect_agent(AGENT_TIMEOUT) {
             Ok(client) => Arc::new(client),
@@ -219,11 +195,25 @@ impl Lifecycle {
                 return Err(anyhow::anyhow!("{e}{note}").into());
             }
         };
-        if let Err(e) = client.call(Operation::CreateSandbox {
-            hostname: spec.hostname().clone().unwrap_or_default(),
-            dns: Default::default(),
-            mounts: Vec::new(),
-        }) {
+        let set_up = client
+            .call(Operation::CreateSandbox {
+                hostname: spec.hostname().clone().unwrap_or_default(),
+                dns: Default::default(),
+                mounts: Vec::new(),
+            })
+            .and_then(|_| match pod_network {
+                Some(pod_tap) => client
+                    .call(Operation::UpdateInterface {
+                        interface: pod_tap.pod.interface.clone(),
+                    })
+                    .and_then(|_| {
+                        client.call(Operation::UpdateRoutes {
+                            routes: pod_tap.pod.routes.clone(),
+                        })
+                    }),
+                None => Ok(Reply::Done),
+            });
+        if let Err(e) = set_up {
             let _ = vm.shut_down(Duration::from_millis(500));
             return Err(e.into());
         }
