@@ -3,6 +3,7 @@
 
 pub mod cpu;
 pub mod digest;
+pub mod inherit;
 pub mod sync;
 
 pub use cpu::has_hardware_virtualization;

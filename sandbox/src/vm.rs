@@ -228,7 +228,7 @@ impl Vm {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                crate::inherit::move_descriptors(&fds)
+                cocoon_common::inherit::move_descriptors(&fds)
             });
         }
         let child = cmd

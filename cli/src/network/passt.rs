@@ -93,7 +93,7 @@ impl Passt {
         let fds = [(theirs.as_raw_fd(), PASST_FD)];
         // SAFETY: move_descriptors makes only async-signal-safe calls (fcntl, dup2).
         unsafe {
-            cmd.pre_exec(move || cocoon_sandbox::inherit::move_descriptors(&fds));
+            cmd.pre_exec(move || cocoon_common::inherit::move_descriptors(&fds));
         }
         let child = cmd.spawn().context("starting passt")?;
         drop(theirs);

@@ -1,5 +1,6 @@
 //! Descriptors a child process inherits at fixed numbers (the VMM its network backends, passt
-//! its socket): put in place between fork and exec, where only async-signal-safe calls may run.
+//! its socket, the agent's spawn helper a container process's streams): put in place between
+//! fork and exec, where only async-signal-safe calls may run.
 
 use std::os::fd::RawFd;
 
@@ -28,7 +29,8 @@ pub fn move_descriptors(fds: &[(RawFd, RawFd)]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The most network backends one VMM inherits (the VMM's own limit on devices is lower).
+/// The most descriptors one child inherits (a VMM's network backends: the VMM's own limit on
+/// devices is lower).
 const MAX_INHERITED_FDS: usize = 32;
 
 #[cfg(test)]
