@@ -1,5 +1,5 @@
 //! Where the sandbox keeps its containers: bundles, console sockets, libcontainer's state and
-//! the parent cgroup, as the guest lays them out.
+//! the parent cgroup, and the binary that spawns their processes, as the guest lays them out.
 
 use std::path::PathBuf;
 
@@ -15,6 +15,8 @@ pub struct Layout {
     pub state: PathBuf,
     /// Parent cgroup of containers whose spec names none.
     pub cgroup_parent: String,
+    /// The agent's binary, run as the spawn helper (`crate::spawner`).
+    pub spawner: PathBuf,
 }
 
 impl Layout {
@@ -25,6 +27,7 @@ impl Layout {
             consoles: "/run/cocoon/tty".into(),
             state: "/run/cocoon/state".into(),
             cgroup_parent: "/cocoon".into(),
+            spawner: "/proc/self/exe".into(),
         }
     }
 }

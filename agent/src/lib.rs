@@ -25,6 +25,7 @@ mod reaper;
 mod report;
 mod rootfs;
 mod server;
+pub mod spawner;
 mod stdio;
 mod sys_files;
 mod vsock;

@@ -1,10 +1,10 @@
 //! Collects every child that exits — the containers' processes (their parent is the agent) and any
 //! orphan the guest hands to PID 1 — and hands exit statuses to whoever waits for them.
 //!
-//! libcontainer waits for helper processes of its own while it creates a container or an exec.
-//! Those calls run under [`Reaper::spawn_lock`], which the reaper also takes before reaping, so it
-//! never takes a status libcontainer is about to collect, and a process that exits at once is
-//! registered before its status can arrive.
+//! The spawn helper (`crate::spawner`) is the agent's child, waited for by pid by whoever ran it.
+//! Spawns run under [`Reaper::spawn_lock`], which the reaper also takes before reaping, so it
+//! never takes the helper's status, and a process the helper made that exits at once (and comes
+//! to the agent when the helper exits) is registered before its status can arrive.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

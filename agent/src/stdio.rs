@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cocoon_protocol::{AgentError, ErrorKind, StdioPorts};
-use libcontainer::container::builder::ContainerBuilder;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 use crate::vsock;
@@ -58,16 +57,12 @@ impl Stdio {
         })
     }
 
-    /// Gives the streams to the process being built. Without a tty, a stream the host did not
-    /// ask for is /dev/null (never the agent's own console).
-    pub fn attach(
-        &mut self,
-        builder: ContainerBuilder,
-        console: Option<&ConsoleSocket>,
-    ) -> Result<ContainerBuilder, AgentError> {
+    /// The streams for the process being spawned (stdin, stdout, stderr), or None with a tty
+    /// (the process gets the pty's other end). Without a tty, a stream the host did not ask for
+    /// is /dev/null (never the agent's own console).
+    pub fn streams(&mut self) -> Result<Option<[OwnedFd; 3]>, AgentError> {
         if self.terminal {
-            let path = console.map(|c| c.path.clone());
-            return Ok(builder.with_console_socket(path));
+            return Ok(None);
         }
         let stdin = match self.stdin.take() {
             Some(s) => {
@@ -84,10 +79,7 @@ impl Stdio {
             Some(s) => s,
             None => dev_null()?,
         };
-        Ok(builder
-            .with_stdin(OwnedFd::from(stdin))
-            .with_stdout(OwnedFd::from(stdout))
-            .with_stderr(OwnedFd::from(stderr)))
+        Ok(Some([stdin.into(), stdout.into(), stderr.into()]))
     }
 
     /// After the process exists: the handle to close its stdin with, and its terminal if any
@@ -139,6 +131,11 @@ impl ConsoleSocket {
             dir,
             NEXT_CONSOLE.fetch_add(1, Ordering::Relaxed),
         ))
+    }
+
+    /// Where the process being spawned sends its pty.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn bind(path: &Path) -> Result<Self, AgentError> {

@@ -1,26 +1,27 @@
 //! `CreateContainer`: a bundle over the container's root disk, its spec with the agent's
-//! defaults, and libcontainer's init process, created (not started) with its stdio attached.
+//! defaults, and libcontainer's init process, created (not started) with its stdio attached by
+//! the spawn helper.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use cocoon_common::lock;
 use cocoon_protocol::{ErrorKind, Reply, Rootfs, StdioPorts};
-use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
-use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
 use super::cgroup::cgroup_dir;
 use super::delete::remove_bundle;
 use super::setup::GUEST_RESOLV_CONF;
+use super::spawn::Spawn;
 use super::spec_defaults::{apply_defaults, bind_resolv_conf, check_id, resolve_bind_sources};
 use super::{ContainerEntry, ProcessEntry, Sandbox};
 use crate::errors::{chain, error, internal, AgentResult};
 use crate::exec_confinement::Confinement;
-use crate::stdio::{ConsoleSocket, Stdio, Terminal};
 
 impl Sandbox {
     pub fn create_container(
@@ -90,83 +91,22 @@ impl Sandbox {
             .unwrap_or(false);
         fs::create_dir_all(&self.layout.state)
             .map_err(|e| internal("creating the state directory", e))?;
-        let (spawning, builder) = self.begin_spawn(container_id, ports, terminal)?;
-        let container = builder
-            .as_init(bundle)
-            .with_systemd(false)
-            .with_detach(true)
-            .build()
-            .map_err(|e| {
-                error(
-                    ErrorKind::InvalidArgument,
-                    format!("creating container '{container_id}': {}", chain(&e)),
-                )
-            })?;
-        let pid = container
-            .pid()
-            .ok_or_else(|| internal("the new container", "it has no init process"))?
-            .as_raw();
-        let exit = self.track(pid, container_id, None);
-        let (stdin, terminal) = spawning.finish()?;
-        Ok((
-            container,
-            ProcessEntry {
-                pid,
-                exit,
-                stdin,
-                terminal,
-            },
-        ))
-    }
-
-    /// Starts spawning a process of `container_id` (its init or an exec): takes the spawn lock,
-    /// connects its streams, binds its console socket if it has a terminal, and returns
-    /// libcontainer's builder with the streams attached. The streams are opened under the lock:
-    /// a process another thread is cloning now would hold a copy of them until it execs (and so
-    /// keep the host from seeing their end).
-    pub(super) fn begin_spawn(
-        &self,
-        container_id: &str,
-        ports: &StdioPorts,
-        terminal: bool,
-    ) -> AgentResult<(Spawning<'_>, ContainerBuilder)> {
-        let lock = self.reaper.spawn_lock();
-        let mut stdio = Stdio::connect(ports, terminal)?;
-        let console = terminal
-            .then(|| ConsoleSocket::bind_new(&self.layout.consoles))
-            .transpose()?;
-        let builder = ContainerBuilder::new(container_id.to_string(), SyscallType::default())
-            .with_root_path(&self.layout.state)
-            .map_err(|e| internal("libcontainer state directory", e))?;
-        let builder = stdio.attach(builder, console.as_ref())?;
-        Ok((
-            Spawning {
-                spawn_lock: lock,
-                stdio,
-                console,
-            },
-            builder,
-        ))
-    }
-}
-
-/// A process being spawned: the spawn lock held, its streams and console socket open.
-pub(super) struct Spawning<'a> {
-    spawn_lock: MutexGuard<'a, ()>,
-    stdio: Stdio,
-    console: Option<ConsoleSocket>,
-}
-
-impl Spawning<'_> {
-    /// Once the process is tracked by the reaper: lets go of the spawn lock, then hands back
-    /// the process's stdin and terminal (the console's pty, received on its socket).
-    pub(super) fn finish(self) -> AgentResult<(Option<File>, Option<Terminal>)> {
-        let Self {
-            spawn_lock,
-            stdio,
-            console,
-        } = self;
-        drop(spawn_lock);
-        stdio.finish(console)
+        let init = self.spawn(container_id, bundle, Spawn::Init, ports, terminal)?;
+        // The spawn helper made the container; the agent reads it back from its state.
+        let root = self.layout.state.join(container_id);
+        match Container::load(root.clone()) {
+            Ok(container) => Ok((container, init)),
+            Err(e) => {
+                let _ = kill(Pid::from_raw(init.pid), Signal::SIGKILL);
+                let _ = fs::remove_dir_all(&root);
+                Err(internal(
+                    &format!(
+                        "reading back container '{container_id}' from {}",
+                        root.display()
+                    ),
+                    chain(&e),
+                ))
+            }
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! `Exec`: a new process in a running container, with the container's confinement where its own
-//! process spec is silent (see `exec_confinement`), joined to the container by libcontainer.
+//! process spec is silent (see `exec_confinement`), joined to the container by libcontainer in
+//! the spawn helper.
 
 use std::fs;
 
@@ -8,9 +9,10 @@ use cocoon_protocol::{ErrorKind, Reply, StdioPorts};
 use libcontainer::container::ContainerStatus;
 use oci_spec::runtime::Process;
 
+use super::spawn::Spawn;
 use super::spec_defaults::check_id;
-use super::{ProcessEntry, Sandbox};
-use crate::errors::{chain, error, internal, AgentResult};
+use super::Sandbox;
+use crate::errors::{error, internal, AgentResult};
 
 impl Sandbox {
     pub fn exec(
@@ -49,41 +51,21 @@ impl Sandbox {
             ));
         }
         let process = entry.confinement.exec_process(process);
-        let executor = entry.confinement.executor()?;
+        // Refused here, before anything is spawned, as the spawn helper would refuse it.
+        entry.confinement.executor()?;
         let process_file = entry.bundle.join(format!("exec-{exec_id}.json"));
         let json = serde_json::to_vec(&process).map_err(|e| internal("encoding the process", e))?;
         fs::write(&process_file, json).map_err(|e| internal("writing the process file", e))?;
         let terminal = process.terminal().unwrap_or(false);
-        let (spawning, builder) = self.begin_spawn(container_id, ports, terminal)?;
-        let result = builder
-            .with_executor(executor)
-            .as_tenant()
-            .with_process(Some(&process_file))
-            .with_detach(true)
-            .build();
+        let what = Spawn::Exec {
+            exec_id,
+            process_file: &process_file,
+        };
+        let spawned = self.spawn(container_id, &entry.bundle, what, ports, terminal);
         let _ = fs::remove_file(&process_file);
-        let pid = result
-            .map_err(|e| {
-                error(
-                    ErrorKind::InvalidArgument,
-                    format!(
-                        "exec '{exec_id}' in container '{container_id}': {}",
-                        chain(&e)
-                    ),
-                )
-            })?
-            .as_raw();
-        let exit = self.track(pid, container_id, Some(exec_id));
-        let (stdin, terminal) = spawning.finish()?;
-        entry.execs.insert(
-            exec_id.to_string(),
-            ProcessEntry {
-                pid,
-                exit,
-                stdin,
-                terminal,
-            },
-        );
+        let spawned = spawned?;
+        let pid = spawned.pid;
+        entry.execs.insert(exec_id.to_string(), spawned);
         Ok(Reply::Started { pid: pid as u32 })
     }
 }

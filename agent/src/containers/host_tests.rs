@@ -34,13 +34,32 @@ fn skip(test: &str, why: &str) {
 }
 
 /// The tests' one reaper: like the agent's, it collects every child of this process, so
-/// the tests' own commands run under its spawn lock.
+/// the tests' own commands run under its spawn lock. This process is made a subreaper, as the
+/// agent is PID 1: the processes the spawn helper makes come to it when the helper exits.
 static REAPER: std::sync::LazyLock<Arc<Reaper>> = std::sync::LazyLock::new(|| {
+    nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
     let reaper = Arc::new(Reaper::default());
     let running = reaper.clone();
     std::thread::spawn(move || running.run());
     reaper
 });
+
+/// The agent's binary, beside this test binary's folder (`cargo test -p cocoon-agent` builds
+/// it with the tests: the package has integration tests), run as the spawn helper.
+fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("this test binary's path");
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("cocoon-agent"))
+        .expect("the test binary's folder has a parent");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with `cargo build -p cocoon-agent` (`cargo test -p cocoon-agent` does)",
+        binary.display()
+    );
+    binary
+}
 
 /// An agent's sandbox on this host over a busybox root on a loop device; its cgroups and
 /// device go on drop.
@@ -85,6 +104,7 @@ impl HostSandbox {
                 consoles: dir.path().join("tty"),
                 state: dir.path().join("state"),
                 cgroup_parent: cgroup_parent.clone(),
+                spawner: agent_binary(),
             },
             reaper.clone(),
             Arc::new(EventBus::default()),

@@ -32,6 +32,7 @@ mod exec;
 mod oom;
 mod process;
 mod setup;
+mod spawn;
 mod spec_defaults;
 mod start;
 
