@@ -5,13 +5,14 @@
 use cocoon_agent::spawner;
 
 fn main() {
-    let mut args = std::env::args_os().skip(1);
-    // Never as PID 1: what the kernel passes /init comes from the boot command line.
-    if std::process::id() != 1 && args.next().is_some_and(|a| a == spawner::HELPER_COMMAND) {
-        std::process::exit(spawner::helper_main(args.next()));
-    }
-    // As anything but PID 1 it would mount the guest's /proc, /run, /tmp... over this host's.
+    // Never as PID 1: what the kernel passes /init comes from the boot command line. As
+    // anything else it is only the helper: as the agent it would mount the guest's /proc, /run,
+    // /tmp... over this host's.
     if std::process::id() != 1 {
+        let mut args = std::env::args_os().skip(1);
+        if args.next().is_some_and(|a| a == spawner::HELPER_COMMAND) {
+            std::process::exit(spawner::helper_main(args.next()));
+        }
         eprintln!(
             "cocoon-agent is the guest's /init and runs only as PID 1 inside a cocoon VM; \
              to run a container use `cocoon run`"
