@@ -1,4 +1,4 @@
-//! cocoon-agent: PID 1 of the guest (the binary is `main.rs`: [`run`]).
+//! cocoon-agent: PID 1 of the guest (the binary is `main.rs`: [`main`]).
 //!
 //! It sets the guest up as PID 1 (kernel filesystems, cgroup v2, loopback), reports on the console
 //! that userspace was reached (online CPUs, uptime, cgroup controllers, loopback state), then, when
@@ -38,8 +38,32 @@ fn cmdline_flag(name: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// What every binary built on the agent runs (the guest's `/init`, and the test-only hostile
+/// agent): as PID 1 the agent ([`run`]); run again by the agent as `<exe> spawn-helper <request>`
+/// the helper that builds one container process ([`spawner`]); anything else is refused.
+///
+/// One check for all of them, because the agent re-runs `/proc/self/exe`, whichever binary that
+/// is: a binary that called [`run`] directly would, as its own helper, start a second agent.
+pub fn main() {
+    // Never the agent unless PID 1: what the kernel passes /init comes from the boot command
+    // line. Run by hand on a host, the agent would mount the guest's /proc, /run, /tmp... over
+    // the host's.
+    if std::process::id() != 1 {
+        let mut args = std::env::args_os().skip(1);
+        if args.next().is_some_and(|a| a == spawner::HELPER_COMMAND) {
+            std::process::exit(spawner::helper_main(args.next()));
+        }
+        eprintln!(
+            "cocoon-agent is the guest's /init and runs only as PID 1 inside a cocoon VM; \
+             to run a container use `cocoon run`"
+        );
+        std::process::exit(2);
+    }
+    run();
+}
+
 /// The agent's life as PID 1: report, serve the host until it destroys the sandbox, power off.
-pub fn run() {
+fn run() {
     logging::init();
     let mut lines = Vec::new();
     let report = report::report();
@@ -64,11 +88,9 @@ pub fn run() {
         // stopped from outside.
         init::reap_forever();
     }
-    if std::process::id() == 1 {
-        nix::unistd::sync();
-        // With `reboot=k` the kernel resets through the i8042, which the VMM treats as "stopped".
-        let _ = reboot(RebootMode::RB_AUTOBOOT);
-    }
+    nix::unistd::sync();
+    // With `reboot=k` the kernel resets through the i8042, which the VMM treats as "stopped".
+    let _ = reboot(RebootMode::RB_AUTOBOOT);
 }
 
 /// Runs the agent: reaper, OOM watcher and the control channel, until the sandbox is destroyed.

@@ -14,7 +14,8 @@ use cocoon_agent::export::{Exporter, Stream};
 
 fn main() {
     cocoon_agent::export::set_prelude(send_attacks);
-    cocoon_agent::run();
+    // `main`, not `run`: the agent re-runs this binary as its spawn helper.
+    cocoon_agent::main();
 }
 
 /// An entry as an attacker writes it: kind, name and link target (raw bytes), mode, contents.
