@@ -1,5 +1,7 @@
 //! Runs a child process with a hard deadline, collecting its output as it streams and, when
-//! `COCOON_TEST_VERBOSE=1`, echoing it to stderr. On timeout the whole process group is killed.
+//! `COCOON_TEST_VERBOSE=1`, echoing it to stderr. On timeout the whole process group is killed;
+//! the child also dies with the thread that started it (a test runner killed by its own timeout
+//! left an emulated host running, and the next suite's ran beside it).
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
@@ -34,6 +36,13 @@ pub fn run_with_deadline(
         .stdout(writer)
         .stderr(writer_err)
         .process_group(0);
+    // SAFETY: prctl(2) only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
     let start = Instant::now();
     let mut child = cmd.spawn()?;
     drop(cmd); // closes our copies of the pipe's write end

@@ -1,8 +1,14 @@
 //! One sandbox's VMM process (`cocoon-vmm`): its configuration written as the VMM reads it
-//! (`vm.json`, a [`VmConfig`]), its vsock and API sockets and console log, all in the VM's runtime
-//! directory (a private one goes away with it); the API socket's disk slots; how the VMM ended.
+//! (`vm.json`, a [`VmConfig`]), its vsock and API sockets, console log and its own log, all in the
+//! VM's runtime directory (a private one goes away with it); the API socket's disk slots; how the
+//! VMM ended.
+//!
+//! The VMM's stderr is a file (`vmm.log`), not a pipe: a pipe read only once the VMM has exited
+//! would fill (64 KiB) under a guest that makes it warn often enough, and the VMM would then block
+//! in its next write, vCPU and device threads included. The file is read from its end, bounded.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -33,6 +39,12 @@ const VM_CONFIG: &str = "vm.json";
 
 /// The guest's console output in the runtime directory.
 const CONSOLE_LOG: &str = "console.log";
+
+/// The VMM's stderr (its log) in the runtime directory.
+const VMM_LOG: &str = "vmm.log";
+
+/// How much of the VMM's log's end is read for how it ended: its verdict is its last line.
+const VMM_LOG_TAIL: u64 = 64 * 1024;
 
 /// Something about the VMM process or its API socket went wrong, said so a user can act on it.
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +201,7 @@ impl RuntimeDir {
 pub struct Vm {
     child: Option<Child>,
     dir: RuntimeDir,
-    /// [`Vm::exit_note`], once the VMM has exited and its stderr was read.
+    /// [`Vm::exit_note`], once the VMM has exited and its log was read.
     exit_note: Option<String>,
 }
 
@@ -214,11 +226,17 @@ impl Vm {
                 "writing the VM's configuration {}",
                 config_path.display()
             )))?;
+        let log_path = dir.path().join(VMM_LOG);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io(format!("creating the VMM's log {}", log_path.display())))?;
         let mut cmd = Command::new(&options.vmm);
         cmd.arg("--config").arg(&config_path);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::from(log));
         let fds = options.inherited_fds();
         // SAFETY: prctl(2), fcntl(2) and dup2(2) only, between fork and exec: the VMM dies with
         // the thread that started it, so a killed launcher or shim never leaves a VM running with
@@ -313,6 +331,12 @@ impl Vm {
         std::fs::read_to_string(self.dir.path().join(CONSOLE_LOG)).unwrap_or_default()
     }
 
+    /// The end of the VMM's log (its stderr) so far: at most its last 64 KiB, from a line's
+    /// start.
+    pub fn vmm_log(&self) -> String {
+        read_tail(&self.dir.path().join(VMM_LOG), VMM_LOG_TAIL)
+    }
+
     /// The VMM's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(std::process::Child::id)
@@ -326,7 +350,7 @@ impl Vm {
     }
 
     /// Why the VMM ended, when it has ended on its own within `wait` (the guest crashed or
-    /// powered off, or the VMM was killed): [`exit_summary`] of its status and stderr. None while
+    /// powered off, or the VMM was killed): [`exit_summary`] of its status and log. None while
     /// it still runs. For a caller that lost the agent and wants to say why; every caller is
     /// told the same.
     pub fn exit_note(&mut self, wait: Duration) -> Option<String> {
@@ -344,21 +368,17 @@ impl Vm {
                 _ => return None,
             }
         };
-        // It has exited, so its stderr pipe ends: what it holds is all it said.
-        let mut stderr = String::new();
-        if let Some(mut pipe) = child.stderr.take() {
-            let _ = pipe.read_to_string(&mut stderr);
-        }
+        // It has exited: its log holds all it said.
         let code = status
             .code()
             .or_else(|| status.signal().map(|signal| 128 + signal));
-        let note = exit_summary(code, &stderr);
+        let note = exit_summary(code, &self.vmm_log());
         self.exit_note = Some(note.clone());
         Some(note)
     }
 
     /// Waits up to `timeout` for the VMM to exit on its own (after the guest powered off), then
-    /// stops it. Returns its exit status and what it printed on stderr.
+    /// stops it. Returns its exit status and the end of its log ([`Self::vmm_log`]).
     pub fn shut_down(&mut self, timeout: Duration) -> Result<(Option<i32>, String), VmError> {
         let Some(mut child) = self.child.take() else {
             return Ok((None, String::new()));
@@ -384,13 +404,8 @@ impl Vm {
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
-        let output = child
-            .wait_with_output()
-            .map_err(io("waiting for the VMM"))?;
-        Ok((
-            output.status.code(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        ))
+        let status = child.wait().map_err(io("waiting for the VMM"))?;
+        Ok((status.code(), self.vmm_log()))
     }
 }
 
@@ -400,6 +415,27 @@ impl Drop for Vm {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// The last `limit` bytes of the file at `path` (from the first line that starts in them), or
+/// all of it when shorter; empty when it cannot be read.
+fn read_tail(path: &Path, limit: u64) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    let start = len.saturating_sub(limit);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err()
+        || file.take(limit).read_to_end(&mut bytes).is_err()
+    {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    match (start, text.split_once('\n')) {
+        (0, _) | (_, None) => text.into_owned(),
+        (_, Some((_cut, rest))) => rest.to_string(),
     }
 }
 
@@ -578,6 +614,32 @@ mod tests {
         assert_eq!(
             vm.exit_note(Duration::from_secs(30)).as_deref(),
             Some(" [cocoon-vmm exit 137]")
+        );
+    }
+
+    #[test]
+    fn a_vmm_that_writes_more_than_a_pipe_holds_never_blocks_and_its_verdict_is_kept() {
+        // 256 KiB of warnings (a pipe holds 64 KiB), then the verdict: written to the log file,
+        // the VMM never blocks, and only the log's end is read back.
+        let dir = tempfile::tempdir().unwrap();
+        let chatty = script(
+            dir.path(),
+            "i=0; while [ $i -lt 4096 ]; do \
+             echo 'virtio-net eth0: dropped a frame from another MAC address (so far: 1 spoofed)......' >&2; \
+             i=$((i + 1)); done; echo 'cocoon-vmm: guest stopped' >&2; exit 3",
+        );
+        let mut vm = Vm::spawn(&stand_in(&chatty)).unwrap();
+        assert_eq!(
+            vm.exit_note(Duration::from_secs(60)).as_deref(),
+            Some(" [cocoon-vmm exit 3: cocoon-vmm: guest stopped]")
+        );
+        let log = vm.vmm_log();
+        assert!(log.len() as u64 <= VMM_LOG_TAIL, "{}", log.len());
+        assert!(
+            log.starts_with("virtio-net eth0: dropped")
+                && log.ends_with("cocoon-vmm: guest stopped\n"),
+            "the tail starts at a line: {:?}",
+            &log[..80]
         );
     }
 

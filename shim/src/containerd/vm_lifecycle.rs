@@ -267,7 +267,13 @@ impl Lifecycle {
             }
         }
         if let Some(mut vm) = lock(&sandbox.vm).take() {
-            let _ = vm.shut_down(Duration::from_secs(10));
+            // What the VMM warned of (frames a guest was not allowed to send, a device it
+            // stopped) outlives its directory in the shim's log.
+            if let Ok((_, log)) = vm.shut_down(Duration::from_secs(10)) {
+                for line in log.lines().filter(|l| !l.trim().is_empty()) {
+                    tracing::warn!("sandbox {}: cocoon-vmm: {line}", sandbox.id);
+                }
+            }
         }
         remove_pod_network(&sandbox.id, lock(&sandbox.pod_network).take());
         let _ = std::fs::remove_dir_all(&sandbox.dir);

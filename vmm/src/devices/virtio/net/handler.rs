@@ -412,6 +412,25 @@ impl NetHandler {
     }
 }
 
+/// The device's totals, once, when the VM ends: the rate-limited warnings may have missed the
+/// last drops.
+impl Drop for NetHandler {
+    fn drop(&mut self) {
+        let Drops {
+            spoofed,
+            malformed,
+            backend,
+            ..
+        } = self.drops;
+        if spoofed + malformed + backend > 0 {
+            tracing::warn!(
+                "virtio-net {}: frames dropped while the VM ran: {spoofed} spoofed, {malformed} malformed, {backend} the backend refused",
+                self.name
+            );
+        }
+    }
+}
+
 impl MutEventSubscriber for NetHandler {
     fn init(&mut self, ops: &mut EventOps) {
         for event in &self.queue_events {
