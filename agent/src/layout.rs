@@ -17,6 +17,9 @@ pub struct Layout {
     pub cgroup_parent: String,
     /// The agent's binary, run as the spawn helper (`crate::spawner`).
     pub spawner: PathBuf,
+    /// Where the sandbox's /etc/resolv.conf and /etc/hosts are written, for containers to get
+    /// bound in.
+    pub etc: PathBuf,
 }
 
 impl Layout {
@@ -28,6 +31,7 @@ impl Layout {
             state: "/run/cocoon/state".into(),
             cgroup_parent: "/cocoon".into(),
             spawner: "/proc/self/exe".into(),
+            etc: "/etc".into(),
         }
     }
 }

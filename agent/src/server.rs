@@ -151,8 +151,9 @@ impl Server {
             Operation::CreateSandbox {
                 hostname,
                 dns,
+                hosts,
                 mounts,
-            } => s.create_sandbox(&hostname, &dns, &mounts),
+            } => s.create_sandbox(&hostname, &dns, &hosts, &mounts),
             Operation::CreateContainer {
                 container_id,
                 spec,

@@ -34,6 +34,9 @@ pub struct RunArgs {
         value_name = "[IP:]HOSTPORT:CONTAINERPORT[/udp]"
     )]
     pub publish: Vec<String>,
+    /// Add a line to the container's /etc/hosts (repeatable), as Docker writes it.
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_host: Vec<String>,
     /// vCPUs of the microVM.
     #[arg(long, default_value_t = 1)]
     pub cpus: u8,

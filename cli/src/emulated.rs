@@ -67,6 +67,9 @@ fn inner_command(args: &RunArgs) -> Result<String> {
     for p in &args.publish {
         words.push(format!("-p {}", quote(p)));
     }
+    for h in &args.add_host {
+        words.push(format!("--add-host {}", quote(h)));
+    }
     words.push(format!("{DEFAULT_IMAGE} --"));
     words.extend(args.command.iter().map(|w| quote(w)));
     Ok(words.join(" "))

@@ -38,7 +38,7 @@ fn request_from(args: &RunArgs) -> Result<Request> {
         bail!("-d cannot be combined with -i or -t (cocoon has no attach): run detached, then use `cocoon exec -it NAME sh`");
     }
     let volumes = request::parse_volumes(&args.volumes)?;
-    let network = Network::from_flags(&args.network, &args.publish)?;
+    let network = Network::from_flags(&args.network, &args.publish, &args.add_host)?;
     let files =
         cocoon_sandbox::GuestFiles::locate(None, args.kernel.as_deref(), args.initrd.as_deref())?;
     cocoon_sandbox::check_kvm()?;

@@ -115,6 +115,7 @@ fn set_up(
             Some(_) => network::guest_dns(),
             None => Default::default(),
         },
+        hosts: request.network.hosts(&request.hostname),
         mounts,
     })?;
     if let Some(passt) = passt {

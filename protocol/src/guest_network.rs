@@ -149,6 +149,41 @@ impl DnsConfig {
     }
 }
 
+/// One /etc/hosts line: an address and the names it answers to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEntry {
+    pub address: std::net::IpAddr,
+    pub names: Vec<String>,
+}
+
+/// Why a host name cannot go into /etc/hosts.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a host name for /etc/hosts: use letters, digits, '-', '_' and '.' only (1 to 253 bytes)")]
+pub struct BadHostName(pub String);
+
+/// The guest's /etc/hosts: the loopback names first, as Docker writes them, then `entries` in
+/// order. A name that could break the file's lines (space, '#', a newline...) is refused.
+pub fn hosts_file(entries: &[HostEntry]) -> Result<String, BadHostName> {
+    let mut text =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for entry in entries {
+        for name in &entry.names {
+            let fits = !name.is_empty()
+                && name.len() <= 253
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !fits {
+                return Err(BadHostName(name.clone()));
+            }
+        }
+        if !entry.names.is_empty() {
+            text.push_str(&format!("{}\t{}\n", entry.address, entry.names.join(" ")));
+        }
+    }
+    Ok(text)
+}
+
 /// Routes in the order the kernel accepts them: each route's gateway must be reachable when it is
 /// added, so link routes go first.
 pub fn in_adding_order(routes: &[Route]) -> Vec<Route> {
@@ -176,6 +211,38 @@ mod tests {
         let json = serde_json::to_string(&cidr).unwrap();
         assert_eq!(json, "\"10.0.2.100/24\"");
         assert!(serde_json::from_str::<Ipv4Cidr>("\"1.2.3.4/40\"").is_err());
+    }
+
+    #[test]
+    fn hosts_files_have_loopback_then_entries_and_refuse_names_that_break_lines() {
+        let entry = |address: &str, names: &[&str]| HostEntry {
+            address: address.parse().unwrap(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+        };
+        assert_eq!(
+            hosts_file(&[
+                entry("10.0.2.100", &["box"]),
+                entry("192.0.2.7", &["db", "db.local"])
+            ]),
+            Ok(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+                10.0.2.100\tbox\n192.0.2.7\tdb db.local\n"
+                    .to_string()
+            )
+        );
+        for bad in [
+            "",
+            "two words",
+            "evil\n0.0.0.0 bank",
+            "x#y",
+            &"a".repeat(254),
+        ] {
+            assert_eq!(
+                hosts_file(&[entry("10.0.0.1", &[bad])]),
+                Err(BadHostName(bad.to_string())),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

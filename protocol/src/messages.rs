@@ -75,6 +75,10 @@ pub enum Operation {
         /// container whose spec does not mount one itself.
         #[serde(default)]
         dns: crate::guest_network::DnsConfig,
+        /// The guest's /etc/hosts after its loopback lines ([`crate::guest_network::hosts_file`]),
+        /// bound into every container whose spec does not mount one itself (CRI's do).
+        #[serde(default)]
+        hosts: Vec<crate::guest_network::HostEntry>,
         #[serde(default)]
         mounts: Vec<SandboxMount>,
     },

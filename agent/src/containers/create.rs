@@ -16,9 +16,8 @@ use oci_spec::runtime::Spec;
 
 use super::cgroup::cgroup_dir;
 use super::delete::remove_bundle;
-use super::setup::GUEST_RESOLV_CONF;
 use super::spawn::Spawn;
-use super::spec_defaults::{apply_defaults, bind_resolv_conf, check_id, resolve_bind_sources};
+use super::spec_defaults::{apply_defaults, bind_etc_file, check_id, resolve_bind_sources};
 use super::{ContainerEntry, ProcessEntry, Sandbox};
 use crate::errors::{chain, error, internal, AgentResult};
 use crate::exec_confinement::Confinement;
@@ -49,8 +48,8 @@ impl Sandbox {
                 return Err(e);
             }
         };
-        if *lock(&self.resolv_conf) {
-            bind_resolv_conf(&mut spec, GUEST_RESOLV_CONF, &bundle.join("rootfs"));
+        for name in lock(&self.etc_files).iter() {
+            bind_etc_file(&mut spec, &self.layout.etc, name, &bundle.join("rootfs"));
         }
         let result = resolve_bind_sources(&mut spec, &bundle)
             .and_then(|()| self.build_container(container_id, &spec, ports, &bundle));

@@ -105,6 +105,7 @@ impl HostSandbox {
                 state: dir.path().join("state"),
                 cgroup_parent: cgroup_parent.clone(),
                 spawner: agent_binary(),
+                etc: dir.path().join("etc"),
             },
             reaper.clone(),
             Arc::new(EventBus::default()),

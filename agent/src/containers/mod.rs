@@ -71,8 +71,9 @@ pub struct Sandbox {
     created: Mutex<bool>,
     /// Where the sandbox's writable mounts are (the volumes the host may ask back).
     writable_mounts: Mutex<Vec<String>>,
-    /// The host gave DNS servers: the guest's resolv.conf is bound into containers.
-    resolv_conf: Mutex<bool>,
+    /// The sandbox's files in `layout.etc` that containers get bound in (resolv.conf when the
+    /// host gave DNS servers, hosts), by name.
+    etc_files: Mutex<Vec<&'static str>>,
     /// Image layer disks mounted for containers' overlays (under the bundles, as `.layers`).
     layers: Layers,
     /// The exits of deleted containers' processes, newest last: a `Wait` the host sent before
@@ -90,7 +91,7 @@ impl Sandbox {
             owners: Arc::new(Mutex::new(HashMap::new())),
             created: Mutex::new(false),
             writable_mounts: Mutex::new(Vec::new()),
-            resolv_conf: Mutex::new(false),
+            etc_files: Mutex::default(),
             layers: Layers::new(layout.bundles.join(".layers")),
             departed: Mutex::default(),
             layout,

@@ -1,25 +1,29 @@
-//! The sandbox itself, before any container: its hostname, DNS servers and mounts
+//! The sandbox itself, before any container: its hostname, DNS servers, /etc/hosts and mounts
 //! (`CreateSandbox`), and which of those mounts are writable volumes the host may ask back.
 
 use std::fs;
 use std::path::PathBuf;
 
 use cocoon_common::lock;
-use cocoon_protocol::guest_network::DnsConfig;
+use cocoon_protocol::guest_network::{hosts_file, DnsConfig, HostEntry};
 use cocoon_protocol::{ErrorKind, Reply, SandboxMount};
 use nix::mount::{mount, MsFlags};
 
 use super::Sandbox;
 use crate::errors::{error, internal, AgentResult};
 
-/// The guest's resolv.conf, which containers get bound in when the host gave DNS servers.
-pub(super) const GUEST_RESOLV_CONF: &str = "/etc/resolv.conf";
+/// The sandbox's resolv.conf in the layout's `etc`, which containers get bound in when the host
+/// gave DNS servers.
+const RESOLV_CONF: &str = "resolv.conf";
+/// The sandbox's hosts file in the layout's `etc`, which every container gets bound in.
+const HOSTS: &str = "hosts";
 
 impl Sandbox {
     pub fn create_sandbox(
         &self,
         hostname: &str,
         dns: &DnsConfig,
+        hosts: &[HostEntry],
         mounts: &[SandboxMount],
     ) -> AgentResult<Reply> {
         let mut created = lock(&self.created);
@@ -37,12 +41,18 @@ impl Sandbox {
                 )
             })?;
         }
+        let hosts =
+            hosts_file(hosts).map_err(|e| error(ErrorKind::InvalidArgument, e.to_string()))?;
+        let etc = &self.layout.etc;
+        let _ = fs::create_dir_all(etc);
+        let mut etc_files = vec![HOSTS];
+        fs::write(etc.join(HOSTS), hosts).map_err(|e| internal("writing /etc/hosts", e))?;
         if !dns.servers.is_empty() {
-            let _ = fs::create_dir_all("/etc");
-            fs::write(GUEST_RESOLV_CONF, dns.resolv_conf())
+            fs::write(etc.join(RESOLV_CONF), dns.resolv_conf())
                 .map_err(|e| internal("writing /etc/resolv.conf", e))?;
-            *lock(&self.resolv_conf) = true;
+            etc_files.push(RESOLV_CONF);
         }
+        *lock(&self.etc_files) = etc_files;
         for m in mounts {
             let _ = fs::create_dir_all(&m.target);
             let mut flags = MsFlags::empty();

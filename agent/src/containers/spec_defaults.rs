@@ -74,26 +74,24 @@ pub fn apply_defaults(spec: &mut Spec, container_id: &str, cgroup_parent: &str) 
     Ok(())
 }
 
-/// Binds the guest's resolv.conf (`source`, written from the host's DNS configuration) read-only
-/// into a container whose spec does not mount its own, when its root (mounted at `rootfs`) has
-/// the file or room to make it: an image without /etc/resolv.conf gets an empty one to mount on,
-/// as Docker makes; a read-only root without one goes without (said in the log).
-pub(super) fn bind_resolv_conf(spec: &mut Spec, source: &str, rootfs: &Path) {
+/// Binds the sandbox's `/etc/NAME` (written in `etc` from what the host gave: resolv.conf,
+/// hosts) read-only into a container whose spec does not mount its own, when its root (mounted
+/// at `rootfs`) has the file or room to make it: an image without it gets an empty one to mount
+/// on, as Docker makes; a read-only root without one goes without (said in the log).
+pub(super) fn bind_etc_file(spec: &mut Spec, etc: &Path, name: &str, rootfs: &Path) {
+    let destination = Path::new("/etc").join(name);
     let mut mounts = spec.mounts().clone().unwrap_or_default();
-    if mounts
-        .iter()
-        .any(|m| m.destination() == Path::new("/etc/resolv.conf"))
-    {
+    if mounts.iter().any(|m| m.destination() == &destination) {
         return;
     }
-    if let Err(e) = resolv_conf_mount_point(rootfs) {
-        tracing::info!("no /etc/resolv.conf in this container: {e}");
+    if let Err(e) = etc_mount_point(rootfs, name) {
+        tracing::info!("no {} in this container: {e}", destination.display());
         return;
     }
     let mut bind = Mount::default();
-    bind.set_destination("/etc/resolv.conf".into())
+    bind.set_destination(destination)
         .set_typ(Some("bind".into()))
-        .set_source(Some(source.into()))
+        .set_source(Some(etc.join(name)))
         .set_options(Some(vec![
             "rbind".into(),
             "ro".into(),
@@ -104,15 +102,15 @@ pub(super) fn bind_resolv_conf(spec: &mut Spec, source: &str, rootfs: &Path) {
     spec.set_mounts(Some(mounts));
 }
 
-/// /etc/resolv.conf in the container's root, made empty when missing: `/etc` must be a directory
-/// of the image's own (no symlink out), and nothing is followed to make the file.
-fn resolv_conf_mount_point(rootfs: &Path) -> std::io::Result<()> {
+/// /etc/NAME in the container's root, made empty when missing: `/etc` must be a directory of the
+/// image's own (no symlink out), and nothing is followed to make the file.
+fn etc_mount_point(rootfs: &Path, name: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let etc = rootfs.join("etc");
     if !fs::symlink_metadata(&etc)?.is_dir() {
         return Err(std::io::Error::other("/etc is not a directory"));
     }
-    let file = etc.join("resolv.conf");
+    let file = etc.join(name);
     if fs::symlink_metadata(&file).is_ok() {
         return Ok(());
     }

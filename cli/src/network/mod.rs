@@ -8,10 +8,12 @@ mod dns;
 mod passt;
 mod ports;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{bail, Result};
-use cocoon_protocol::guest_network::{DnsConfig, Interface, Ipv4Cidr, Route};
+use cocoon_protocol::guest_network::{
+    hosts_file, DnsConfig, HostEntry, Interface, Ipv4Cidr, Route,
+};
 use cocoon_protocol::net_config::MacAddress;
 use cocoon_protocol::Operation;
 use serde::{Deserialize, Serialize};
@@ -58,16 +60,39 @@ impl NetworkMode {
 pub struct Network {
     pub mode: NetworkMode,
     pub ports: Vec<PublishedPort>,
+    /// `--add-host` lines, in order.
+    #[serde(default)]
+    pub extra_hosts: Vec<HostEntry>,
 }
 
 impl Network {
-    pub fn from_flags(network: &str, publish: &[String]) -> Result<Self> {
+    pub fn from_flags(network: &str, publish: &[String], add_host: &[String]) -> Result<Self> {
         let mode = NetworkMode::parse(network)?;
         let ports = parse_ports(publish)?;
         if mode == NetworkMode::None && !ports.is_empty() {
             bail!("-p needs a network: --network none has only loopback (drop -p, or use --network default)");
         }
-        Ok(Self { mode, ports })
+        let extra_hosts = add_host
+            .iter()
+            .map(|h| parse_host_entry(h))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            mode,
+            ports,
+            extra_hosts,
+        })
+    }
+
+    /// The container's /etc/hosts lines after loopback's: its own name on its address (when it
+    /// has one), then `--add-host`'s, as Docker writes them.
+    pub fn hosts(&self, hostname: &str) -> Vec<HostEntry> {
+        let own = (self.mode == NetworkMode::Default && !hostname.is_empty()).then(|| HostEntry {
+            address: IpAddr::V4(GUEST_ADDRESS),
+            names: vec![hostname.to_string()],
+        });
+        own.into_iter()
+            .chain(self.extra_hosts.iter().cloned())
+            .collect()
     }
 
     /// `cocoon ps`'s PORTS column: `127.0.0.1:8080->80/tcp, ...`.
@@ -78,6 +103,31 @@ impl Network {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// `--add-host HOST:IP` (IPv6 too: the first ':' ends the name), checked as /etc/hosts takes it.
+fn parse_host_entry(text: &str) -> Result<HostEntry> {
+    let usage = "use HOST:IP, like db:192.0.2.7";
+    let Some((name, address)) = text.split_once(':') else {
+        bail!("--add-host '{text}': {usage}");
+    };
+    if address == "host-gateway" {
+        bail!("--add-host '{text}': cocoon has no host-gateway: the guest cannot reach the host's own services (passt runs with --no-map-gw); give an address");
+    }
+    let address: IpAddr = address
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|e| {
+            anyhow::anyhow!("--add-host '{text}': '{address}' is not an IP address ({e}): {usage}")
+        })?;
+    let entry = HostEntry {
+        address,
+        names: vec![name.to_string()],
+    };
+    hosts_file(std::slice::from_ref(&entry))
+        .map_err(|e| anyhow::anyhow!("--add-host '{text}': {e}"))?;
+    Ok(entry)
 }
 
 /// The guest's side of passt's network, as the agent sets it up.
@@ -121,18 +171,55 @@ mod tests {
         assert_eq!(NetworkMode::parse("none").unwrap(), NetworkMode::None);
         let e = NetworkMode::parse("host").unwrap_err().to_string();
         assert!(e.contains("use 'default'"), "{e}");
-        let e = Network::from_flags("none", &["8080:80".into()])
+        let e = Network::from_flags("none", &["8080:80".into()], &[])
             .unwrap_err()
             .to_string();
         assert!(e.contains("--network none has only loopback"), "{e}");
         let network = Network::from_flags(
             "default",
             &["127.0.0.1:18080:80".into(), "53:53/udp".into()],
+            &[],
         )
         .unwrap();
         assert_eq!(
             network.ports_column(),
             "127.0.0.1:18080->80/tcp, 0.0.0.0:53->53/udp"
         );
+    }
+
+    #[test]
+    fn hosts_are_the_containers_own_name_then_add_host_lines() {
+        let network = Network::from_flags(
+            "default",
+            &[],
+            &["db:192.0.2.7".into(), "v6:2001:db8::1".into()],
+        )
+        .unwrap();
+        let lines: Vec<String> = network
+            .hosts("box")
+            .iter()
+            .map(|h| format!("{} {}", h.address, h.names.join(" ")))
+            .collect();
+        assert_eq!(lines, ["10.0.2.100 box", "192.0.2.7 db", "2001:db8::1 v6"]);
+        let none = Network::from_flags("none", &[], &["db:192.0.2.7".into()]).unwrap();
+        assert_eq!(
+            none.hosts("box").len(),
+            1,
+            "no address of its own: only --add-host's"
+        );
+        for (bad, says) in [
+            ("nocolon", "use HOST:IP"),
+            ("db:999.1.1.1", "is not an IP address"),
+            ("two words:10.0.0.1", "is not a host name"),
+            ("gw:host-gateway", "no host-gateway"),
+        ] {
+            let e = Network::from_flags("default", &[], &[bad.into()])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("--add-host '{bad}'")) && e.contains(says),
+                "{e}"
+            );
+        }
     }
 }

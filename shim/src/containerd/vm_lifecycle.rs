@@ -2,6 +2,7 @@
 //! started process's exit watched and published, the VM stopped, and what a dead shim left
 //! cleaned up.
 
+use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use cocoon_common::lock;
+use cocoon_protocol::guest_network::HostEntry;
 use cocoon_protocol::vm_config::{NetBackendConfig, NetConfig};
 use cocoon_protocol::{Event, Operation, Reply};
 use cocoon_sandbox::pod_network::{PodTap, TAP_NAME};
@@ -195,10 +197,23 @@ impl Lifecycle {
                 return Err(anyhow::anyhow!("{e}{note}").into());
             }
         };
+        let hostname = spec.hostname().clone().unwrap_or_default();
+        // As Docker writes it: the sandbox's name on its own address, when it has one (a CRI
+        // app container mounts the pod's /etc/hosts over this).
+        let hosts = pod_network
+            .and_then(|p| p.pod.interface.addresses.first())
+            .filter(|_| !hostname.is_empty())
+            .map(|a| HostEntry {
+                address: IpAddr::V4(a.address),
+                names: vec![hostname.clone()],
+            })
+            .into_iter()
+            .collect();
         let set_up = client
             .call(Operation::CreateSandbox {
-                hostname: spec.hostname().clone().unwrap_or_default(),
+                hostname,
                 dns: Default::default(),
+                hosts,
                 mounts: Vec::new(),
             })
             .and_then(|_| match pod_network {

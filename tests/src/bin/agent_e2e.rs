@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use cocoon_protocol::guest_network::DnsConfig;
+use cocoon_protocol::guest_network::{DnsConfig, HostEntry};
 use cocoon_protocol::{
     ErrorKind, Event, ExitStatus, Operation, Reply, Rootfs, SandboxMount, StdioPorts,
 };
@@ -234,6 +234,7 @@ fn pod_member_spec(id: &str, command: &str) -> Spec {
     for (source, target) in [
         ("/run/cocoon/shared", "/tmp/shared"),
         ("/etc/resolv.conf", "/tmp/resolv.conf"),
+        ("/etc/hosts", "/tmp/hosts"),
     ] {
         let mut bind = Mount::default();
         bind.set_destination(target.into())
@@ -255,6 +256,10 @@ fn case_sandbox_setup(s: &Session) -> Result<String> {
                 search: vec!["pod.example".into()],
                 options: vec!["ndots:2".into()],
             },
+            hosts: vec![HostEntry {
+                address: "192.0.2.7".parse().unwrap(),
+                names: vec!["db".into(), "db.pod.example".into()],
+            }],
             mounts: vec![SandboxMount {
                 source: "tmpfs".into(),
                 target: "/run/cocoon/shared".into(),
@@ -269,13 +274,14 @@ fn case_sandbox_setup(s: &Session) -> Result<String> {
         "pod-writer",
         pod_member_spec(
             "pod-writer",
-            "echo from-writer > /tmp/shared/note; cat /tmp/resolv.conf; echo ---; cat /etc/resolv.conf 2>/dev/null || echo none",
+            "echo from-writer > /tmp/shared/note; cat /tmp/resolv.conf; echo ---; cat /etc/resolv.conf 2>/dev/null || echo none; tail -n 1 /tmp/hosts",
         ),
     )?;
     // The guest's resolv.conf as the spec binds it; the agent binds none of its own into a
     // read-only root without one to mount on (a writable root gets it: the launcher's network).
     let bound = "nameserver 192.0.2.53\nsearch pod.example\noptions ndots:2\n";
-    if status != ExitStatus::Exited(0) || out != format!("{bound}---\nnone\n") {
+    let hosts = "192.0.2.7\tdb db.pod.example\n";
+    if status != ExitStatus::Exited(0) || out != format!("{bound}---\nnone\n{hosts}") {
         bail!("writer: status {status:?} out {out:?} err {err:?}");
     }
     let (out, err, status) = s.run(
@@ -285,7 +291,7 @@ fn case_sandbox_setup(s: &Session) -> Result<String> {
     if status != ExitStatus::Exited(0) || out != "from-writer\n" {
         bail!("reader: status {status:?} out {out:?} err {err:?}");
     }
-    Ok("DNS reached the containers; a file one wrote to the shared mount, the other read".into())
+    Ok("DNS and /etc/hosts reached the containers; a file one wrote to the shared mount, the other read".into())
 }
 
 fn case_echo(s: &Session) -> Result<String> {
