@@ -340,7 +340,8 @@ impl Backend {
                 }
                 self.queue_credit_update_if_due(key);
             }
-            OP_CREDIT_UPDATE => self.mark_rx_ready(key),
+            // Its credit was taken above, as every packet's is.
+            OP_CREDIT_UPDATE => {}
             OP_CREDIT_REQUEST => self.control.push_back(Outgoing {
                 key,
                 op: OP_CREDIT_UPDATE,
@@ -358,6 +359,11 @@ impl Backend {
             // A response to nothing, data before the handshake, an unknown operation.
             _ => self.close(key, true),
         }
+        // Any packet may carry the credit that lets held host data go (Linux reports freed
+        // space on its data packets, and then owes no CREDIT_UPDATE): a connection that can
+        // send again goes back on the send list, or it would wait for host data that may never
+        // come (edge-triggered readiness fired already). A closed one is not there any more.
+        self.mark_rx_ready(key);
     }
 
     fn accept_guest_connection(&mut self, key: ConnKey, header: &Header) {

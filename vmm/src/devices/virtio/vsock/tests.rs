@@ -459,6 +459,35 @@ fn host_data_waits_for_guest_credit() {
 }
 
 #[test]
+fn credit_on_a_guest_data_packet_lets_held_host_data_go() {
+    let m = mem();
+    let mut f = Fixture::new(&m);
+    let mut path = f.uds().into_os_string();
+    path.push("_5004");
+    let listener = UnixListener::bind(&path).unwrap();
+    f.add_rx_buffers(8);
+    let mut request = guest_header(OP_REQUEST, 9, 5004, 0);
+    request.buf_alloc = 3;
+    f.send(&request, &[]);
+    f.serve();
+    assert_eq!(ops(&f.received()), [OP_RESPONSE]);
+    let (mut host, _) = listener.accept().unwrap();
+    host.write_all(b"abcdef").unwrap();
+    f.serve();
+    assert_eq!(f.received()[0].1, b"abc", "no more than the guest's buffer");
+    // The guest read those 3 bytes and says so on a data packet of its own, no CREDIT_UPDATE.
+    // The host socket's readiness does not fire again: it has nothing new.
+    let mut data = guest_header(OP_RW, 9, 5004, 1);
+    data.buf_alloc = 3;
+    data.fwd_cnt = 3;
+    f.send(&data, b"x");
+    f.handler.serve_queues();
+    let got = f.received();
+    assert_eq!(ops(&got), [OP_RW], "the held data goes with the credit");
+    assert_eq!(got[0].1, b"def");
+}
+
+#[test]
 fn a_stalled_connection_does_not_hold_up_the_others() {
     let m = mem();
     let mut f = Fixture::new(&m);
