@@ -76,6 +76,7 @@ pub fn boot(entry: &Entry, request: &Request) -> Result<Session> {
         extra_cmdline: String::new(),
         runtime_dir: Some(entry.dir.clone()),
         nets,
+        netns: None,
     })?;
     match set_up(entry, request, &mut vm, passt.as_mut()) {
         Ok(client) => Ok(Session { vm, client, passt }),

@@ -125,6 +125,9 @@ pub struct VmOptions {
     pub runtime_dir: Option<PathBuf>,
     /// Network devices (virtio-net), in the order the guest sees them.
     pub nets: Vec<VmNet>,
+    /// The network namespace the VMM runs in (a pod's, where its tap is), by path; the
+    /// caller's when None. A VMM that a guest escaped into then reaches only the pod's network.
+    pub netns: Option<PathBuf>,
 }
 
 impl VmOptions {
@@ -238,13 +241,32 @@ impl Vm {
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
         let fds = options.inherited_fds();
-        // SAFETY: prctl(2), fcntl(2) and dup2(2) only, between fork and exec: the VMM dies with
-        // the thread that started it, so a killed launcher or shim never leaves a VM running with
-        // nobody to stop it, and it gets its network backends' descriptors.
+        // Opened here (close-on-exec), entered in the child: the caller's threads stay where
+        // they are.
+        let netns = options
+            .netns
+            .as_ref()
+            .map(|path| {
+                File::open(path).map_err(io(format!(
+                    "the network namespace {} for the VMM (give an existing namespace)",
+                    path.display()
+                )))
+            })
+            .transpose()?;
+        let netns_fd = netns.as_ref().map(AsRawFd::as_raw_fd);
+        // SAFETY: prctl(2), setns(2), fcntl(2) and dup2(2) only, between fork and exec: the VMM
+        // dies with the thread that started it, so a killed launcher or shim never leaves a VM
+        // running with nobody to stop it; it runs in its network namespace, and gets its network
+        // backends' descriptors.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(fd) = netns_fd {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 cocoon_common::inherit::move_descriptors(&fds)
             });
@@ -252,6 +274,7 @@ impl Vm {
         let child = cmd
             .spawn()
             .map_err(io(format!("starting {}", options.vmm.display())))?;
+        drop(netns);
         Ok(Self {
             child: Some(child),
             dir,
@@ -473,6 +496,7 @@ mod tests {
             extra_cmdline: "cocoon.root=vda".into(),
             runtime_dir: None,
             nets: Vec::new(),
+            netns: None,
         };
         let dir = Path::new("/run/cocoon/vm1");
         let config = options.vm_config(dir);
@@ -578,6 +602,7 @@ mod tests {
             extra_cmdline: String::new(),
             runtime_dir: None,
             nets: Vec::new(),
+            netns: None,
         }
     }
 

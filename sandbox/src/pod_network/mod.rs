@@ -75,6 +75,11 @@ impl PodTap {
         })
     }
 
+    /// The pod's network namespace, where the tap is (and the VMM runs).
+    pub fn netns(&self) -> &Path {
+        &self.netns
+    }
+
     /// Removes the veth's ingress qdisc (its filter goes with it); the tap goes when the VMM's
     /// descriptor closes.
     pub fn remove(self) -> Result<(), PodNetworkError> {

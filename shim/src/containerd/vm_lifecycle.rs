@@ -156,6 +156,7 @@ impl Lifecycle {
             extra_cmdline: String::new(),
             runtime_dir: Some(dir.to_path_buf()),
             nets: Vec::new(),
+            netns: None,
         };
         let (vm, client, uds) = match self.boot_with(options, spec, pod_network.as_ref()) {
             Ok(booted) => booted,
@@ -187,6 +188,7 @@ impl Lifecycle {
     ) -> Result<(Vm, Arc<AgentClient>, PathBuf), TaskError> {
         if let Some(pod_tap) = pod_network {
             options.nets.push(pod_net(pod_tap)?);
+            options.netns = Some(pod_tap.netns().to_path_buf());
         }
         let mut vm = self.spawner.spawn(options)?;
         let uds = vm.uds();

@@ -884,6 +884,7 @@ fn main() -> Result<()> {
         extra_cmdline: String::new(),
         runtime_dir: None,
         nets: Vec::new(),
+        netns: None,
     };
     let booted = Instant::now();
     let mut vm = Vm::spawn(&options)?;
