@@ -5,7 +5,7 @@
 use crate::suite::HostNeeds;
 
 /// Host tools a containerd scenario carries into the emulated host (with their libraries).
-pub const TOOLS: [&str; 10] = [
+pub const TOOLS: [&str; 11] = [
     "/usr/bin/containerd",
     "/usr/bin/ctr",
     "/usr/bin/containerd-shim-runc-v2",
@@ -16,8 +16,10 @@ pub const TOOLS: [&str; 10] = [
     "/usr/lib/cni/bridge",
     "/usr/lib/cni/host-local",
     "/usr/lib/cni/loopback",
-    // iproute2, for network namespaces made by hand (busybox's ip has no netns).
+    // iproute2, for network namespaces made by hand (busybox's ip has no netns) and for the
+    // qdiscs a failed pod network must not leave.
     "/usr/sbin/ip",
+    "/usr/sbin/tc",
 ];
 
 /// The image [`crate::images::docker_archive`] holds, as `ctr images import` names it.
@@ -43,6 +45,8 @@ pub fn host_needs() -> HostNeeds {
             "net/sched/sch_ingress.ko",
             "net/sched/cls_u32.ko",
             "net/sched/act_mirred.ko",
+            // A namespace made by hand whose tap name is taken (the bad-network step).
+            "drivers/net/dummy.ko",
         ]
         .map(String::from)
         .to_vec(),

@@ -306,6 +306,22 @@ else
   echo "ctr-net=no network namespace could be made here"
 fi
 
+# Bad network input through the shim, which refuses it before any VM boots (so this runs under
+# the emulated host too): a namespace that does not exist, and one where the tap cannot be made
+# (its name is taken). One clear line each; nothing left: no tap, no qdisc on the pod's interface.
+out=$(c run --rm $R --with-ns network:/run/netns/cocoon-no-such-ns $IMG t-bad-ns true 2>&1)
+echo "bad-netns=$? $(echo "$out" | grep -c "cocoon-no-such-ns.*give an existing namespace")"
+if "$IP" netns add cocoon-bad-tap; then
+  "$IP" -n cocoon-bad-tap link add eth0 type dummy && "$IP" -n cocoon-bad-tap addr add 10.98.0.2/24 dev eth0 && "$IP" -n cocoon-bad-tap link set eth0 up
+  "$IP" -n cocoon-bad-tap link add tap0_cocoon type dummy
+  out=$(c run --rm $R --with-ns network:/run/netns/cocoon-bad-tap $IMG t-bad-tap true 2>&1)
+  echo "bad-tap=$? $(echo "$out" | grep -c "attaching tap 'tap0_cocoon'")"
+  echo "bad-tap-left=links:$("$IP" -n cocoon-bad-tap -o link | wc -l) qdiscs:$("$IP" netns exec cocoon-bad-tap tc qdisc show dev eth0 | grep -c ingress) containers:$(c containers ls -q | grep -c t-bad)"
+  "$IP" netns del cocoon-bad-tap
+else
+  echo "bad-tap=no network namespace could be made here"
+fi
+
 c run -d $R $IMG t-die sleep 1000 > /dev/null 2>&1
 vmms=$(cmdlines | grep '^[0-9]* [^ ]*cocoon-vmm .*/run/cocoon/ctr/' | cut -d' ' -f1)
 echo "vmms-for-one-task=$(echo $vmms | wc -w)"
@@ -363,6 +379,8 @@ if [ -x cni/bin/bridge ]; then
   "$COCOON_CRI_POD" --network "$containerd_sock" cocoon "$COCOON_TEST_IMAGE" > cri-net.out 2>&1; echo "cri-net-exit=$?"
   cat cri-net.out
   echo "net-pod-left=netns:$(ls /var/run/netns 2>/dev/null | wc -l) veths:$(ls /sys/class/net | grep -c '^veth')"
+  # Pod B's VMM counted the spoofed frames; the shim logged its totals when the pod went.
+  echo "net-drops=$(grep -o 'frames dropped while the VM ran: [0-9]* spoofed, [0-9]* malformed' containerd.log | sed 's/.*ran: //' | tr '\n' ' ')"
 else
   echo "cri-net-exit=skipped: no CNI plugins (make deps installs containernetworking-plugins)"
 fi
@@ -780,6 +798,11 @@ fn a_pod_with_a_cni_network_gets_its_address_in_the_guest_and_serves_the_host() 
         "{guest}\n{out}"
     );
     assert_eq!(
+        value(&out, "net-pod-vmm-netns="),
+        "pod",
+        "the pod's one VMM runs in the pod's network namespace\n{out}"
+    );
+    assert_eq!(
         value(&out, "net-pod-dns="),
         "search svc.example nameserver 192.0.2.53 options ndots:3",
         "the DNS CRI asked for\n{out}"
@@ -788,6 +811,37 @@ fn a_pod_with_a_cni_network_gets_its_address_in_the_guest_and_serves_the_host() 
         value(&out, "net-pod-fetch="),
         "served-by-the-pod",
         "the host reaches the pod's server\n{out}"
+    );
+    let pod_b = value(&out, "net-pod-b-ip=");
+    assert!(
+        pod_b.starts_with("10.88.") && pod_b != ip,
+        "a second pod gets an address of its own: {pod_b}\n{out}"
+    );
+    assert_eq!(
+        value(&out, "net-pod-b-fetch="),
+        "served-by-the-pod",
+        "pod B reaches pod A's server across CNI's bridge\n{out}"
+    );
+    assert_eq!(
+        value(&out, "net-spoof="),
+        "ip=1 mac=1 honest=0",
+        "frames from another address or MAC go nowhere; honest ones still go\n{out}"
+    );
+    assert_eq!(
+        value(&out, "net-pod-fetch-after="),
+        "served-by-the-pod",
+        "pod B's spoofing cost pod A nothing\n{out}"
+    );
+    // One VMM dropped frames (pod B's): at least its two spoofed pings' and ARP frames.
+    let drops = value(&out, "net-drops=");
+    let spoofed: u32 = drops
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        spoofed >= 2 && drops.matches("spoofed").count() == 1 && drops.ends_with(" 0 malformed "),
+        "pod B's VMM counted its spoofed frames, and only pod B's did: {drops:?}\n{out}"
     );
     assert_eq!(value(&out, "net-pod-left="), "netns:0 veths:0", "{out}");
 }
@@ -807,4 +861,28 @@ fn ctr_run_with_a_network_namespace_gets_its_interface() {
         "the host reaches the task by the namespace's address\n{out}"
     );
     assert_eq!(value(&out, "ctr-net-left="), "taps:0 qdiscs:0", "{out}");
+}
+
+#[test]
+fn ctr_run_with_a_bad_network_namespace_is_one_clear_error_and_leaves_nothing() {
+    let Some(out) =
+        ctr_output("ctr_run_with_a_bad_network_namespace_is_one_clear_error_and_leaves_nothing")
+    else {
+        return;
+    };
+    let missing = value(&out, "bad-netns=");
+    assert!(
+        missing != "0 0" && missing.ends_with(" 1"),
+        "a namespace that does not exist is refused, naming it and the fix\n{out}"
+    );
+    let taken = value(&out, "bad-tap=");
+    assert!(
+        !taken.starts_with('0') && taken.ends_with(" 1"),
+        "a tap that cannot be made is refused, naming it\n{out}"
+    );
+    assert_eq!(
+        value(&out, "bad-tap-left="),
+        "links:3 qdiscs:0 containers:0",
+        "only the namespace's own lo, eth0 and the taken name are left: no tap, no qdisc\n{out}"
+    );
 }

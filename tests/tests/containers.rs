@@ -45,7 +45,10 @@ else
   export COCOON_E2E_VCPUS=2
 fi
 # If the driver stalls, say where before the suite's deadline ends it all (its output goes to a file).
-( sleep 400; echo "@@STALL: the agent driver has run 400 s; its output so far:"; tail -n 40 driver.out ) &
+# The VM's own console and VMM log tell a stalled guest from a stalled VMM or host.
+( sleep 400; echo "@@STALL: the agent driver has run 400 s; its output so far:"; tail -n 40 driver.out
+  for f in /tmp/cocoon-vm-*/console.log /tmp/cocoon-vm-*/vmm.log; do echo "@@STALL $f:"; tail -n 20 "$f"; done
+  grep -E '^(State|SigQ|voluntary_ctxt_switches)' /proc/$(pgrep -f cocoon-vmm | head -n 1)/status ) &
 watchdog_pid=$!
 attempt=1
 while :; do
@@ -74,7 +77,7 @@ echo "t-start=$(date +%s)"
 echo "echo-out=$(run --rm default -- echo hi)"
 echo "t-echo=$(date +%s)"
 run default -- sh -c 'exit 3'; echo "exit3=$?"
-run -e FOO=bar -w /tmp -u 1000:1000 --name box default -- sh -c 'echo "who=$(id -u):$(id -g) pwd=$(pwd) foo=$FOO host=$(hostname)"'
+run -e FOO=bar -w /tmp -u 1000:1000 --name box --add-host db:192.0.2.7 default -- sh -c 'echo "who=$(id -u):$(id -g) pwd=$(pwd) foo=$FOO host=$(hostname)"; echo "hosts=$(awk "{ print \$1 \"=\" \$2 }" /etc/hosts | tr "\n" " ")"'
 "$COCOON" run default -- sh -c 'trap "echo got-term; exit 9" TERM; echo ready; while :; do sleep 0.1; done' > sig.out &
 pid=$!
 i=0; while ! grep -q ready sig.out && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
@@ -109,7 +112,7 @@ echo "archive-progress=$(grep -c 'unpacking layer 2/2: 100%' archive.err)"
 echo "archive-override=$(run -e FOO=cli "$COCOON_FILES/image.tar" -- sh -c 'echo $FOO $(pwd)')"
 echo "t-archive=$(date +%s)"
 
-bg=$("$COCOON" run -d --name bg default -- sh -c 'echo out-bg; echo err-bg >&2; while :; do sleep 0.2; done'); echo "detach=$? $bg"
+bg=$(run -d --name bg default -- sh -c 'echo out-bg; echo err-bg >&2; while :; do sleep 0.2; done'); echo "detach=$? $bg"
 echo "ps=$("$COCOON" ps | grep -c '^bg .*Up')"
 out=$("$COCOON" exec bg sh -c 'echo in-bg $(hostname); exit 4'); echo "exec=$? $out"
 echo "exec-stdin=$(echo via-stdin | "$COCOON" exec -i bg cat)"
@@ -120,7 +123,7 @@ i=0; while ! "$COCOON" ps -a | grep -q '^bg .*Exited' && [ $i -lt 300 ]; do slee
 echo "after-kill=$("$COCOON" ps -a | grep '^bg ' | awk '{print $2, $3}')"
 "$COCOON" exec bg true 2>err; echo "exec-ended=$? lines=$(wc -l < err) $(cat err)"
 "$COCOON" rm bg; echo "rm=$? left=$(ls "$COCOON_ROOT" | wc -l)"
-"$COCOON" run -d --rm --name bg2 default -- sleep 1000 > /dev/null
+run -d --rm --name bg2 default -- sleep 1000 > /dev/null
 "$COCOON" rm -f bg2 > /dev/null; echo "rm-f=$? left=$(ls "$COCOON_ROOT" | wc -l)"
 echo "t-detached=$(date +%s)"
 
@@ -144,7 +147,7 @@ cat > net.sh <<'NET'
 mkdir -p www-host www-lo; echo from-host-dummy > www-host/index.html; echo from-host-loopback > www-lo/index.html
 httpd -f -p 198.51.100.1:8081 -h www-host & h1=$!
 httpd -f -p 127.0.0.1:8082 -h www-lo & h2=$!
-web=$("$COCOON" run -d --name web -p 127.0.0.1:18080:80 default -- sh -c 'mkdir -p /www && echo served-by-guest > /www/index.html && exec httpd -f -p 80 -h /www')
+web=$(run -d --name web -p 127.0.0.1:18080:80 default -- sh -c 'mkdir -p /www && echo served-by-guest > /www/index.html && exec httpd -f -p 80 -h /www')
 echo "net-detach=$? $web"
 i=0; until page=$(timeout 3 wget -q -O- http://127.0.0.1:18080/ 2>/dev/null) || [ $i -ge 60 ]; do sleep 0.5; i=$((i + 1)); done
 echo "net-published=$page"
@@ -172,6 +175,7 @@ echo "t-network=$(date +%s)"
 run /nonexistent -- true 2>err; echo "missing-image=$? lines=$(wc -l < err) $(cat err)"
 run --memory 0 default -- true 2>err; echo "memory0=$? lines=$(wc -l < err) $(cat err)"
 run -v nocolon default -- true 2>err; echo "bad-volume=$? lines=$(wc -l < err) $(cat err)"
+run --add-host nocolon default -- true 2>err; echo "bad-add-host=$? lines=$(wc -l < err) $(cat err)"
 "$COCOON" exec nosuch true 2>err; echo "unknown-name=$? lines=$(wc -l < err) $(cat err)"
 run default 2>err; echo "no-command=$? lines=$(wc -l < err) $(cat err)"
 run default -- /no/such/command 2>err; echo "bad-command=$? lines=$(wc -l < err) $(cat err)"
@@ -354,6 +358,11 @@ fn cocoon_run_applies_env_workdir_user_name_and_stdin() {
         "1000:1000 pwd=/tmp foo=bar host=box",
         "{out}"
     );
+    assert_eq!(
+        value(&out, "hosts="),
+        "127.0.0.1=localhost ::1=localhost 10.0.2.100=box 192.0.2.7=db ",
+        "/etc/hosts: loopback, the container's own name, --add-host's\n{out}"
+    );
     assert_eq!(value(&out, "cat-out="), "piped-in", "{out}");
 }
 
@@ -379,6 +388,11 @@ fn cocoon_run_refuses_bad_input_in_one_line_and_leaves_nothing() {
     );
     assert!(
         value(&out, "bad-volume=").starts_with("125 lines=1 cocoon: -v 'nocolon'"),
+        "{out}"
+    );
+    assert!(
+        value(&out, "bad-add-host=")
+            .starts_with("125 lines=1 cocoon: --add-host 'nocolon': use HOST:IP"),
         "{out}"
     );
     assert!(

@@ -8,7 +8,7 @@
 //! then Stop/RemovePodSandbox. Every id is containerd's own (64 hex digits). Prints one
 //! `key=value` line per observation for the suite to check, and exits non-zero at the first CRI
 //! call that fails (its error printed as `error=`). With `--network`: a pod with a network of its
-//! own instead (CNI's), which serves the host.
+//! own instead (CNI's), which serves the host, and a second such pod that fetches from it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -92,6 +92,40 @@ fn pod_config() -> PodSandboxConfig {
 }
 
 impl Cri {
+    /// RunPodSandbox of a pod named `name` with a network of its own; it becomes `self.pod`, the
+    /// config CreateContainer repeats.
+    async fn run_network_pod(&mut self, name: &str, handler: &str) -> Result<String> {
+        self.pod = network_pod_config(name);
+        Ok(self
+            .runtime
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(self.pod.clone()),
+                runtime_handler: handler.into(),
+            })
+            .await
+            .with_context(|| format!("RunPodSandbox of {name}, a pod with a network"))?
+            .into_inner()
+            .pod_sandbox_id)
+    }
+
+    /// The address CNI gave pod `pod`, as PodSandboxStatus reports it.
+    async fn pod_ip(&mut self, pod: &str) -> Result<String> {
+        let status = self
+            .runtime
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.into(),
+                verbose: false,
+            })
+            .await
+            .context("PodSandboxStatus")?
+            .into_inner();
+        Ok(status
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default())
+    }
+
     /// StopPodSandbox then RemovePodSandbox, as the kubelet ends a pod.
     async fn remove_pod(&mut self, pod: &str) -> Result<()> {
         self.runtime
@@ -613,15 +647,15 @@ async fn many_exec_syncs(cri: &mut Cri, pod: &str, image: &str) -> Result<()> {
     Ok(())
 }
 
-/// A pod with a network of its own (CNI's, from the pod network namespace), its DNS as CRI
-/// asks.
-fn network_pod_config() -> PodSandboxConfig {
+/// A pod named `name` with a network of its own (CNI's, from the pod network namespace), its DNS
+/// as CRI asks.
+fn network_pod_config(name: &str) -> PodSandboxConfig {
     let mut config = pod_config();
     if let Some(metadata) = config.metadata.as_mut() {
-        metadata.name = "cocoon-net-pod".into();
-        metadata.uid = "cocoon-net-pod-uid".into();
+        metadata.name = format!("cocoon-{name}");
+        metadata.uid = format!("cocoon-{name}-uid");
     }
-    config.hostname = "net-pod".into();
+    config.hostname = name.into();
     config.dns_config = Some(DnsConfig {
         servers: vec!["192.0.2.53".into()],
         searches: vec!["svc.example".into()],
@@ -673,32 +707,9 @@ fn http_get(ip: &str) -> String {
 /// over it, and has the DNS CRI asked for; then it is removed.
 async fn network_scenario(socket: PathBuf, handler: &str, image: &str) -> Result<()> {
     let mut cri = connect(socket).await?;
-    cri.pod = network_pod_config();
-    let pod = cri
-        .runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(cri.pod.clone()),
-            runtime_handler: handler.into(),
-        })
-        .await
-        .context("RunPodSandbox of a pod with a network")?
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = cri.run_network_pod("net-pod", handler).await?;
     let in_pod = async {
-        let status = cri
-            .runtime
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: pod.clone(),
-                verbose: false,
-            })
-            .await
-            .context("PodSandboxStatus")?
-            .into_inner();
-        let ip = status
-            .status
-            .and_then(|s| s.network)
-            .map(|n| n.ip)
-            .unwrap_or_default();
+        let ip = cri.pod_ip(&pod).await?;
         println!("net-pod-ip={ip}");
         let web = cri
             .create_with(&pod, "web", image, NamespaceMode::Pod, |c| {
@@ -734,15 +745,110 @@ async fn network_scenario(socket: PathBuf, handler: &str, image: &str) -> Result
             };
             println!("net-pod-veth={} {}", after("link/ether"), after("mtu"));
         }
+        println!("net-pod-vmm-netns={}", vmm_network_namespaces());
         let (_, dns, _) = cri.exec(&web, "cat /etc/resolv.conf").await?;
         println!("net-pod-dns={}", dns.replace('\n', " "));
         println!("net-pod-fetch={}", http_get(&ip));
-        anyhow::Ok(())
+        let pod_a = std::mem::replace(&mut cri.pod, network_pod_config("client-pod"));
+        let from_pod_b = fetch_from_another_pod(&mut cri, handler, image, &ip).await;
+        cri.pod = pod_a;
+        from_pod_b
     }
     .await;
     let removed = cri.remove_pod(&pod).await;
     in_pod?;
     removed
+}
+
+/// Where each running cocoon-vmm's network namespace is: `pod` (one of /var/run/netns, CNI's),
+/// `host` (this process's) or `other`, space-separated.
+fn vmm_network_namespaces() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let pods: Vec<String> = std::fs::read_dir("/var/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| format!("net:[{}]", m.ino()))
+        .collect();
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap_or_default();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        if !program.ends_with(b"cocoon-vmm") {
+            continue;
+        }
+        let Ok(ns) = std::fs::read_link(entry.path().join("ns/net")) else {
+            continue;
+        };
+        found.push(if ns == host {
+            "host"
+        } else if pods.iter().any(|p| ns.as_os_str() == p.as_str()) {
+            "pod"
+        } else {
+            "other"
+        });
+    }
+    found.join(" ")
+}
+
+/// Pod B's spoofing, each step's ping exit status printed (1: nothing answered): from an
+/// IPv4 address not the pod's (its ARP and ICMP frames), from another MAC, then honestly.
+const SPOOFING: &str = "gw=$(ip route | awk '/^default/ { print $3 }'); \
+    ip addr add 10.88.255.250/16 dev eth0 2>&1; \
+    ping -c 2 -W 1 -I 10.88.255.250 $gw > /dev/null 2>&1; echo \"ip=$?\"; \
+    ip addr del 10.88.255.250/16 dev eth0 2>&1; mac=$(cat /sys/class/net/eth0/address); \
+    ip neigh flush dev eth0 > /dev/null 2>&1; \
+    ip link set eth0 address 02:00:00:00:66:66 2>&1 || echo mac-not-set; \
+    ping -c 2 -W 1 $gw > /dev/null 2>&1; echo \"mac=$?\"; \
+    ip link set eth0 address $mac 2>&1 || echo mac-not-restored; \
+    ping -c 2 -W 2 $gw > /dev/null 2>&1; echo \"honest=$?\"";
+
+/// Pod B, a second pod with a network of its own, fetches pod A's page by pod A's address
+/// (across CNI's bridge: two guests, two taps, two veths); then it is removed.
+async fn fetch_from_another_pod(
+    cri: &mut Cri,
+    handler: &str,
+    image: &str,
+    pod_a_ip: &str,
+) -> Result<()> {
+    let name = cri.pod.hostname.clone();
+    let pod_b = cri.run_network_pod(&name, handler).await?;
+    let fetched = async {
+        println!("net-pod-b-ip={}", cri.pod_ip(&pod_b).await?);
+        // CAP_NET_ADMIN, as a pod may ask: the spoofing below needs it.
+        let client = cri
+            .create_with(&pod_b, "client", image, NamespaceMode::Pod, |c| {
+                if let Some(context) = c.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+                    context.capabilities = Some(Capability {
+                        add_capabilities: vec!["NET_ADMIN".into()],
+                        ..Default::default()
+                    });
+                }
+            })
+            .await?;
+        // Bounded: 20 tries of at most 3 s each, while pod A's server may still be starting.
+        let script = format!(
+            "i=0; until page=$(timeout 3 wget -q -O- http://{pod_a_ip}/ 2>&1) || [ $i -ge 20 ]; \
+             do sleep 0.5; i=$((i + 1)); done; echo \"$page\""
+        );
+        let (_, page, _) = cri.exec(&client, &script).await?;
+        println!("net-pod-b-fetch={}", page.replace('\n', " "));
+        // A hostile guest: frames from an address and a MAC the pod was not given. The VMM
+        // drops them (counted in its log), and the honest ones still go, in both pods.
+        let (code, spoofed, err) = cri.exec(&client, SPOOFING).await?;
+        println!("net-spoof={}", spoofed.replace('\n', " "));
+        println!("net-spoof-exit={code} {}", err.replace('\n', " "));
+        anyhow::Ok(())
+    }
+    .await;
+    let removed = cri.remove_pod(&pod_b).await;
+    fetched?;
+    removed?;
+    // Pod B's spoofing cost pod A nothing.
+    println!("net-pod-fetch-after={}", http_get(pod_a_ip));
+    Ok(())
 }
 
 fn main() -> Result<()> {
