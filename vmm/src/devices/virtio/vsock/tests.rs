@@ -424,15 +424,18 @@ fn a_guest_that_ignores_credit_is_reset() {
     assert_eq!(f.handler.backend.connection_count(), 0);
 }
 
-#[test]
-fn host_data_waits_for_guest_credit() {
-    let m = mem();
-    let mut f = Fixture::new(&m);
+/// A guest connection (source port `src`) to host listener `port` whose guest buffer holds 3
+/// bytes; the host has written `abcdef` and the guest got `abc`. The host's end, open.
+fn three_byte_connection(
+    f: &mut Fixture<'_>,
+    src: u32,
+    port: u32,
+) -> std::os::unix::net::UnixStream {
     let mut path = f.uds().into_os_string();
-    path.push("_5003");
+    path.push(format!("_{port}"));
     let listener = UnixListener::bind(&path).unwrap();
     f.add_rx_buffers(8);
-    let mut request = guest_header(OP_REQUEST, 8, 5003, 0);
+    let mut request = guest_header(OP_REQUEST, src, port, 0);
     request.buf_alloc = 3;
     f.send(&request, &[]);
     f.serve();
@@ -443,6 +446,14 @@ fn host_data_waits_for_guest_credit() {
     let got = f.received();
     assert_eq!(ops(&got), [OP_RW]);
     assert_eq!(got[0].1, b"abc", "no more than the guest's buffer");
+    host
+}
+
+#[test]
+fn host_data_waits_for_guest_credit() {
+    let m = mem();
+    let mut f = Fixture::new(&m);
+    let _host = three_byte_connection(&mut f, 8, 5003);
     f.serve();
     assert!(
         f.received().is_empty(),
@@ -462,19 +473,7 @@ fn host_data_waits_for_guest_credit() {
 fn credit_on_a_guest_data_packet_lets_held_host_data_go() {
     let m = mem();
     let mut f = Fixture::new(&m);
-    let mut path = f.uds().into_os_string();
-    path.push("_5004");
-    let listener = UnixListener::bind(&path).unwrap();
-    f.add_rx_buffers(8);
-    let mut request = guest_header(OP_REQUEST, 9, 5004, 0);
-    request.buf_alloc = 3;
-    f.send(&request, &[]);
-    f.serve();
-    assert_eq!(ops(&f.received()), [OP_RESPONSE]);
-    let (mut host, _) = listener.accept().unwrap();
-    host.write_all(b"abcdef").unwrap();
-    f.serve();
-    assert_eq!(f.received()[0].1, b"abc", "no more than the guest's buffer");
+    let _host = three_byte_connection(&mut f, 9, 5004);
     // The guest read those 3 bytes and says so on a data packet of its own, no CREDIT_UPDATE.
     // The host socket's readiness does not fire again: it has nothing new.
     let mut data = guest_header(OP_RW, 9, 5004, 1);
