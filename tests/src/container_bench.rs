@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use cocoon_sandbox::spec::{container_spec, ProcessOptions};
 
-const METRIC: &str = "@@METRIC ";
+pub const METRIC: &str = "@@METRIC ";
 const RUNS: usize = 5;
 const BULK_BYTES: usize = 64 << 20;
 
@@ -324,7 +324,7 @@ pub fn ctr_script(bench: &str) -> String {
     )
 }
 
-fn metrics(output: &str) -> BTreeMap<String, String> {
+pub fn metrics(output: &str) -> BTreeMap<String, String> {
     output
         .lines()
         .filter_map(|l| l.strip_prefix(METRIC))
@@ -336,13 +336,17 @@ fn metrics(output: &str) -> BTreeMap<String, String> {
 }
 
 /// A table's header: an empty label column and the two sides.
-fn header(left: &str, right: &str) {
+pub fn header(left: &str, right: &str) {
     println!("| {:<44} | {:>18} | {:>18} |", "", left, right);
     println!("|{:-<46}|{:->20}|{:->20}|", "", "", "");
 }
 
 /// One row of a side-by-side table.
-fn row(label: impl std::fmt::Display, left: impl std::fmt::Display, right: impl std::fmt::Display) {
+pub fn row(
+    label: impl std::fmt::Display,
+    left: impl std::fmt::Display,
+    right: impl std::fmt::Display,
+) {
     println!(
         "| {:<44} | {:>18} | {:>18} |",
         label.to_string(),

@@ -12,6 +12,7 @@ pub mod container_bench;
 pub mod containerd;
 pub mod cri_stream;
 pub mod images;
+pub mod network_bench;
 pub mod pty;
 pub mod suite;
 

@@ -607,21 +607,36 @@ fn host_main(runs: usize) -> Result<()> {
                     .output()?;
                 output.push_str(&String::from_utf8_lossy(&out.stdout));
             }
+            // The launcher's measurements: this binary again, `cocoon run` finding its guest
+            // and default image through the environment.
             let cocoon = workspace_binary("cocoon").map_err(anyhow::Error::msg)?;
-            let out = Command::new(std::env::current_exe()?)
-                .arg("measure-launcher")
-                .arg(cocoon)
-                .arg(find_runc().unwrap_or_else(|| "-".into()))
-                .env("COCOON_VMM", &args.vmm)
-                .env("COCOON_KERNEL", &args.kernel)
-                .env("COCOON_INITRD", &args.initrd)
-                .env("COCOON_DEFAULT_IMAGE", &rootfs)
-                .output()?;
-            output.push_str(&String::from_utf8_lossy(&out.stdout));
+            let runc = find_runc().unwrap_or_else(|| "-".into());
+            let ip = ["/usr/sbin/ip", "/sbin/ip"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists())
+                .unwrap_or_else(|| "-".into());
+            for (measurement, ip) in [("measure-launcher", None), ("measure-network", Some(&ip))] {
+                let out = Command::new(std::env::current_exe()?)
+                    .arg(measurement)
+                    .arg(&cocoon)
+                    .arg(&runc)
+                    .args(ip)
+                    .env("COCOON_VMM", &args.vmm)
+                    .env("COCOON_KERNEL", &args.kernel)
+                    .env("COCOON_INITRD", &args.initrd)
+                    .env("COCOON_DEFAULT_IMAGE", &rootfs)
+                    .output()?;
+                output.push_str(&String::from_utf8_lossy(&out.stdout));
+            }
             if cocoon_tests::containerd::installed() {
                 output.push_str(&ctr_direct(&args.vmm, &guest)?);
             }
             cocoon_tests::container_bench::print_table(
+                "direct KVM (hardware virtualization)",
+                &output,
+            );
+            cocoon_tests::network_bench::print_table(
                 "direct KVM (hardware virtualization)",
                 &output,
             );
@@ -650,6 +665,23 @@ fn host_main(runs: usize) -> Result<()> {
                     Some(runc) => host.add_binary(&runc)?,
                     None => "-".into(),
                 };
+                // `cocoon run`'s network (passt, which sandboxes itself with pivot_root: a real
+                // root), and the runc side's veth.
+                if let Some(passt) = Some(Path::new("/usr/bin/passt")).filter(|p| p.exists()) {
+                    host.add_binary(passt)?;
+                    host.real_root = true;
+                }
+                let ip_in_host = match ["/usr/sbin/ip", "/sbin/ip"]
+                    .map(Path::new)
+                    .into_iter()
+                    .find(|p| p.exists())
+                {
+                    Some(ip) => {
+                        host.add_module("drivers/net/veth.ko")?;
+                        host.add_binary(ip)?
+                    }
+                    None => "-".into(),
+                };
                 let qemu_in_host = match &qemu {
                     Some(q) => {
                         let path = host.add_binary(q)?;
@@ -668,7 +700,9 @@ fn host_main(runs: usize) -> Result<()> {
                      for attempt in 1 2; do timeout 300 {e2e_in_host} \"$COCOON_VMM\" \"$GUEST_BZIMAGE\" \"$GUEST_INITRD\" /tmp/rootfs.ext4 --bench-only > /tmp/e2e.out 2>&1; \
                      grep -q 'guest crashed' /tmp/e2e.out || break; echo '@@CASE RETRIED: the guest crashed under the emulated host'; done; cat /tmp/e2e.out\n\
                      [ {runc_in_host} = - ] || {me} measure-runc {runc_in_host}\n\
-                     COCOON_KERNEL=\"$GUEST_BZIMAGE\" COCOON_INITRD=\"$GUEST_INITRD\" COCOON_DEFAULT_IMAGE=\"$COCOON_FILES/rootfs.ext4\" timeout 600 {me} measure-launcher {cocoon_in_host} {runc_in_host}; true"
+                     export COCOON_KERNEL=\"$GUEST_BZIMAGE\" COCOON_INITRD=\"$GUEST_INITRD\" COCOON_DEFAULT_IMAGE=\"$COCOON_FILES/rootfs.ext4\"\n\
+                     timeout 600 {me} measure-launcher {cocoon_in_host} {runc_in_host}\n\
+                     timeout 300 {me} measure-network {cocoon_in_host} {runc_in_host} {ip_in_host}; true"
                 );
                 Ok((host, script))
             };
@@ -717,6 +751,10 @@ fn host_main(runs: usize) -> Result<()> {
                 &finished.output,
             )?;
             cocoon_tests::container_bench::print_table(
+                "emulated KVM host (qemu TCG -cpu max, nested SVM)",
+                &finished.output,
+            );
+            cocoon_tests::network_bench::print_table(
                 "emulated KVM host (qemu TCG -cpu max, nested SVM)",
                 &finished.output,
             );
@@ -773,6 +811,14 @@ fn main() -> ExitCode {
         }
         Some("measure-ctr") if args.len() == 2 => {
             cocoon_tests::container_bench::measure_ctr(Path::new(&args[1]))
+        }
+        Some("measure-network") if args.len() == 4 => {
+            let given = |a: &String| (a != "-").then(|| PathBuf::from(a));
+            cocoon_tests::network_bench::measure_network(
+                Path::new(&args[1]),
+                given(&args[2]).as_deref(),
+                given(&args[3]).as_deref(),
+            )
         }
         Some("measure-launcher") if args.len() == 3 => {
             cocoon_tests::container_bench::measure_launcher(
