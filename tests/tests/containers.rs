@@ -147,7 +147,7 @@ cat > net.sh <<'NET'
 mkdir -p www-host www-lo; echo from-host-dummy > www-host/index.html; echo from-host-loopback > www-lo/index.html
 httpd -f -p 198.51.100.1:8081 -h www-host & h1=$!
 httpd -f -p 127.0.0.1:8082 -h www-lo & h2=$!
-web=$(run -d --name web -p 127.0.0.1:18080:80 default -- sh -c 'mkdir -p /www && echo served-by-guest > /www/index.html && exec httpd -f -p 80 -h /www')
+web=$("$COCOON" run -d --name web -p 127.0.0.1:18080:80 default -- sh -c 'mkdir -p /www && echo served-by-guest > /www/index.html && exec httpd -f -p 80 -h /www')
 echo "net-detach=$? $web"
 i=0; until page=$(timeout 3 wget -q -O- http://127.0.0.1:18080/ 2>/dev/null) || [ $i -ge 60 ]; do sleep 0.5; i=$((i + 1)); done
 echo "net-published=$page"
