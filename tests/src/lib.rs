@@ -14,6 +14,7 @@ pub mod cri_stream;
 pub mod images;
 pub mod network_bench;
 pub mod pty;
+pub mod stuck_vms;
 pub mod suite;
 
 /// The emulated KVM host and the deadline runner live in `cocoon-emuhost`, which the launcher

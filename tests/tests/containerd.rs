@@ -251,7 +251,7 @@ wait_status() { i=0; while [ "$(status_of "$1")" != "$2" ] && [ $i -lt 300 ]; do
 c events > events.log 2>&1 &
 events_pid=$!
 # If a step stalls, say where before the suite's deadline ends it all.
-( sleep 300; echo "@@STALL: the ctr scenario has run 300 s; containerd's log and the processes:"; tail -n 40 containerd.log; cmdlines | grep -v '^[0-9]* $' ) &
+( sleep 300; echo "@@STALL: the ctr scenario has run 300 s; containerd's log and the processes:"; tail -n 40 containerd.log | cut -c1-300; cmdlines | grep -v '^[0-9]* $'; "$COCOON_CRI_POD" --report-stuck ) &
 watchdog_pid=$!
 IMG=$COCOON_TEST_IMAGE
 R="--runtime io.containerd.cocoon.v2"
@@ -345,6 +345,7 @@ echo "died-why=$(grep -c 't-die: the microVM went away: .*\[cocoon-vmm exit 137\
 # A task whose guest crashed (the shim logs the VMM's verdict): under the emulated host the suite
 # runs once more (README "Known faults of the emulated host").
 grep -o 'msg="[^"]*guest triple fault[^"]*' containerd.log | cut -c1-300 | sed 's/^msg="/@@COCOON-GUEST-CRASH /'
+grep -o 'guest console: .*' containerd.log | cut -c1-300 | tail -n 30 | sed 's/^/@@GUEST-CONSOLE /'
 echo "--- containerd log (errors) ---"
 grep -i 'level=error' containerd.log | tail -n 20
 "#;
@@ -355,7 +356,7 @@ const POD_STEPS: &str = r#"
 cmdlines() { for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)"; done; }
 ours() { cmdlines | grep -c '^[0-9]* [^ ]*containerd-shim-cocoon-v2 \|^[0-9]* [^ ]*cocoon-vmm .*/run/cocoon/ctr/'; }
 processes_before=$(ours) vm_dirs_before=$(ls /run/cocoon/ctr 2>/dev/null | wc -l)
-( sleep 480; echo "@@STALL: the pod scenario has run 480 s; containerd's log and the processes:"; tail -n 40 containerd.log; cmdlines | grep -v '^[0-9]* $' ) &
+( sleep 480; echo "@@STALL: the pod scenario has run 480 s; containerd's log and the processes:"; tail -n 40 containerd.log | cut -c1-300; cmdlines | grep -v '^[0-9]* $'; "$COCOON_CRI_POD" --report-stuck ) &
 watchdog_pid=$!
 ctr --address "$containerd_sock" --namespace k8s.io images import "$COCOON_FILES/image.tar" > import.out 2>&1; echo "pod-import=$? $(tail -n 1 import.out)"
 # Under the emulated host (only there) a pod whose guest triple-faulted is run once more, loudly
@@ -371,6 +372,8 @@ while :; do
   [ -n "$crash" ] || crash=$(grep -o 'guest triple fault[^;]*' containerd.log | sed -n "$((crashes_before + 1))p")
   [ $cri_pod_exit != 0 ] && [ -n "$crash" ] && [ "${COCOON_EMULATED_HOST:-0}" = 1 ] && [ $attempt -le 1 ] || break
   echo "@@COCOON-RETRY attempt $attempt: a pod's guest crashed under the emulated host: $crash"
+  # What the guest said last (the shim logs it when a VM ends badly): a panic, an oops, or nothing.
+  grep -o 'guest console: .*' containerd.log | cut -c1-300 | tail -n 30 | sed 's/^/@@GUEST-CONSOLE /'
   attempt=$((attempt + 1))
 done
 cat cri-pod.out; echo "cri-pod-exit=$cri_pod_exit"

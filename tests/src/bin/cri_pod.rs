@@ -9,6 +9,7 @@
 //! `key=value` line per observation for the suite to check, and exits non-zero at the first CRI
 //! call that fails (its error printed as `error=`). With `--network`: a pod with a network of its
 //! own instead (CNI's), which serves the host, and a second such pod that fetches from it.
+//! `--report-stuck` prints what the microVMs here are doing ([`cocoon_tests::stuck_vms`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,6 +37,12 @@ use tonic::transport::{Channel, Endpoint, Uri};
 /// namespace.
 const KEEP_RUNNING: &str = "trap 'exit 0' TERM; while :; do sleep 1; done";
 
+/// The timeout an ExecSync asks for, and how long its answer may take.
+const EXEC_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+const EXEC_SYNC_ANSWER: Duration = Duration::from_secs(90);
+/// The longest any other CRI call may take (RunPodSandbox boots a VM).
+const CRI_CALL_TIMEOUT: Duration = Duration::from_secs(150);
+
 struct Cri {
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
@@ -45,6 +52,8 @@ struct Cri {
 
 async fn connect(socket: PathBuf) -> Result<Cri> {
     let channel = Endpoint::try_from("http://[::]:0")?
+        // Every call is bounded: one that hangs fails its step (and the driver removes its pod).
+        .timeout(CRI_CALL_TIMEOUT)
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
             async move {
@@ -207,16 +216,24 @@ impl Cri {
         Ok(id)
     }
 
-    /// ExecSync of `sh -c script`: (exit code, stdout, stderr).
+    /// ExecSync of `sh -c script`: (exit code, stdout, stderr). containerd, at the request's
+    /// timeout, kills the process and then waits for its exit and its output without bound: past
+    /// [`EXEC_SYNC_ANSWER`] this fails, after printing what the pod's VMs are doing.
     async fn exec(&mut self, id: &str, script: &str) -> Result<(i32, String, String)> {
-        let reply = self
-            .runtime
-            .exec_sync(ExecSyncRequest {
-                container_id: id.into(),
-                cmd: vec!["sh".into(), "-c".into(), script.into()],
-                timeout: 60,
-            })
-            .await
+        let request = self.runtime.exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: EXEC_SYNC_TIMEOUT.as_secs() as i64,
+        });
+        let Ok(reply) = tokio::time::timeout(EXEC_SYNC_ANSWER, request).await else {
+            print!("{}", cocoon_tests::stuck_vms::report());
+            bail!(
+                "ExecSync {script}: no answer in {} s (its timeout is {} s)",
+                EXEC_SYNC_ANSWER.as_secs(),
+                EXEC_SYNC_TIMEOUT.as_secs()
+            );
+        };
+        let reply = reply
             .with_context(|| format!("ExecSync {script}"))?
             .into_inner();
         Ok((
@@ -300,20 +317,7 @@ impl Cri {
 
 /// `cocoon-vmm` processes running now.
 fn vmm_count() -> usize {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .ok()
-                .and_then(|c| {
-                    let argv0 = c.split(|b| *b == 0).next()?.to_vec();
-                    Some(String::from_utf8_lossy(&argv0).ends_with("cocoon-vmm"))
-                })
-                .unwrap_or(false)
-        })
-        .count()
+    cocoon_tests::stuck_vms::vmm_pids().len()
 }
 
 async fn scenario(socket: PathBuf, handler: &str, image: &str, other_image: &str) -> Result<()> {
@@ -853,6 +857,11 @@ async fn fetch_from_another_pod(
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args == ["--report-stuck"] {
+        // For the suite's watchdog: what the VMs are doing while a step does not end.
+        print!("{}", cocoon_tests::stuck_vms::report());
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -866,7 +875,7 @@ fn main() -> Result<()> {
         }
     }
     let [socket, handler, image, other_image] = args.as_slice() else {
-        bail!("usage: cocoon-cri-pod [--network] CONTAINERD_SOCKET RUNTIME_HANDLER IMAGE [OTHER_IMAGE]");
+        bail!("usage: cocoon-cri-pod [--network] CONTAINERD_SOCKET RUNTIME_HANDLER IMAGE [OTHER_IMAGE] | --report-stuck");
     };
     if let Err(e) = runtime.block_on(scenario(socket.into(), handler, image, other_image)) {
         println!("error={e:#}");
