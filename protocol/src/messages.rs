@@ -165,6 +165,34 @@ pub enum Operation {
     DestroySandbox,
 }
 
+impl Operation {
+    /// The operation's name, as its frames spell it (`create_container`), for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Version => "version",
+            Self::CreateSandbox { .. } => "create_sandbox",
+            Self::CreateContainer { .. } => "create_container",
+            Self::Start { .. } => "start",
+            Self::Exec { .. } => "exec",
+            Self::Signal { .. } => "signal",
+            Self::Wait { .. } => "wait",
+            Self::CloseStdin { .. } => "close_stdin",
+            Self::ResizeTty { .. } => "resize_tty",
+            Self::ListPids { .. } => "list_pids",
+            Self::Stats { .. } => "stats",
+            Self::UpdateResources { .. } => "update_resources",
+            Self::Pause { .. } => "pause",
+            Self::Resume { .. } => "resume",
+            Self::Delete { .. } => "delete",
+            Self::ExportVolume { .. } => "export_volume",
+            Self::UpdateInterface { .. } => "update_interface",
+            Self::UpdateRoutes { .. } => "update_routes",
+            Self::AddNeighbours { .. } => "add_neighbours",
+            Self::DestroySandbox => "destroy_sandbox",
+        }
+    }
+}
+
 /// How a process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -268,7 +296,33 @@ impl AgentError {
 
 #[cfg(test)]
 mod tests {
-    use super::ExitStatus;
+    use super::{ExitStatus, Operation};
+
+    #[test]
+    fn an_operations_name_is_its_tag_on_the_wire() {
+        let ops = [
+            Operation::Version,
+            Operation::DestroySandbox,
+            Operation::Start {
+                container_id: "c".into(),
+            },
+            Operation::Wait {
+                container_id: "c".into(),
+                exec_id: None,
+            },
+            Operation::CloseStdin {
+                container_id: "c".into(),
+                exec_id: None,
+            },
+            Operation::ListPids {
+                container_id: "c".into(),
+            },
+        ];
+        for op in ops {
+            let wire = serde_json::to_value(&op).unwrap();
+            assert_eq!(wire["op"], op.name(), "{op:?}");
+        }
+    }
 
     #[test]
     fn exit_codes_read_as_a_shell_reports_them() {

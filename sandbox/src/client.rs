@@ -28,6 +28,8 @@ pub enum ClientError {
     Agent(#[from] AgentError),
     #[error("the agent's control channel closed (did the VM stop?)")]
     Closed,
+    #[error("the agent did not answer {op} within {waited:?} (the guest may be stuck; its console says more)")]
+    NoAnswer { op: &'static str, waited: Duration },
     #[error("the agent answered {0:?}, which does not fit the request")]
     UnexpectedReply(Box<Reply>),
     #[error("control channel: {0}")]
@@ -87,13 +89,37 @@ fn printable(mut error: AgentError) -> AgentError {
     error
 }
 
-type Pending = Arc<Mutex<HashMap<u64, mpsc::Sender<Result<Reply, AgentError>>>>>;
+/// The calls waiting for their answers, and whether the channel is gone (then no call may
+/// start waiting: nobody would ever answer it).
+#[derive(Default)]
+struct Routes {
+    waiting: HashMap<u64, mpsc::Sender<Result<Reply, AgentError>>>,
+    closed: bool,
+}
+
+type Pending = Arc<Mutex<Routes>>;
+
+/// How long the agent may take to answer `op`. A Wait answers when its process exits and an
+/// ExportVolume once a whole volume has streamed out: neither has a bound. Everything else is
+/// answered from the guest's state or after a bounded step (a spawn's helper has 60 s), so a
+/// request still unanswered past this is a stuck guest, and the caller is told so instead of
+/// waiting for ever (and holding up whatever it holds).
+fn answer_deadline(op: &Operation, bound: Duration) -> Option<Duration> {
+    match op {
+        Operation::Wait { .. } | Operation::ExportVolume { .. } => None,
+        _ => Some(bound),
+    }
+}
+
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct AgentClient {
     writer: Mutex<UnixStream>,
     pending: Pending,
     next_id: AtomicU64,
     events: Mutex<mpsc::Receiver<Event>>,
+    /// [`ANSWER_TIMEOUT`], shorter in tests.
+    answer_timeout: Duration,
 }
 
 impl AgentClient {
@@ -138,47 +164,71 @@ impl AgentClient {
         let (events_tx, events_rx) = mpsc::channel();
         let routes = pending.clone();
         std::thread::spawn(move || {
-            while let Ok(message) = read_message(&mut reader) {
-                match message {
-                    Message::Response(response) => {
-                        if let Some(tx) = lock(&routes).remove(&response.id) {
+            let why = loop {
+                match read_message(&mut reader) {
+                    Ok(Message::Response(response)) => {
+                        if let Some(tx) = lock(&routes).waiting.remove(&response.id) {
                             let _ = tx.send(response.result.map_err(printable));
                         }
                     }
-                    Message::Event(event) => {
+                    Ok(Message::Event(event)) => {
                         let _ = events_tx.send(event);
                     }
-                    Message::Request(_) => {}
+                    Ok(Message::Request(_)) => {}
+                    Err(e) => break e,
                 }
+            };
+            // The channel is gone (or unreadable: then nothing more on it can be trusted):
+            // every caller still waiting learns it, and none starts waiting from now on.
+            if !matches!(why, FrameError::Closed) {
+                tracing::warn!("the agent's control channel failed: {why}");
             }
-            // The channel is gone: every caller still waiting learns it.
-            lock(&routes).clear();
+            let _ = reader.shutdown(std::net::Shutdown::Both);
+            let mut routes = lock(&routes);
+            routes.closed = true;
+            routes.waiting.clear();
         });
         Ok(Self {
             writer: Mutex::new(stream),
             pending,
             next_id: AtomicU64::new(1),
             events: Mutex::new(events_rx),
+            answer_timeout: ANSWER_TIMEOUT,
         })
     }
 
     /// Sends one request and waits for its answer.
+    /// Sends one request and waits for its answer, at most [`answer_deadline`].
     pub fn call(&self, op: Operation) -> Result<Reply, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
-        lock(&self.pending).insert(id, tx);
+        {
+            let mut routes = lock(&self.pending);
+            if routes.closed {
+                return Err(ClientError::Closed);
+            }
+            routes.waiting.insert(id, tx);
+        }
+        let (name, deadline) = (op.name(), answer_deadline(&op, self.answer_timeout));
         let sent = write_message(
             &mut *lock(&self.writer),
             &Message::Request(Request { id, op }),
         );
         if let Err(e) = sent {
-            lock(&self.pending).remove(&id);
+            lock(&self.pending).waiting.remove(&id);
             return Err(e.into());
         }
-        match rx.recv() {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(ClientError::Closed),
-        }
+        let answer = match deadline {
+            None => rx.recv().map_err(|_| ClientError::Closed),
+            Some(waited) => rx.recv_timeout(waited).map_err(|e| match e {
+                mpsc::RecvTimeoutError::Timeout => {
+                    lock(&self.pending).waiting.remove(&id);
+                    ClientError::NoAnswer { op: name, waited }
+                }
+                mpsc::RecvTimeoutError::Disconnected => ClientError::Closed,
+            }),
+        };
+        Ok(answer??)
     }
 
     /// Closes the channel (the agent takes that as "every answer arrived").
@@ -219,5 +269,43 @@ mod tests {
         assert_eq!(e.message, "bad 'x'\\u{1b}[2J\\ncocoon: forged line\\u{9b}");
         let long = printable(AgentError::new(ErrorKind::Internal, "y".repeat(10_000)));
         assert_eq!(long.message.chars().count(), MAX_MESSAGE_CHARS + 3);
+    }
+
+    #[test]
+    fn a_request_the_agent_never_answers_fails_after_its_bound() {
+        let (host, _agent) = UnixStream::pair().unwrap();
+        let mut client = AgentClient::over(host).unwrap();
+        client.answer_timeout = Duration::from_millis(50);
+        let error = client.call(Operation::ListPids {
+            container_id: "c".into(),
+        });
+        assert!(
+            matches!(
+                error,
+                Err(ClientError::NoAnswer {
+                    op: "list_pids",
+                    ..
+                })
+            ),
+            "{error:?}"
+        );
+        assert!(lock(&client.pending).waiting.is_empty());
+    }
+
+    #[test]
+    fn after_an_unreadable_frame_no_call_waits_for_ever() {
+        let (host, mut agent) = UnixStream::pair().unwrap();
+        let client = AgentClient::over(host).unwrap();
+        agent.write_all(b"not a frame at all").unwrap();
+        // The reader gives up on the channel; every call from then on is told at once.
+        let started = Instant::now();
+        while !lock(&client.pending).closed && started.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let error = client.call(Operation::Wait {
+            container_id: "c".into(),
+            exec_id: None,
+        });
+        assert!(matches!(error, Err(ClientError::Closed)), "{error:?}");
     }
 }

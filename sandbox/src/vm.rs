@@ -354,6 +354,12 @@ impl Vm {
         std::fs::read_to_string(self.dir.path().join(CONSOLE_LOG)).unwrap_or_default()
     }
 
+    /// The end of the guest's console output: at most its last `limit` bytes, from a line's
+    /// start (the guest writes it: a caller logging it must not read it whole).
+    pub fn console_tail(&self, limit: u64) -> String {
+        read_tail(&self.dir.path().join(CONSOLE_LOG), limit)
+    }
+
     /// The end of the VMM's log (its stderr) so far: at most its last 64 KiB, from a line's
     /// start.
     pub fn vmm_log(&self) -> String {

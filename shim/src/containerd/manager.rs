@@ -244,7 +244,10 @@ impl SandboxManager {
             );
             return Ok(pid);
         }
-        let uds = container.sandbox.uds.clone();
+        // An exec's start waits for the agent and for its stdio streams to connect: not with
+        // the shim's table locked, or one slow exec would hold up every request for every
+        // container of the pod (a probe's ExecSync, a kill, a state).
+        let sandbox = container.sandbox.clone();
         let process = container
             .execs
             .get_mut(exec_id)
@@ -252,9 +255,23 @@ impl SandboxManager {
         let spec = process.pending.take().ok_or_else(|| {
             TaskError::FailedPrecondition(format!("exec {exec_id} already started"))
         })?;
+        let (stdio, terminal, exit) = (
+            process.stdio.clone(),
+            process.terminal,
+            process.exit.clone(),
+        );
+        drop(containers);
+        let kill = || {
+            let _ = client.call(Operation::Signal {
+                container_id: id.to_string(),
+                exec_id: Some(exec_id.to_string()),
+                signal: nix::sys::signal::Signal::SIGKILL as i32,
+                all: false,
+            });
+        };
         let started = (|| {
-            let stdio = targets(&process.stdio[0], &process.stdio[1], &process.stdio[2])?;
-            let ports = Ports::bind(&uds, 2000, &stdio, process.terminal)?;
+            let stdio = targets(&stdio[0], &stdio[1], &stdio[2])?;
+            let ports = Ports::bind(&sandbox.uds, 2000, &stdio, terminal)?;
             let pid = match client.call(Operation::Exec {
                 container_id: id.to_string(),
                 exec_id: exec_id.to_string(),
@@ -272,12 +289,7 @@ impl SandboxManager {
             let wired = ports.wire(&stdio);
             if wired.is_err() {
                 // Started, but its stdio is not connected: it must not run on unwatched.
-                let _ = client.call(Operation::Signal {
-                    container_id: id.to_string(),
-                    exec_id: Some(exec_id.to_string()),
-                    signal: nix::sys::signal::Signal::SIGKILL as i32,
-                    all: false,
-                });
+                kill();
             }
             let (stdin, copiers) = wired?;
             Ok((pid, stdin, copiers))
@@ -287,21 +299,27 @@ impl SandboxManager {
             Err(e) => {
                 // It will never run: whoever waits for it (ctr waits before it starts) is told
                 // it ended, as containerd's runc shim does, so no call is left hanging.
-                process.exit.set(Exited::now(255));
+                exit.set(Exited::now(255));
                 return Err(e);
             }
+        };
+        let mut containers = lock(&self.containers);
+        let Some(process) = containers
+            .get_mut(id)
+            .and_then(|c| c.execs.get_mut(exec_id))
+        else {
+            // Deleted while it started: nobody is left to watch it.
+            drop(containers);
+            kill();
+            exit.set(Exited::now(255));
+            return Err(no_exec(id, exec_id));
         };
         process.pid = pid;
         process.stdin = stdin;
         process.phase = Phase::Running;
-        self.lifecycle.watch(
-            id,
-            Some(exec_id.to_string()),
-            container.sandbox.clone(),
-            process.exit.clone(),
-            copiers,
-            pid,
-        );
+        self.lifecycle
+            .watch(id, Some(exec_id.to_string()), sandbox, exit, copiers, pid);
+        drop(containers);
         self.events.publish(
             topics::TASK_EXEC_STARTED_EVENT_TOPIC,
             events::TaskExecStarted {
@@ -383,6 +401,11 @@ impl SandboxManager {
     pub fn delete(&self, id: &str, exec_id: &str) -> Result<(u32, Exited), TaskError> {
         let (pid, exited) = self.with_process(id, exec_id, |p| match &p.phase {
             Phase::Stopped(exited) => Ok((p.pid, *exited)),
+            Phase::Created if !exec_id.is_empty() && p.pending.is_none() => {
+                Err(TaskError::FailedPrecondition(format!(
+                    "exec {exec_id} is starting: kill it once it has started"
+                )))
+            }
             Phase::Created if !exec_id.is_empty() => {
                 // Never started: release its waiters before it goes.
                 p.exit.set(Exited::now(255));

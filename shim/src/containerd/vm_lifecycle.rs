@@ -14,6 +14,7 @@ use cocoon_protocol::guest_network::HostEntry;
 use cocoon_protocol::vm_config::{NetBackendConfig, NetConfig};
 use cocoon_protocol::{Event, Operation, Reply};
 use cocoon_sandbox::pod_network::{PodTap, TAP_NAME};
+use cocoon_sandbox::vm::exit_summary;
 use cocoon_sandbox::{AgentClient, ClientError, Vm, VmNet, VmOptions};
 use containerd_shim::protos::events::task as events;
 use containerd_shim::protos::protobuf::MessageField;
@@ -36,6 +37,8 @@ const VMM_EXIT_WAIT: Duration = Duration::from_secs(2);
 /// How long stopping a sandbox waits for the agent's last events to be forwarded (the channel
 /// is closed by then, so only what was already read is left).
 const EVENTS_DRAIN_WAIT: Duration = Duration::from_secs(2);
+/// How much of the end of a badly ended guest's console goes into the shim's log.
+const CONSOLE_TAIL_LOGGED: u64 = 4096;
 
 /// The VM's private directory: short, for the Unix socket paths inside it.
 pub fn sandbox_dir(namespace: &str, id: &str) -> PathBuf {
@@ -285,10 +288,17 @@ impl Lifecycle {
         }
         if let Some(mut vm) = lock(&sandbox.vm).take() {
             // What the VMM warned of (frames a guest was not allowed to send, a device it
-            // stopped) outlives its directory in the shim's log.
-            if let Ok((_, log)) = vm.shut_down(Duration::from_secs(10)) {
+            // stopped) outlives its directory in the shim's log; so does the end of the guest's
+            // console when the VM ended badly (a crash, a kernel panic): what the guest said last.
+            if let Ok((code, log)) = vm.shut_down(Duration::from_secs(10)) {
                 for line in log.lines().filter(|l| !l.trim().is_empty()) {
                     tracing::warn!("sandbox {}: cocoon-vmm: {line}", sandbox.id);
+                }
+                if !exit_summary(code, &log).is_empty() {
+                    let console = vm.console_tail(CONSOLE_TAIL_LOGGED);
+                    for line in console.lines().filter(|l| !l.trim().is_empty()) {
+                        tracing::warn!("sandbox {}: guest console: {line}", sandbox.id);
+                    }
                 }
             }
         }
