@@ -24,7 +24,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
-pub use receive::{receive, Received};
+pub use receive::{receive, ReceiveError, Received};
 pub use refusals::{Refusal, Refusals};
 pub use sync::{sync, Synced};
 

@@ -16,7 +16,6 @@ use std::ffi::OsStr;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 
-use anyhow::{bail, Context, Result};
 use cocoon_protocol::volume_export::{ExportLimits, LeftOut, LEFT_OUT_KEY, MAX_PATH_LEN};
 use rustix::fs::{Mode, Timespec, Timestamps, UTIME_OMIT};
 use tar::EntryType;
@@ -36,6 +35,37 @@ const KEPT_NAME_OVERHEAD: usize = 64;
 pub const MAX_DEPTH: usize = 256;
 /// What a directory costs against the byte limit (one ext4 block).
 const DIRECTORY_BYTES: u64 = 4096;
+
+/// Why a stream was void as a whole (the host directory then stays as it was). The guest's
+/// part is said as such; an I/O error is shown inline, as the one cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("reading the volume stream: {0}")]
+    Stream(io::Error),
+    #[error("reading {what}: {cause}")]
+    Header {
+        what: &'static str,
+        cause: io::Error,
+    },
+    #[error("a malformed PAX header: {0}")]
+    MalformedPax(io::Error),
+    #[error("the guest sent over {0} bytes, more than the volume holds")]
+    TooManyBytes(u64),
+    #[error("the guest sent over {0} extension headers")]
+    TooManyExtensions(u64),
+    #[error("the guest sent over {0} entries, more than the volume's filesystem has inodes")]
+    TooManyEntries(u64),
+    #[error("the guest sent {what} of over {max} bytes")]
+    Oversized { what: &'static str, max: u64 },
+    #[error("the guest sent over {} MiB of names of refused or unreadable entries", MAX_KEPT_NAME_BYTES >> 20)]
+    TooManyNames,
+    #[error("opening a staging directory: {0}")]
+    StagingDirectory(io::Error),
+    #[error("writing {path} into staging: {cause}")]
+    Staging { path: String, cause: io::Error },
+}
+
+type Result<T> = std::result::Result<T, ReceiveError>;
 
 /// What the stream made, and what it refused.
 #[derive(Debug, Default)]
@@ -57,10 +87,7 @@ impl Received {
     fn remember(&mut self, bytes: usize) -> Result<()> {
         self.kept_name_bytes += bytes + KEPT_NAME_OVERHEAD;
         if self.kept_name_bytes > MAX_KEPT_NAME_BYTES {
-            bail!(
-                "the guest sent over {} MiB of names of refused or unreadable entries",
-                MAX_KEPT_NAME_BYTES >> 20
-            );
+            return Err(ReceiveError::TooManyNames);
         }
         Ok(())
     }
@@ -99,10 +126,7 @@ pub fn receive(
 ) -> Result<Received> {
     let mut received = Received::default();
     let mut archive = tar::Archive::new(input);
-    let entries = archive
-        .entries()
-        .context("reading the volume stream")?
-        .raw(true);
+    let entries = archive.entries().map_err(ReceiveError::Stream)?.raw(true);
     let mut pending = Pending::default();
     // Extension headers carry no entry of their own: bounded apart, as a stream of nothing else
     // would otherwise never reach the entry limit. Data the host does not keep (refused entries,
@@ -115,12 +139,15 @@ pub fn receive(
     );
     let (mut extensions, mut read) = (0u64, 0u64);
     for entry in entries {
-        let mut entry = entry.context("reading the volume stream")?;
+        let mut entry = entry.map_err(ReceiveError::Stream)?;
         let kind = entry.header().entry_type();
-        let size = entry.header().entry_size().context("an entry's size")?;
+        let size = entry
+            .header()
+            .entry_size()
+            .map_err(header("an entry's size"))?;
         read = read.saturating_add(size);
         if read > max_read {
-            bail!("the guest sent over {max_read} bytes, more than the volume holds");
+            return Err(ReceiveError::TooManyBytes(max_read));
         }
         if matches!(
             kind,
@@ -131,7 +158,7 @@ pub fn receive(
         ) {
             extensions += 1;
             if extensions > max_extensions {
-                bail!("the guest sent over {max_extensions} extension headers");
+                return Err(ReceiveError::TooManyExtensions(max_extensions));
             }
             match kind {
                 EntryType::GNULongName => pending.long_name = Some(long_text(&mut entry)?),
@@ -143,10 +170,7 @@ pub fn receive(
         }
         received.entries += 1;
         if received.entries > limits.max_entries {
-            bail!(
-                "the guest sent over {} entries, more than the volume's filesystem has inodes",
-                limits.max_entries
-            );
+            return Err(ReceiveError::TooManyEntries(limits.max_entries));
         }
         let pending = std::mem::take(&mut pending);
         let path = match pending.long_name {
@@ -209,9 +233,9 @@ pub fn receive(
             received.refuse_keeping(Refusal::OverLimit, path)?;
             continue;
         }
-        let mode = header.mode().context("an entry's mode")? & 0o7777;
+        let mode = header.mode().map_err(self::header("an entry's mode"))? & 0o7777;
         // As a signed number of seconds: a time before 1970 is negative.
-        let mtime = header.mtime().context("an entry's mtime")? as i64;
+        let mtime = header.mtime().map_err(self::header("an entry's mtime"))? as i64;
         let mode = if kind == EntryType::Directory {
             // setgid on a directory only passes its group on; setuid means nothing there.
             mode & 0o3777
@@ -229,7 +253,7 @@ pub fn receive(
                 let refusal = match e.raw_os_error() {
                     Some(libc::ELOOP) => Refusal::ThroughLink,
                     Some(libc::ENOENT | libc::ENOTDIR) => Refusal::NoDirectory,
-                    _ => return Err(e).context("opening a staging directory"),
+                    _ => return Err(ReceiveError::StagingDirectory(e)),
                 };
                 received.refusals.note(refusal, &path);
                 continue;
@@ -249,9 +273,10 @@ pub fn receive(
                 received.refusals.note(Refusal::Duplicate, &path);
                 continue;
             }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("writing {} into staging", super::refusals::shown(&path))
+            Err(cause) => {
+                return Err(ReceiveError::Staging {
+                    path: super::refusals::shown(&path),
+                    cause,
                 })
             }
         }
@@ -282,7 +307,7 @@ fn long_text(entry: &mut impl Read) -> Result<Vec<u8>> {
 fn pax(entry: &mut impl Read, pending: &mut Pending) -> Result<()> {
     let data = bounded(entry, MAX_PAX_LEN, "a PAX header")?;
     for record in tar::PaxExtensions::new(&data) {
-        let record = record.context("a malformed PAX header")?;
+        let record = record.map_err(ReceiveError::MalformedPax)?;
         match LeftOut::parse(record.value_bytes()) {
             Some(why) if record.key_bytes() == LEFT_OUT_KEY.as_bytes() => {
                 pending.left_out = Some(why)
@@ -294,16 +319,21 @@ fn pax(entry: &mut impl Read, pending: &mut Pending) -> Result<()> {
 }
 
 /// All of an entry's data, which may not exceed `max` bytes.
-fn bounded(entry: &mut impl Read, max: u64, what: &str) -> Result<Vec<u8>> {
+fn bounded(entry: &mut impl Read, max: u64, what: &'static str) -> Result<Vec<u8>> {
     let mut data = Vec::new();
     entry
         .take(max + 1)
         .read_to_end(&mut data)
-        .with_context(|| format!("reading {what}"))?;
+        .map_err(header(what))?;
     if data.len() as u64 > max {
-        bail!("the guest sent {what} of over {max} bytes");
+        return Err(ReceiveError::Oversized { what, max });
     }
     Ok(data)
+}
+
+/// An I/O error reading `what` of an entry.
+fn header(what: &'static str) -> impl FnOnce(io::Error) -> ReceiveError {
+    move |cause| ReceiveError::Header { what, cause }
 }
 
 /// A link target as it may be written: any bytes but NUL, at most PATH_MAX of them.
