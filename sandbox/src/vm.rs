@@ -449,7 +449,7 @@ impl Drop for Vm {
 
 /// The last `limit` bytes of the file at `path` (from the first line that starts in them), or
 /// all of it when shorter; empty when it cannot be read.
-fn read_tail(path: &Path, limit: u64) -> String {
+pub fn read_tail(path: &Path, limit: u64) -> String {
     let Ok(mut file) = File::open(path) else {
         return String::new();
     };

@@ -105,10 +105,10 @@ fn threads(pid: i32) -> String {
         .join(" ")
 }
 
-/// The last `n` lines of the file at `path` (none where it cannot be read).
+/// The last `n` lines of the file at `path`, from at most its last 4 KiB (none where it cannot
+/// be read).
 fn last_lines(path: &Path, n: usize) -> Vec<String> {
-    let text = std::fs::read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
+    let text = cocoon_sandbox::vm::read_tail(path, 4096);
     let lines: Vec<_> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..]
         .iter()

@@ -308,7 +308,8 @@ impl SandboxManager {
             .get_mut(id)
             .and_then(|c| c.execs.get_mut(exec_id))
         else {
-            // Deleted while it started: nobody is left to watch it.
+            // Its container went while it started (an exec that is starting is not deleted on
+            // its own): nobody is left to watch it.
             drop(containers);
             kill();
             exit.set(Exited::now(255));
