@@ -47,10 +47,37 @@ pub fn report() -> String {
             let _ = writeln!(out, "{MARK} {}:", path.display());
             for line in last_lines(&path, LOG_LINES) {
                 let _ = writeln!(out, "{MARK}   {line}");
+                if not_the_guests_state(&line) {
+                    let _ = writeln!(out, "{NOT_THE_GUESTS_STATE} {line}");
+                }
             }
         }
     }
     out
+}
+
+/// Said of a vCPU register dump no guest of ours can be in (see [`not_the_guests_state`]).
+pub const NOT_THE_GUESTS_STATE: &str = "@@NOT-THE-GUESTS-STATE";
+
+/// Whether a VMM's register dump line (`cocoon-vmm: vCPU N: rip=0x.. rsp=0x.. ... cs=0x10`)
+/// shows a state our guest kernel cannot be in: in kernel mode, a stack pointer that is not
+/// canonical under 4-level paging (the guest kernel is built without 5-level paging), or code
+/// in the module area above 0xffffffffc0000000 (it has no modules, BPF JIT or kprobes). Seen
+/// under the emulated host: a pod's stuck vCPU held a kvm_amd address and a 5-level stack
+/// address, the emulated host's own, not the guest's.
+pub fn not_the_guests_state(line: &str) -> bool {
+    let register = |name: &str| {
+        line.split_whitespace()
+            .find_map(|field| field.strip_prefix(name)?.strip_prefix("=0x"))
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+    };
+    let (Some(rip), Some(rsp), Some(0x10)) = (register("rip"), register("rsp"), register("cs"))
+    else {
+        return false;
+    };
+    let canonical =
+        |address: u64| !(0x0000_8000_0000_0000..0xffff_8000_0000_0000).contains(&address);
+    rip >= 0xffff_ffff_c000_0000 || !canonical(rsp)
 }
 
 /// The pids of the `cocoon-vmm` processes running now.
@@ -128,6 +155,19 @@ mod tests {
         assert_eq!(last_lines(&path, 2), ["b", "c"]);
         assert_eq!(last_lines(&path, 9), ["a", "b", "c"]);
         assert!(last_lines(&dir.path().join("none"), 2).is_empty());
+    }
+
+    #[test]
+    fn a_state_of_the_emulated_hosts_is_told_from_the_guests() {
+        // What a stuck pod's vCPU held under the emulated host (2026-12-03).
+        let foreign = "cocoon-vmm: vCPU 0: rip=0xffffffffc0752dcc rsp=0xff7bb347c22b7a90 rflags=0x10246 rax=0x7e8aa000 cr3=0x68ec2000 cs=0x10";
+        assert!(not_the_guests_state(foreign));
+        // The guest kernel's own text and stack, and user mode, are the guest's.
+        let kernel = "cocoon-vmm: vCPU 0: rip=0xffffffff8103a1b2 rsp=0xffffc90000013e80 rflags=0x246 cs=0x10";
+        assert!(!not_the_guests_state(kernel));
+        let user = "cocoon-vmm: vCPU 0: rip=0x4011d0 rsp=0x7ffd2a3c1e90 rflags=0x202 cs=0x33";
+        assert!(!not_the_guests_state(user));
+        assert!(!not_the_guests_state("cocoon-guest: ready cpus=1"));
     }
 
     #[test]

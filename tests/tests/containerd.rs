@@ -359,8 +359,9 @@ processes_before=$(ours) vm_dirs_before=$(ls /run/cocoon/ctr 2>/dev/null | wc -l
 ( sleep 480; echo "@@STALL: the pod scenario has run 480 s; containerd's log and the processes:"; tail -n 40 containerd.log | cut -c1-300; cmdlines | grep -v '^[0-9]* $'; "$COCOON_CRI_POD" --report-stuck ) &
 watchdog_pid=$!
 ctr --address "$containerd_sock" --namespace k8s.io images import "$COCOON_FILES/image.tar" > import.out 2>&1; echo "pod-import=$? $(tail -n 1 import.out)"
-# Under the emulated host (only there) a pod whose guest triple-faulted is run once more, loudly
-# (README "Known faults of the emulated host"); the driver removes its pod when a step fails.
+# Under the emulated host (only there) a pod whose guest triple-faulted, or was found in a state
+# that is not its own, is run up to twice more, loudly (README "Known faults of the emulated
+# host": one local run saw both of two tries reset); the driver removes its pod when a step fails.
 attempt=1
 while :; do
   crashes_before=$(grep -c 'guest triple fault' containerd.log)
@@ -370,7 +371,11 @@ while :; do
   # step that saw just its task go: "no running task found").
   crash=$(grep -m1 -o 'guest triple fault[^;]*' cri-pod.out)
   [ -n "$crash" ] || crash=$(grep -o 'guest triple fault[^;]*' containerd.log | sed -n "$((crashes_before + 1))p")
-  [ $cri_pod_exit != 0 ] && [ -n "$crash" ] && [ "${COCOON_EMULATED_HOST:-0}" = 1 ] && [ $attempt -le 1 ] || break
+  # Or a VM stuck in a state that is not its own (the emulated host's kvm_amd address and stack
+  # in the guest's registers; README "Known faults of the emulated host"), which the driver's
+  # report on a failed step shows.
+  [ -n "$crash" ] || crash=$(grep -m1 -o '@@NOT-THE-GUESTS-STATE.*' cri-pod.out | cut -c1-200)
+  [ $cri_pod_exit != 0 ] && [ -n "$crash" ] && [ "${COCOON_EMULATED_HOST:-0}" = 1 ] && [ $attempt -le 2 ] || break
   echo "@@COCOON-RETRY attempt $attempt: a pod's guest crashed under the emulated host: $crash"
   # What the guest said last (the shim logs it when a VM ends badly): a panic, an oops, or nothing.
   grep -o 'guest console: .*' containerd.log | cut -c1-300 | tail -n 30 | sed 's/^/@@GUEST-CONSOLE /'
@@ -427,9 +432,9 @@ static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
         files,
         &binaries,
         1,
-        // A normal run takes about 110 s for ctr, then the pod; a hung emulated host is retried
-        // once (README).
-        Duration::from_secs(780),
+        // A normal run takes 300 to 400 s here (ctr about 110 s, then the pods); room for two
+        // reruns of the pod (about 150 s each); a hung emulated host is retried once (README).
+        Duration::from_secs(900),
         &containerd::host_needs(),
     )
 });

@@ -42,6 +42,8 @@ const EXEC_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 const EXEC_SYNC_ANSWER: Duration = Duration::from_secs(90);
 /// The longest any other CRI call may take (RunPodSandbox boots a VM).
 const CRI_CALL_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long the pod of a failed step is given to go, all tries together.
+const REMOVAL_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
 struct Cri {
     runtime: RuntimeServiceClient<Channel>,
@@ -218,7 +220,7 @@ impl Cri {
 
     /// ExecSync of `sh -c script`: (exit code, stdout, stderr). containerd, at the request's
     /// timeout, kills the process and then waits for its exit and its output without bound: past
-    /// [`EXEC_SYNC_ANSWER`] this fails, after printing what the pod's VMs are doing.
+    /// [`EXEC_SYNC_ANSWER`] this fails.
     async fn exec(&mut self, id: &str, script: &str) -> Result<(i32, String, String)> {
         let request = self.runtime.exec_sync(ExecSyncRequest {
             container_id: id.into(),
@@ -226,7 +228,6 @@ impl Cri {
             timeout: EXEC_SYNC_TIMEOUT.as_secs() as i64,
         });
         let Ok(reply) = tokio::time::timeout(EXEC_SYNC_ANSWER, request).await else {
-            print!("{}", cocoon_tests::stuck_vms::report());
             bail!(
                 "ExecSync {script}: no answer in {} s (its timeout is {} s)",
                 EXEC_SYNC_ANSWER.as_secs(),
@@ -364,9 +365,12 @@ async fn scenario(socket: PathBuf, handler: &str, image: &str, other_image: &str
     if let Err(e) = in_pod(&mut cri, &pod, image, other_image, vmms_before).await {
         // Leave nothing for the suite's leak check (or a rerun's RunPodSandbox of the same name)
         // to trip over: the failure is this one. After a VM went away, CRI may still call a
-        // container running until it has handled the shim's exit events: a few tries, bounded.
-        for _ in 0..20 {
-            if cri.remove_pod(&pod).await.is_ok() {
+        // container running until it has handled the shim's exit events: a few tries, bounded
+        // in all (a stuck VM's pod may not go at all). First, what the pod's VM is doing.
+        print!("{}", cocoon_tests::stuck_vms::report());
+        let deadline = Instant::now() + REMOVAL_AFTER_FAILURE;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if let Ok(Ok(())) = tokio::time::timeout(left, cri.remove_pod(&pod)).await {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
