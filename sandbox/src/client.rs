@@ -197,7 +197,6 @@ impl AgentClient {
         })
     }
 
-    /// Sends one request and waits for its answer.
     /// Sends one request and waits for its answer, at most [`answer_deadline`].
     pub fn call(&self, op: Operation) -> Result<Reply, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
