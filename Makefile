@@ -12,7 +12,7 @@ STATIC_AGENT_ENV := LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86
 	RUSTFLAGS="-C target-feature=+crt-static"
 DEB_PACKAGES := linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio xz-utils kmod \
 	qemu-system-x86 linux-image-cloud-amd64 busybox-static binutils e2fsprogs \
-	libseccomp-dev pkg-config runc containerd protobuf-compiler passt containernetworking-plugins
+	libseccomp-dev pkg-config runc containerd protobuf-compiler passt containernetworking-plugins iptables
 
 .PHONY: run test deps kernel agent guest test-guest build bench lint clean-guest
 

@@ -33,6 +33,9 @@ pub struct HostNeeds {
     pub modules: Vec<String>,
     /// Memory of the emulated host, when more than its default.
     pub memory_mib: Option<u32>,
+    /// Files of this machine carried at the same path (plug-ins a carried binary loads by path,
+    /// such as iptables' extensions).
+    pub files: Vec<PathBuf>,
 }
 
 /// Marks a host whose init first moves into a tmpfs root (see [`EmulatedHost::real_root`]).
@@ -60,15 +63,19 @@ mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 # interface when there is no uplink).
 ip link set lo up
 for m in irqbypass kvm; do insmod /modules/$m.ko || echo "@@COCOON-HOST-ERROR insmod $m failed"; done
-# Two passes: a module whose dependencies come later in the list (bridge before llc, stp) loads in
-# the second.
-for pass in 1 2; do
-  for m in /modules/extra/*.ko; do
-    [ -e "$m" ] || continue
+# Modules load in passes until one loads nothing more: a module whose dependencies come later in
+# the list (bridge before llc, iptable_nat before nf_nat) loads in a later pass.
+pending=$(ls /modules/extra/*.ko 2>/dev/null)
+while [ -n "$pending" ]; do
+  failed=""; loaded=0
+  for m in $pending; do
     n=$(basename "$m" .ko); grep -q "^$n " /proc/modules && continue
-    insmod "$m" 2>/dev/null || [ $pass = 1 ] || echo "@@COCOON-HOST-ERROR insmod $m failed"
+    if insmod "$m" 2>/dev/null; then loaded=1; else failed="$failed $m"; fi
   done
+  pending=$failed
+  [ $loaded = 1 ] || break
 done
+for m in $pending; do echo "@@COCOON-HOST-ERROR insmod $m failed"; done
 # vgif=0: with virtual GIF, qemu 7.2's TCG delivers host interrupts right after #VMEXIT while GIF
 # is still clear (seen as a stack-guard crash in __svm_vcpu_run, and as guests reset mid-run).
 insmod /modules/kvm-amd.ko vgif=0 2>/dev/null || insmod /modules/kvm-intel.ko 2>/dev/null
@@ -202,6 +209,11 @@ impl EmulatedHost {
         self.memory_mib = needs.memory_mib.unwrap_or(self.memory_mib);
         for module in &needs.modules {
             self.add_module(module)?;
+        }
+        for file in &needs.files {
+            let path = file.to_string_lossy();
+            self.add_file(&path, file)
+                .with_context(|| format!("adding {path}"))?;
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 use crate::suite::HostNeeds;
 
 /// Host tools a containerd scenario carries into the emulated host (with their libraries).
-pub const TOOLS: [&str; 11] = [
+pub const TOOLS: [&str; 13] = [
     "/usr/bin/containerd",
     "/usr/bin/ctr",
     "/usr/bin/containerd-shim-runc-v2",
@@ -16,6 +16,10 @@ pub const TOOLS: [&str; 11] = [
     "/usr/lib/cni/bridge",
     "/usr/lib/cni/host-local",
     "/usr/lib/cni/loopback",
+    // A pod's hostPort: CNI's portmap and the iptables it runs (the legacy backend: fewer
+    // modules than nftables'; the setup names it `iptables`).
+    "/usr/lib/cni/portmap",
+    "/usr/sbin/xtables-legacy-multi",
     // iproute2, for network namespaces made by hand (busybox's ip has no netns) and for the
     // qdiscs a failed pod network must not leave.
     "/usr/sbin/ip",
@@ -47,11 +51,50 @@ pub fn host_needs() -> HostNeeds {
             "net/sched/act_mirred.ko",
             // A namespace made by hand whose tap name is taken (the bad-network step).
             "drivers/net/dummy.ko",
+            // portmap's DNAT and masquerade rules (iptables' legacy backend).
+            "net/netfilter/x_tables.ko",
+            "net/ipv4/netfilter/ip_tables.ko",
+            "net/ipv4/netfilter/iptable_nat.ko",
+            "net/ipv4/netfilter/iptable_filter.ko",
+            "lib/libcrc32c.ko",
+            "net/ipv4/netfilter/nf_defrag_ipv4.ko",
+            "net/ipv6/netfilter/nf_defrag_ipv6.ko",
+            "net/netfilter/nf_conntrack.ko",
+            "net/netfilter/nf_nat.ko",
+            "net/netfilter/xt_nat.ko",
+            "net/netfilter/xt_MASQUERADE.ko",
+            "net/netfilter/xt_addrtype.ko",
+            "net/netfilter/xt_comment.ko",
+            "net/netfilter/xt_mark.ko",
+            "net/netfilter/xt_multiport.ko",
+            "net/netfilter/xt_tcpudp.ko",
         ]
         .map(String::from)
         .to_vec(),
         memory_mib: Some(2048),
+        files: iptables_extensions(),
     }
+}
+
+/// Where Debian's iptables loads its match and target extensions from (by path, at run time).
+const IPTABLES_EXTENSIONS: &str = "/usr/lib/x86_64-linux-gnu/xtables";
+
+/// The IPv4 and common extensions of iptables, which the emulated host carries at their own
+/// path (none when iptables is not installed: the setup then leaves portmap out, saying why).
+fn iptables_extensions() -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(IPTABLES_EXTENSIONS) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            (name.starts_with("libxt_") || name.starts_with("libipt_")) && name.ends_with(".so")
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 /// True when containerd and ctr are installed here.
@@ -85,11 +128,27 @@ if [ -n "${COCOON_CRI_SANDBOX:-}" ]; then
   ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
   mkdir -p /etc; [ -e /etc/hosts ] || printf '127.0.0.1 localhost\n' > /etc/hosts
   [ -e /etc/resolv.conf ] || : > /etc/resolv.conf
-  # Pods with a network of their own: CNI's bridge and host-local (no masquerade: no iptables),
-  # from Debian's containernetworking-plugins, carried in as $BRIDGE, $HOST_LOCAL, $LOOPBACK.
+  # Pods with a network of their own: CNI's bridge and host-local (no masquerade), and portmap for
+  # hostPorts, from Debian's containernetworking-plugins, carried in as $BRIDGE, $HOST_LOCAL,
+  # $LOOPBACK, $PORTMAP. portmap runs `iptables`: in the emulated host, the legacy backend carried
+  # in (its modules are loaded at boot); directly, this machine's own.
   mkdir -p cni/bin cni/conf
-  for plugin in "${BRIDGE:-}" "${HOST_LOCAL:-}" "${LOOPBACK:-}"; do [ -n "$plugin" ] && cp "$plugin" cni/bin/; done
-  printf '{"cniVersion":"0.4.0","name":"cocoon-test","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.88.0.0/16"}]],"routes":[{"dst":"0.0.0.0/0"}]}}]}\n' > cni/conf/10-cocoon-test.conflist
+  for plugin in "${BRIDGE:-}" "${HOST_LOCAL:-}" "${LOOPBACK:-}" "${PORTMAP:-}"; do [ -n "$plugin" ] && cp "$plugin" cni/bin/; done
+  if [ "${COCOON_EMULATED_HOST:-0}" = 1 ] && [ -n "${XTABLES_LEGACY_MULTI:-}" ]; then
+    mkdir -p sbin
+    for name in iptables iptables-save iptables-restore; do ln -sf "$XTABLES_LEGACY_MULTI" "sbin/$name"; done
+    export PATH="$root/sbin:$PATH"
+  fi
+  portmap=''
+  if [ ! -x cni/bin/portmap ]; then
+    echo "cni-portmap=off: no portmap plugin (make deps installs containernetworking-plugins)"
+  elif ! iptables_error=$(iptables -w -t nat -S 2>&1 >/dev/null); then
+    echo "cni-portmap=off: iptables does not work here (make deps installs iptables): $iptables_error"
+  else
+    echo "cni-portmap=on"
+    portmap=',{"type":"portmap","capabilities":{"portMappings":true}}'
+  fi
+  printf '{"cniVersion":"0.4.0","name":"cocoon-test","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.88.0.0/16"}]],"routes":[{"dst":"0.0.0.0/0"}]}}%s]}\n' "$portmap" > cni/conf/10-cocoon-test.conflist
   cat >> containerd.toml <<CRI
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$COCOON_CRI_SANDBOX"

@@ -8,7 +8,8 @@
 //! then Stop/RemovePodSandbox. Every id is containerd's own (64 hex digits). Prints one
 //! `key=value` line per observation for the suite to check, and exits non-zero at the first CRI
 //! call that fails (its error printed as `error=`). With `--network`: a pod with a network of its
-//! own instead (CNI's), which serves the host, and a second such pod that fetches from it.
+//! own instead (CNI's), which serves the host (by its address and through a hostPort), and a second
+//! such pod that fetches from it and then spoofs and floods.
 //! `--report-stuck` prints what the microVMs here are doing ([`cocoon_tests::stuck_vms`]).
 
 use std::collections::HashMap;
@@ -27,9 +28,9 @@ use k8s_cri::v1::{
     ImageSpec, ImageStatusRequest, LinuxContainerConfig, LinuxContainerSecurityContext,
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest,
     ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-    PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    SecurityProfile, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
-    VersionRequest,
+    PodSandboxStatusRequest, PortMapping, Protocol, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest, VersionRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -44,6 +45,12 @@ const EXEC_SYNC_ANSWER: Duration = Duration::from_secs(90);
 const CRI_CALL_TIMEOUT: Duration = Duration::from_secs(150);
 /// How long the pod of a failed step is given to go, all tries together.
 const REMOVAL_AFTER_FAILURE: Duration = Duration::from_secs(30);
+/// Pod A's hostPort (its port 80), through CNI's portmap.
+const HOST_PORT: u16 = 18080;
+/// An address of the node itself: the gateway CNI's bridge takes (the suite's conflist).
+const NODE_ADDRESS: &str = "10.88.0.1";
+/// How long a server that should answer may take to (it may still be starting).
+const SERVER_PATIENCE: Duration = Duration::from_secs(20);
 
 struct Cri {
     runtime: RuntimeServiceClient<Channel>,
@@ -103,10 +110,16 @@ fn pod_config() -> PodSandboxConfig {
 }
 
 impl Cri {
-    /// RunPodSandbox of a pod named `name` with a network of its own; it becomes `self.pod`, the
-    /// config CreateContainer repeats.
-    async fn run_network_pod(&mut self, name: &str, handler: &str) -> Result<String> {
+    /// RunPodSandbox of a pod named `name` with a network of its own and the hostPorts `ports`;
+    /// it becomes `self.pod`, the config CreateContainer repeats.
+    async fn run_network_pod(
+        &mut self,
+        name: &str,
+        handler: &str,
+        ports: Vec<PortMapping>,
+    ) -> Result<String> {
         self.pod = network_pod_config(name);
+        self.pod.port_mappings = ports;
         Ok(self
             .runtime
             .run_pod_sandbox(RunPodSandboxRequest {
@@ -680,14 +693,15 @@ fn network_pod_config(name: &str) -> PodSandboxConfig {
     config
 }
 
-/// `GET /` from `ip:80`, the body, retried for up to 20 s while nothing answers.
-fn http_get(ip: &str) -> String {
+/// `GET /` from `address` (IP:PORT), the body, retried for up to `patience` while nothing
+/// answers.
+fn http_get(address: &str, patience: Duration) -> String {
     use std::io::{Read, Write};
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + patience;
     let mut last = String::new();
     while Instant::now() < deadline {
         let attempt = (|| -> std::io::Result<String> {
-            let address = format!("{ip}:80")
+            let address = address
                 .parse()
                 .map_err(|e| std::io::Error::other(format!("{e}")))?;
             let mut stream =
@@ -715,7 +729,16 @@ fn http_get(ip: &str) -> String {
 /// over it, and has the DNS CRI asked for; then it is removed.
 async fn network_scenario(socket: PathBuf, handler: &str, image: &str) -> Result<()> {
     let mut cri = connect(socket).await?;
-    let pod = cri.run_network_pod("net-pod", handler).await?;
+    // As a pod spec's `hostPort: 18080` on its port 80 asks.
+    let host_port = PortMapping {
+        protocol: Protocol::Tcp as i32,
+        container_port: 80,
+        host_port: HOST_PORT.into(),
+        host_ip: String::new(),
+    };
+    let pod = cri
+        .run_network_pod("net-pod", handler, vec![host_port])
+        .await?;
     let in_pod = async {
         let ip = cri.pod_ip(&pod).await?;
         println!("net-pod-ip={ip}");
@@ -756,7 +779,17 @@ async fn network_scenario(socket: PathBuf, handler: &str, image: &str) -> Result
         println!("net-pod-vmm-netns={}", vmm_network_namespaces());
         let (_, dns, _) = cri.exec(&web, "cat /etc/resolv.conf").await?;
         println!("net-pod-dns={}", dns.replace('\n', " "));
-        println!("net-pod-fetch={}", http_get(&ip));
+        let served = |address: String| http_get(&address, SERVER_PATIENCE);
+        println!("net-pod-fetch={}", served(format!("{ip}:80")));
+        // Its hostPort, on an address of the node and on the node's loopback.
+        println!(
+            "net-pod-hostport-fetch={}",
+            served(format!("{NODE_ADDRESS}:{HOST_PORT}"))
+        );
+        println!(
+            "net-pod-hostport-loopback-fetch={}",
+            served(format!("127.0.0.1:{HOST_PORT}"))
+        );
         let pod_a = std::mem::replace(&mut cri.pod, network_pod_config("client-pod"));
         let from_pod_b = fetch_from_another_pod(&mut cri, handler, image, &ip).await;
         cri.pod = pod_a;
@@ -765,7 +798,14 @@ async fn network_scenario(socket: PathBuf, handler: &str, image: &str) -> Result
     .await;
     let removed = cri.remove_pod(&pod).await;
     in_pod?;
-    removed
+    removed?;
+    // Gone with the pod: portmap's rules for it.
+    let gone = http_get(
+        &format!("{NODE_ADDRESS}:{HOST_PORT}"),
+        Duration::from_secs(2),
+    );
+    println!("net-pod-hostport-after={gone}");
+    Ok(())
 }
 
 /// Where each running cocoon-vmm's network namespace is: `pod` (one of /var/run/netns, CNI's),
@@ -802,14 +842,20 @@ fn vmm_network_namespaces() -> String {
 }
 
 /// Pod B's spoofing, each step's ping exit status printed (1: nothing answered): from an
-/// IPv4 address not the pod's (its ARP and ICMP frames), from another MAC, then honestly.
+/// IPv4 address not the pod's, from another MAC (its ARP and ICMP frames), a flood from that MAC
+/// (the gateway's MAC set by hand with `arp -s`, so every frame goes out: 300 pings of 8000
+/// bytes, six frames each), then honestly.
 const SPOOFING: &str = "gw=$(ip route | awk '/^default/ { print $3 }'); \
+    ping -c 1 -W 2 $gw > /dev/null 2>&1; gwmac=$(ip neigh show $gw | awk '{ print $5 }'); \
     ip addr add 10.88.255.250/16 dev eth0 2>&1; \
     ping -c 2 -W 1 -I 10.88.255.250 $gw > /dev/null 2>&1; echo \"ip=$?\"; \
     ip addr del 10.88.255.250/16 dev eth0 2>&1; mac=$(cat /sys/class/net/eth0/address); \
     ip neigh flush dev eth0 > /dev/null 2>&1; \
     ip link set eth0 address 02:00:00:00:66:66 2>&1 || echo mac-not-set; \
     ping -c 2 -W 1 $gw > /dev/null 2>&1; echo \"mac=$?\"; \
+    arp -i eth0 -s $gw $gwmac 2>&1 || echo neigh-not-set; \
+    timeout 30 ping -q -c 300 -i 0.01 -s 8000 -W 1 $gw > /dev/null 2>&1; echo \"flood=$?\"; \
+    arp -i eth0 -d $gw > /dev/null 2>&1; \
     ip link set eth0 address $mac 2>&1 || echo mac-not-restored; \
     ping -c 2 -W 2 $gw > /dev/null 2>&1; echo \"honest=$?\"";
 
@@ -822,7 +868,7 @@ async fn fetch_from_another_pod(
     pod_a_ip: &str,
 ) -> Result<()> {
     let name = cri.pod.hostname.clone();
-    let pod_b = cri.run_network_pod(&name, handler).await?;
+    let pod_b = cri.run_network_pod(&name, handler, Vec::new()).await?;
     let fetched = async {
         println!("net-pod-b-ip={}", cri.pod_ip(&pod_b).await?);
         // CAP_NET_ADMIN, as a pod may ask: the spoofing below needs it.
@@ -843,8 +889,9 @@ async fn fetch_from_another_pod(
         );
         let (_, page, _) = cri.exec(&client, &script).await?;
         println!("net-pod-b-fetch={}", page.replace('\n', " "));
-        // A hostile guest: frames from an address and a MAC the pod was not given. The VMM
-        // drops them (counted in its log), and the honest ones still go, in both pods.
+        // A hostile guest: frames from an address and a MAC the pod was not given, and a flood
+        // of them. The VMM drops them (counted, and logged at most every few seconds), and the
+        // honest ones still go, in both pods.
         let (code, spoofed, err) = cri.exec(&client, SPOOFING).await?;
         println!("net-spoof={}", spoofed.replace('\n', " "));
         println!("net-spoof-exit={code} {}", err.replace('\n', " "));
@@ -855,7 +902,8 @@ async fn fetch_from_another_pod(
     fetched?;
     removed?;
     // Pod B's spoofing cost pod A nothing.
-    println!("net-pod-fetch-after={}", http_get(pod_a_ip));
+    let after = http_get(&format!("{pod_a_ip}:80"), SERVER_PATIENCE);
+    println!("net-pod-fetch-after={after}");
     Ok(())
 }
 
