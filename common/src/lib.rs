@@ -4,8 +4,10 @@
 pub mod cpu;
 pub mod digest;
 pub mod inherit;
+pub mod rotating_file;
 pub mod sync;
 
 pub use cpu::has_hardware_virtualization;
 pub use digest::{sha256_hex, short_hash};
+pub use rotating_file::RotatingFile;
 pub use sync::{lock, ExitCell};

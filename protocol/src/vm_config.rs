@@ -18,6 +18,12 @@ pub const DEFAULT_VCPUS: u8 = 1;
 pub const DEFAULT_MEMORY_MIB: u32 = 128;
 /// The MP table numbers CPUs with 8-bit APIC IDs and the IO-APIC takes the next one.
 pub const MAX_VCPUS: u8 = 254;
+/// What a console file keeps by default: the file and one earlier generation (`PATH.1`), each
+/// at most this many bytes, so a guest that writes its serial port for ever costs the host at
+/// most twice this (Docker's json-file `max-size` with `max-file=2`).
+pub const DEFAULT_CONSOLE_MAX_BYTES: u64 = 1 << 20;
+/// The smallest console file bound (a few screens of a panic).
+pub const MIN_CONSOLE_MAX_BYTES: u64 = 4096;
 
 /// Where the guest's serial console goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +165,9 @@ fn default_vcpus() -> u8 {
 fn default_memory_mib() -> u32 {
     DEFAULT_MEMORY_MIB
 }
+fn default_console_max_bytes() -> u64 {
+    DEFAULT_CONSOLE_MAX_BYTES
+}
 
 /// Everything needed to build and boot one VM. JSON field names match the long flags with `_`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +186,10 @@ pub struct VmConfig {
     pub memory_mib: u32,
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// A file console's bound: past it the file becomes `PATH.1` (replacing the one before) and
+    /// a new file starts.
+    #[serde(default = "default_console_max_bytes")]
+    pub console_max_bytes: u64,
     /// Disks, in the order the guest sees them (vda, vdb, ...).
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
@@ -211,6 +224,7 @@ impl VmConfig {
             vcpus: DEFAULT_VCPUS,
             memory_mib: DEFAULT_MEMORY_MIB,
             console: ConsoleConfig::default(),
+            console_max_bytes: DEFAULT_CONSOLE_MAX_BYTES,
             disks: Vec::new(),
             disk_slots: 0,
             vsock: None,

@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cocoon_common::rotating_file::previous_generation;
 use cocoon_protocol::socket_path::MAX_SOCKET_PATH_LEN;
 use cocoon_protocol::vm_config::{
     ConsoleConfig, DiskConfig, NetBackendConfig, NetConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE,
@@ -349,15 +350,26 @@ impl Vm {
         self.dir.path()
     }
 
-    /// The guest's console output so far.
+    /// The guest's console output the VMM kept (at most twice its console bound: the earlier
+    /// generation, then the current one).
     pub fn console(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join(CONSOLE_LOG)).unwrap_or_default()
+        let current = self.dir.path().join(CONSOLE_LOG);
+        let earlier = previous_generation(&current);
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+        read(&earlier) + &read(&current)
     }
 
     /// The end of the guest's console output: at most its last `limit` bytes, from a line's
-    /// start (the guest writes it: a caller logging it must not read it whole).
+    /// start (the guest writes it: a caller logging it must not read it whole), reaching into
+    /// the earlier generation when the current one is shorter.
     pub fn console_tail(&self, limit: u64) -> String {
-        read_tail(&self.dir.path().join(CONSOLE_LOG), limit)
+        let current = self.dir.path().join(CONSOLE_LOG);
+        let len = std::fs::metadata(&current).map_or(0, |m| m.len());
+        let tail = read_tail(&current, limit);
+        if len >= limit {
+            return tail;
+        }
+        read_tail(&previous_generation(&current), limit - len) + &tail
     }
 
     /// The end of the VMM's log (its stderr) so far: at most its last 64 KiB, from a line's

@@ -42,6 +42,33 @@ fn triple_fault_elf() -> Vec<u8> {
     elf
 }
 
+/// Lines the console-flooding guest writes (66 bytes each with the tty's CR LF: 40 KB, two and
+/// a half times the bound its scenario gives the console file; the emulated host's serial port
+/// takes about 2.5 KB/s).
+const FLOOD_LINES: u32 = 600;
+
+/// An initramfs whose /init (busybox sh) writes [`FLOOD_LINES`] numbered lines to the console
+/// as fast as it can, says it is done, and reboots: a guest that floods its serial port.
+fn console_flood_initramfs() -> Vec<u8> {
+    let init = format!(
+        "#!/bin/busybox sh\n\
+         i=0\n\
+         while [ $i -lt {FLOOD_LINES} ]; do\n\
+         echo \"console flood line $i: 0123456789012345678901234567890123456789\"\n\
+         i=$((i + 1))\n\
+         done\n\
+         echo 'console flood done'\n\
+         /bin/busybox reboot -f\n"
+    );
+    let mut image = cocoon_guest_image::Initramfs::new();
+    image
+        .base_devices()
+        .file_from("/bin/busybox", std::path::Path::new("/bin/busybox"), 0o755)
+        .expect("busybox-static (make deps installs it)")
+        .file_bytes("/init", init.into_bytes(), 0o755);
+    image.write_to(Vec::new()).expect("an initramfs in memory")
+}
+
 fn scenarios() -> Vec<Scenario> {
     let boot = |vcpus: u32, kernel: &str| {
         format!(
@@ -62,6 +89,22 @@ cocoon_boot --config vm.json
 echo "vmm-exit=$?"
 echo "--- console.log"
 cat console.log"#,
+        ),
+        Scenario::new(
+            "console_flood_is_bounded",
+            r#"start=$(date +%s)
+BOOT_DEADLINE=120 cocoon_boot --kernel "$GUEST_BZIMAGE" --initrd "$COCOON_FILES/flood.cpio" --console "file:$PWD/console.log" --console-max-bytes 16384 --cmdline "console=ttyS0 reboot=k panic=1 quiet"
+echo "vmm-exit=$? flood-secs=$(($(date +%s) - start))"
+echo "console-files=$(ls console.log* | tr '\n' ' ')"
+echo "console-bytes=$(wc -c < console.log) $(wc -c < console.log.1)"
+whole='^console flood line [0-9]*: 0123456789012345678901234567890123456789$'
+echo "done-lines=$(grep -c '^console flood done' console.log)"
+# The guest's tty ends its lines with CR LF.
+echo "earlier-first=$(tr -d '\r' < console.log.1 | grep -m1 "$whole" | cut -d: -f1)"
+echo "earlier-last=$(tr -d '\r' < console.log.1 | grep "$whole" | tail -n 1 | cut -d: -f1)"
+echo "current-first=$(tr -d '\r' < console.log | grep -m1 "$whole" | cut -d: -f1)"
+"$COCOON_VMM" --kernel "$GUEST_BZIMAGE" --console-max-bytes 10 2>&1
+echo "small-exit=$?""#,
         ),
         Scenario::new(
             "pinned_image_digests",
@@ -145,6 +188,10 @@ static SUITE: LazyLock<Result<SuiteRun, SuiteError>> = LazyLock::new(|| {
         SuiteFile {
             name: "rootfs.ext4".into(),
             contents: cocoon_tests::images::default_rootfs_image(),
+        },
+        SuiteFile {
+            name: "flood.cpio".into(),
+            contents: console_flood_initramfs(),
         },
     ];
     run_suite(&scenarios(), files, &[], 2, Duration::from_secs(600))
@@ -239,6 +286,64 @@ fn json_config_boots_with_console_to_a_file() {
         "console went to stdout instead of the file: {before}"
     );
     assert!(console.contains(&format!("{READY} cpus=2 ")), "{console}");
+}
+
+#[test]
+fn a_guest_that_floods_its_console_costs_the_host_a_bounded_file() {
+    let Some(r) = scenario(
+        "a_guest_that_floods_its_console_costs_the_host_a_bounded_file",
+        "console_flood_is_bounded",
+    ) else {
+        return;
+    };
+    let out = &r.output;
+    assert!(
+        value_after(out, "vmm-exit=").is_some_and(|v| v.starts_with("0 ")),
+        "{out}"
+    );
+    // Two generations of at most 16 KiB each, the newest lines in the current one: the guest
+    // wrote about 40 KB.
+    assert_eq!(
+        value_after(out, "console-files="),
+        Some("console.log console.log.1"),
+        "{out}"
+    );
+    let sizes: Vec<u64> = value_after(out, "console-bytes=")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        sizes.len() == 2 && sizes.iter().all(|&n| n > 0 && n <= 16384),
+        "{sizes:?}\n{out}"
+    );
+    assert_eq!(value_after(out, "done-lines="), Some("1"), "{out}");
+    // The earlier generation's last whole line comes just before the current one's first: only
+    // a line cut at the turn is whole in neither.
+    let line_number = |key: &str| -> u32 {
+        value_after(out, key)
+            .and_then(|v| v.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} line number in:\n{out}"))
+    };
+    let earlier = line_number("earlier-last=");
+    let current = line_number("current-first=");
+    assert!(
+        current == earlier + 1 || current == earlier + 2,
+        "the generations meet (a line cut at the turn is shown whole in neither): {earlier} then {current}\n{out}"
+    );
+    // The first generation went: the oldest lines are nowhere.
+    let first_kept = line_number("earlier-first=");
+    assert!(
+        first_kept > 0 && first_kept < earlier,
+        "{first_kept}\n{out}"
+    );
+    // A bound too small to keep a panic is refused, naming the flag.
+    assert!(
+        out.contains("--console-max-bytes must be at least 4096, got 10"),
+        "{out}"
+    );
+    assert_ne!(value_after(out, "small-exit="), Some("0"), "{out}");
 }
 
 #[test]

@@ -163,7 +163,7 @@ pub fn build(config: &VmConfig, options: RunOptions) -> Result<Vmm, BuildError> 
     }
     let entry = load_guest(config, &cmdline, images, &mem)?;
     mark("guest-loaded");
-    let legacy = devices.attach_legacy_devices(&vm, &config.console)?;
+    let legacy = devices.attach_legacy_devices(&vm, &config.console, config.console_max_bytes)?;
     let devices = devices.finish();
 
     let supported_cpuid = kvm

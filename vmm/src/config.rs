@@ -25,6 +25,8 @@ pub enum ConfigError {
     CmdlineTooLong(usize),
     #[error("the kernel command line contains a NUL byte")]
     CmdlineNul,
+    #[error("--console-max-bytes must be at least {MIN_CONSOLE_MAX_BYTES}, got {0}")]
+    ConsoleMaxBytes(u64),
     #[error("{what} must be 64 hex digits, got '{value}'")]
     BadSha256 { what: &'static str, value: String },
     #[error("disk {path}: {reason} (pass --disk path=FILE[,ro] with a raw image file)")]
@@ -176,6 +178,9 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
     if config.cmdline.contains('\0') {
         return Err(ConfigError::CmdlineNul);
     }
+    if config.console_max_bytes < MIN_CONSOLE_MAX_BYTES {
+        return Err(ConfigError::ConsoleMaxBytes(config.console_max_bytes));
+    }
     let others = usize::from(config.vsock.is_some()) + config.nets.len();
     if others > MAX_DISKS {
         return Err(ConfigError::TooManyNets(config.nets.len()));
@@ -235,6 +240,7 @@ mod tests {
         let json = format!(r#"{{"kernel": "{}", "vcpus": 2}}"#, k.path().display());
         let cfg: VmConfig = serde_json::from_str(&json).unwrap();
         validate(&cfg).unwrap();
+        assert_eq!(cfg.console_max_bytes, DEFAULT_CONSOLE_MAX_BYTES);
     }
 
     #[test]
@@ -282,6 +288,12 @@ mod tests {
         ));
 
         cfg.cmdline = DEFAULT_CMDLINE.into();
+        cfg.console_max_bytes = MIN_CONSOLE_MAX_BYTES - 1;
+        let err = validate(&cfg).unwrap_err();
+        assert_eq!(err, ConfigError::ConsoleMaxBytes(MIN_CONSOLE_MAX_BYTES - 1));
+        assert!(err.to_string().contains("--console-max-bytes"));
+
+        cfg.console_max_bytes = DEFAULT_CONSOLE_MAX_BYTES;
         cfg.disks = vec!["path=/nonexistent/disk.img".parse().unwrap()];
         assert!(matches!(validate(&cfg), Err(ConfigError::Disk { .. })));
         cfg.disks = vec![];

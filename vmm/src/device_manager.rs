@@ -208,14 +208,17 @@ impl DeviceManager {
         &self.cmdline
     }
 
-    /// Attaches the port-IO devices: the COM1 UART (its output to `console`) and the i8042,
-    /// whose reset line is how a cocoon guest stops.
+    /// Attaches the port-IO devices: the COM1 UART (its output to `console`, a file of which
+    /// keeps at most `console_max_bytes` twice) and the i8042, whose reset line is how a cocoon
+    /// guest stops.
     pub fn attach_legacy_devices(
         &mut self,
         vm: &VmFd,
         console: &ConsoleConfig,
+        console_max_bytes: u64,
     ) -> Result<LegacyDevices, DeviceError> {
-        let sink = ConsoleSink::open(console).map_err(io_error("opening the console output"))?;
+        let sink = ConsoleSink::open(console, console_max_bytes)
+            .map_err(io_error("opening the console output"))?;
         let panicked = sink.panic_flag();
         let serial_irq =
             EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("creating the serial irqfd"))?;

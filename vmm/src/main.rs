@@ -19,10 +19,10 @@ use cocoon_vmm::{ConsoleConfig, RunOptions, VmConfig, VmOutcome};
 )]
 struct Cli {
     /// JSON configuration file (fields: kernel, initrd, cmdline, vcpus, memory_mib, console,
-    /// disks [{path, read_only}], disk_slots, vsock {cid, uds}, nets [{backend, mac, mtu, ipv4,
+    /// console_max_bytes, disks [{path, read_only}], disk_slots, vsock {cid, uds}, nets [{backend, mac, mtu, ipv4,
     /// allow_metadata, tx_rate, rx_rate}], api_socket, kernel_sha256, initrd_sha256). Cannot be
     /// mixed with the VM flags below.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "console", "disks", "disk_slots", "vsock", "nets", "api_socket", "kernel_sha256", "initrd_sha256"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "console", "console_max_bytes", "disks", "disk_slots", "vsock", "nets", "api_socket", "kernel_sha256", "initrd_sha256"])]
     config: Option<PathBuf>,
     /// Guest kernel: bzImage or ELF vmlinux.
     #[arg(long, value_name = "PATH", required_unless_present = "config")]
@@ -42,6 +42,10 @@ struct Cli {
     /// Serial console: stdout, off, file:PATH or unix:PATH [default: stdout].
     #[arg(long, value_name = "DEST")]
     console: Option<ConsoleConfig>,
+    /// A file console's bound in bytes: past it the file becomes PATH.1 (replacing the one
+    /// before) and a new one starts, so the host keeps at most twice this [default: 1 MiB].
+    #[arg(long, value_name = "BYTES")]
+    console_max_bytes: Option<u64>,
     /// A raw disk image for the guest (virtio-blk): path=FILE[,ro]. Repeat for more disks.
     #[arg(long = "disk", value_name = "path=FILE[,ro]")]
     disks: Vec<cocoon_vmm::config::DiskConfig>,
@@ -99,6 +103,9 @@ impl Cli {
         }
         if let Some(c) = self.console {
             config.console = c;
+        }
+        if let Some(max) = self.console_max_bytes {
+            config.console_max_bytes = max;
         }
         config.disks = self.disks;
         config.disk_slots = self.disk_slots.unwrap_or(0);

@@ -1,10 +1,13 @@
-//! Where the guest's serial output goes (stdout, a file, a Unix socket, nowhere), and a watcher that
-//! notices the guest kernel's panic banner so a panic-then-reboot is not mistaken for a clean stop.
+//! Where the guest's serial output goes (stdout, a file bounded in size, a Unix socket, nowhere),
+//! and a watcher that notices the guest kernel's panic banner so a panic-then-reboot is not
+//! mistaken for a clean stop.
 
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use cocoon_common::RotatingFile;
 
 use crate::config::ConsoleConfig;
 
@@ -29,16 +32,14 @@ impl ConsoleSink {
         }
     }
 
-    /// Opens the sink a configuration names.
-    pub fn open(config: &ConsoleConfig) -> io::Result<Self> {
+    /// Opens the sink a configuration names; a file keeps at most `max_bytes` twice (itself and
+    /// `PATH.1`, see [`RotatingFile`]).
+    pub fn open(config: &ConsoleConfig, max_bytes: u64) -> io::Result<Self> {
         let out: Option<Box<dyn Write + Send>> = match config {
             ConsoleConfig::Stdout => Some(Box::new(io::stdout())),
             ConsoleConfig::Off => None,
             ConsoleConfig::File(path) => Some(Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
+                RotatingFile::open(path, max_bytes)
                     .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?,
             )),
             ConsoleConfig::Unix(path) => {
@@ -103,6 +104,7 @@ impl Write for ConsoleSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_CONSOLE_MAX_BYTES;
 
     #[test]
     fn notices_the_panic_banner_across_writes() {
@@ -141,7 +143,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("console.sock");
         let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-        let mut sink = ConsoleSink::open(&ConsoleConfig::Unix(sock.clone())).unwrap();
+        let mut sink = ConsoleSink::open(
+            &ConsoleConfig::Unix(sock.clone()),
+            DEFAULT_CONSOLE_MAX_BYTES,
+        )
+        .unwrap();
         sink.write_all(b"to the socket\n").unwrap();
         drop(sink);
         let mut got = String::new();
@@ -155,7 +161,11 @@ mod tests {
 
         let file = dir.join("console.log");
         std::fs::write(&file, b"earlier\n").unwrap();
-        let mut sink = ConsoleSink::open(&ConsoleConfig::File(file.clone())).unwrap();
+        let mut sink = ConsoleSink::open(
+            &ConsoleConfig::File(file.clone()),
+            DEFAULT_CONSOLE_MAX_BYTES,
+        )
+        .unwrap();
         sink.write_all(b"appended\n").unwrap();
         drop(sink);
         assert_eq!(
@@ -166,10 +176,41 @@ mod tests {
     }
 
     #[test]
-    fn unreachable_socket_names_the_path() {
-        let err = ConsoleSink::open(&ConsoleConfig::Unix("/nonexistent/console.sock".into()))
-            .err()
+    fn a_file_console_keeps_at_most_twice_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("console.log");
+        let mut sink = ConsoleSink::open(&ConsoleConfig::File(file.clone()), 4096).unwrap();
+        let flag = sink.panic_flag();
+        // A guest that writes for ever, a byte at a time as the UART does; its panic comes last.
+        for i in 0..100_000u32 {
+            sink.write_all(&[b'0' + (i % 10) as u8]).unwrap();
+        }
+        sink.write_all(b"\nKernel panic - not syncing: the end\n")
             .unwrap();
+        let now = std::fs::read_to_string(&file).unwrap();
+        let before = std::fs::metadata(cocoon_common::rotating_file::previous_generation(&file))
+            .unwrap()
+            .len();
+        assert!(
+            now.len() <= 4096 && before <= 4096,
+            "{} {before}",
+            now.len()
+        );
+        assert!(
+            now.ends_with("not syncing: the end\n"),
+            "the newest bytes are kept"
+        );
+        assert!(flag.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn unreachable_socket_names_the_path() {
+        let err = ConsoleSink::open(
+            &ConsoleConfig::Unix("/nonexistent/console.sock".into()),
+            DEFAULT_CONSOLE_MAX_BYTES,
+        )
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("/nonexistent/console.sock"));
     }
 }
