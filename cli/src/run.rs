@@ -7,7 +7,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use cocoon_protocol::Operation;
@@ -259,9 +258,7 @@ fn start_logged(
     let stdio = ProcessStdio::bind(&entry.vsock(), MAIN_STDIO_PORT, false, false)?;
     session::create(session, request, stdio.ports())?;
     let streams = stdio.accept()?;
-    let log = Arc::new(Mutex::new(
-        File::create(entry.log()).context("creating the container's log")?,
-    ));
+    let log = logs::create(&entry.log()).context("creating the container's log")?;
     let mut recorders = Vec::new();
     if let Some(out) = streams.stdout {
         recorders.push(logs::record(out, logs::Stream::Stdout, log.clone()));
