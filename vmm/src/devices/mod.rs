@@ -3,6 +3,7 @@
 pub mod bus;
 pub mod console;
 pub mod i8042;
+pub mod log_limit;
 pub mod serial;
 pub mod virtio;
 

@@ -10,6 +10,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use crate::devices::log_limit::LogLimiter;
 
 /// Size of a device's register window, configuration space included.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
@@ -66,6 +67,9 @@ pub struct MmioTransport {
     driver_features: u64,
     queue_sel: u32,
     activated: bool,
+    /// A guest can fail activation in a loop (reset, set up wrong, again): logged at most every
+    /// few seconds.
+    activation_log: LogLimiter,
 }
 
 /// The transport could not be built.
@@ -104,6 +108,7 @@ impl MmioTransport {
             driver_features: 0,
             queue_sel: 0,
             activated: false,
+            activation_log: LogLimiter::default(),
         })
     }
 
@@ -192,10 +197,12 @@ impl MmioTransport {
         match self.try_activate() {
             Ok(()) => self.activated = true,
             Err(why) => {
-                tracing::warn!(
-                    "virtio device {}: {why}; device needs reset",
-                    self.device.device_type()
-                );
+                if let Some(held_back) = self.activation_log.allow() {
+                    tracing::warn!(
+                        "virtio device {}: {why}; device needs reset ({held_back} more such failures not logged)",
+                        self.device.device_type()
+                    );
+                }
                 self.status |= STATUS_DEVICE_NEEDS_RESET;
             }
         }

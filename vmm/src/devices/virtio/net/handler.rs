@@ -9,7 +9,7 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cocoon_common::lock;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -22,26 +22,24 @@ use super::filter::{Dropped, Filter};
 use super::frame::{check_tx_header, deliver, read_tx_chain, Delivery, Malformed};
 use super::rate_limit::RateLimiter;
 use super::state::*;
+use crate::devices::log_limit::LogLimiter;
 use crate::devices::virtio::INTERRUPT_USED_BUFFER;
 
-/// How often at most each kind of dropped frame is logged (the counts are kept regardless).
-const DROP_LOG_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Frames lost, by why; logged at most every [`DROP_LOG_INTERVAL`].
+/// Frames lost, by why; logged at most every few seconds ([`LogLimiter`]; the counts are kept
+/// regardless).
 #[derive(Default)]
 pub(super) struct Drops {
     pub(super) spoofed: u64,
     pub(super) malformed: u64,
     pub(super) backend: u64,
-    logged: Option<Instant>,
+    log: LogLimiter,
 }
 
 impl Drops {
     fn note(&mut self, name: &str, why: &dyn std::fmt::Display) {
-        if self.logged.is_some_and(|t| t.elapsed() < DROP_LOG_INTERVAL) {
+        if self.log.allow().is_none() {
             return;
         }
-        self.logged = Some(Instant::now());
         tracing::warn!(
             "virtio-net {name}: dropped a frame {why} (so far: {} spoofed, {} malformed, {} the backend refused)",
             self.spoofed,
