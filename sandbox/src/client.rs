@@ -113,6 +113,26 @@ fn answer_deadline(op: &Operation, bound: Duration) -> Option<Duration> {
 
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Events kept for the host's reader at most; more are dropped (counted and logged): a guest
+/// that pushes events nobody reads (the launcher reads none) must not grow the host's memory.
+const EVENT_QUEUE: usize = 1024;
+/// The longest container or exec id an event may name (containerd's are 64 characters): with
+/// [`EVENT_QUEUE`], what queued events can hold is bounded.
+const MAX_EVENT_ID: usize = 256;
+
+/// Whether an event names ids a host could have given.
+fn plausible(event: &Event) -> bool {
+    let short = |id: &str| id.len() <= MAX_EVENT_ID;
+    match event {
+        Event::Oom { container_id } => short(container_id),
+        Event::Exit {
+            container_id,
+            exec_id,
+            ..
+        } => short(container_id) && exec_id.as_deref().is_none_or(short),
+    }
+}
+
 pub struct AgentClient {
     writer: Mutex<UnixStream>,
     pending: Pending,
@@ -161,9 +181,10 @@ impl AgentClient {
     pub fn over(stream: UnixStream) -> io::Result<Self> {
         let mut reader = stream.try_clone()?;
         let pending: Pending = Arc::default();
-        let (events_tx, events_rx) = mpsc::channel();
+        let (events_tx, events_rx) = mpsc::sync_channel(EVENT_QUEUE);
         let routes = pending.clone();
         std::thread::spawn(move || {
+            let mut dropped = 0u64;
             let why = loop {
                 match read_message(&mut reader) {
                     Ok(Message::Response(response)) => {
@@ -172,7 +193,18 @@ impl AgentClient {
                         }
                     }
                     Ok(Message::Event(event)) => {
-                        let _ = events_tx.send(event);
+                        let queued = plausible(&event)
+                            && !matches!(
+                                events_tx.try_send(event),
+                                Err(mpsc::TrySendError::Full(_))
+                            );
+                        if !queued {
+                            dropped += 1;
+                            // Logarithmically: a guest that floods gets a few lines, no more.
+                            if dropped.is_power_of_two() {
+                                tracing::warn!("dropped {dropped} events from the agent so far (queue of {EVENT_QUEUE} full, or an id over {MAX_EVENT_ID} bytes)");
+                            }
+                        }
                     }
                     Ok(Message::Request(_)) => {}
                     Err(e) => break e,
@@ -289,6 +321,33 @@ mod tests {
             "{error:?}"
         );
         assert!(lock(&client.pending).waiting.is_empty());
+    }
+
+    #[test]
+    fn events_nobody_reads_are_bounded() {
+        let (host, mut agent) = UnixStream::pair().unwrap();
+        let client = AgentClient::over(host).unwrap();
+        let event = |container_id: String| Message::Event(Event::Oom { container_id });
+        // A guest that pushes far more events than anyone reads, and some with absurd ids.
+        for i in 0..3 * EVENT_QUEUE {
+            write_message(&mut agent, &event(format!("c{i}"))).unwrap();
+        }
+        write_message(&mut agent, &event("x".repeat(MAX_EVENT_ID + 1))).unwrap();
+        drop(agent);
+        let started = Instant::now();
+        while !lock(&client.pending).closed && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut kept = Vec::new();
+        while let Some(Event::Oom { container_id }) = client.next_event(Duration::ZERO) {
+            kept.push(container_id);
+        }
+        // The first ones, in order, as many as the queue holds; the rest were dropped.
+        assert_eq!(kept.len(), EVENT_QUEUE);
+        assert_eq!(
+            kept.last().map(String::as_str),
+            Some(&*format!("c{}", EVENT_QUEUE - 1))
+        );
     }
 
     #[test]
