@@ -314,13 +314,33 @@ pub fn measure_ctr(address: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Shell that starts a private containerd in the current directory, imports
+/// Shell that starts a private containerd (its CRI on) in the current directory, imports
 /// `$COCOON_FILES/image.tar` and runs `BENCH measure-ctr` against it (`bench` is the path of
-/// cocoon-bench where the script runs).
+/// cocoon-bench where the script runs); then, with `$COCOON_CRI_POD` and CNI's plugins there, a
+/// pod with a network of its own for `BENCH measure-pod` (with `$RUNC` and `$IP` for runc's side).
 pub fn ctr_script(bench: &str) -> String {
     format!(
-        "{setup}\nc images import \"$COCOON_FILES/image.tar\" > /dev/null && {bench} measure-ctr \"$containerd_sock\"\nstop_containerd\n",
-        setup = crate::containerd::SETUP
+        r#"export COCOON_CRI_SANDBOX={pause}
+{setup}
+c images import "$COCOON_FILES/image.tar" > /dev/null && {bench} measure-ctr "$containerd_sock"
+# cocoon's tap path: a CRI pod with CNI's network (cocoon-cri-pod), then runc's veth, both here.
+if [ -n "${{COCOON_CRI_POD:-}}" ] && [ -x cni/bin/bridge ]; then
+  ctr --address "$containerd_sock" --namespace k8s.io images import "$COCOON_FILES/image.tar" > cri-import.out 2>&1 \
+    || echo "@@CASE network-pod FAIL importing the images for CRI: $(tail -n 2 cri-import.out | tr '\n' ' ')"
+  up=$(timeout 300 "$COCOON_CRI_POD" --bench-up "$containerd_sock" cocoon {image} 2>&1)
+  pod=$(echo "$up" | sed -n 's/^bench-pod=//p'); ip=$(echo "$up" | sed -n 's/^bench-pod-ip=//p')
+  [ -n "$pod" ] || echo "@@CASE network-pod FAIL $(echo "$up" | tail -n 3 | tr '
+' ' ')"
+  timeout 300 {bench} measure-pod "${{ip:--}}" "${{RUNC:--}}" "${{IP:--}}"
+  [ -z "$pod" ] || timeout 120 "$COCOON_CRI_POD" --bench-down "$containerd_sock" "$pod" > /dev/null
+else
+  echo "@@CASE network-pod skipped: no cocoon-cri-pod or no CNI plugins here"
+fi
+stop_containerd
+"#,
+        setup = crate::containerd::SETUP,
+        pause = crate::containerd::PAUSE_IMAGE,
+        image = crate::containerd::IMAGE,
     )
 }
 

@@ -3,9 +3,9 @@
 //! own network namespace, fetched from the host: throughput guest → host and the round trip of a
 //! small request. Each side prints `@@METRIC` lines; [`print_table`] lines them up.
 //!
-//! cocoon's tap path (a CRI pod's) is not measured here: it needs a pod through containerd, and a
-//! namespace made by hand (`ctr run --with-ns`) has crashed the emulated host's kernel (README
-//! "Known faults of the emulated host").
+//! cocoon's tap path, a CRI pod's (its guest on a tap joined to CNI's veth), is measured in the
+//! benchmark's containerd host instead, against the same runc container there ([`measure_pod`],
+//! [`print_pod_table`]).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -30,8 +30,8 @@ const COCOON_PORT: u16 = 18090;
 const NETNS: &str = "cocoon-bench-net";
 const RUNC_ADDRESS: &str = "10.77.0.2";
 
-/// The server, the same on both sides.
-fn server_command() -> Vec<String> {
+/// The server, the same on every side.
+pub fn server_command() -> Vec<String> {
     let script = format!(
         "mkdir -p /dev/shm/www && dd if=/dev/zero of=/dev/shm/www/big bs=1M count={BIG_MIB} \
          2>/dev/null && echo ok > /dev/shm/www/small && exec httpd -f -p 80 -h /dev/shm/www"
@@ -182,6 +182,31 @@ fn measure_runc(runc: &Path, ip: &Path) -> Result<()> {
     measured
 }
 
+/// A CRI pod's server at `ip` (cocoon's tap path), then the runc side in the same host; a side
+/// that fails says why on a `@@CASE` line and leaves its rows FAILED.
+pub fn measure_pod(ip: &str, runc: Option<&Path>, ip_tool: Option<&Path>) -> Result<()> {
+    let address = ip
+        .parse::<std::net::Ipv4Addr>()
+        .map(|ip| SocketAddr::from((ip, 80)));
+    match address {
+        Ok(address) => {
+            if let Err(e) = measure_server("cocoon_tap", address) {
+                println!("@@CASE network-pod FAIL {e:#}");
+            }
+        }
+        Err(_) => println!("@@CASE network-pod FAIL no pod address ({ip:?})"),
+    }
+    match (runc, ip_tool) {
+        (Some(runc), Some(ip_tool)) => {
+            if let Err(e) = measure_runc(runc, ip_tool) {
+                println!("@@CASE network-runc FAIL {e:#}");
+            }
+        }
+        _ => println!("@@CASE network-runc skipped: no runc or no ip here"),
+    }
+    Ok(())
+}
+
 /// Both sides; a side that fails says why on a `@@CASE` line (which the benchmark shows from
 /// inside the emulated host too) and leaves its rows FAILED.
 pub fn measure_network(cocoon: &Path, runc: Option<&Path>, ip: Option<&Path>) -> Result<()> {
@@ -204,7 +229,7 @@ pub fn print_table(mode: &str, output: &str) {
     let m = metrics(output);
     let get = |k: &str| m.get(k).cloned().unwrap_or_else(|| "FAILED".into());
     println!();
-    println!("network — {mode}; busybox httpd in the container, fetched from the host; cocoon: `cocoon run -d -p` (a microVM, virtio-net to passt); runc: a veth into the container's namespace. cocoon's tap path (CRI pods) is not measured here");
+    println!("network — {mode}; busybox httpd in the container, fetched from the host; cocoon: `cocoon run -d -p` (a microVM, virtio-net to passt); runc: a veth into the container's namespace");
     header("cocoon (passt)", "runc (veth)");
     row(
         format!("HTTP GET of {BIG_MIB} MiB, container → host"),
@@ -214,6 +239,26 @@ pub fn print_table(mode: &str, output: &str) {
     row(
         format!("HTTP round trip, small file (median of {ROUND_TRIPS})"),
         get("cocoon_passt_http_round_trip"),
+        get("runc_veth_http_round_trip"),
+    );
+}
+
+/// The CRI pod's network table (the containerd host's metric lines): cocoon's tap path against
+/// runc's veth in the same host.
+pub fn print_pod_table(mode: &str, output: &str) {
+    let m = metrics(output);
+    let get = |k: &str| m.get(k).cloned().unwrap_or_else(|| "FAILED".into());
+    println!();
+    println!("network, CRI pod — {mode}; the same server fetched from the host; cocoon: a pod through containerd's CRI with CNI's bridge (its microVM on a tap, tc-redirected to the pod's veth); runc: a veth into the container's namespace, in the same host");
+    header("cocoon (tap)", "runc (veth)");
+    row(
+        format!("HTTP GET of {BIG_MIB} MiB, container → host"),
+        get("cocoon_tap_http_throughput"),
+        get("runc_veth_http_throughput"),
+    );
+    row(
+        format!("HTTP round trip, small file (median of {ROUND_TRIPS})"),
+        get("cocoon_tap_http_round_trip"),
         get("runc_veth_http_round_trip"),
     );
 }

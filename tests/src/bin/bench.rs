@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cocoon_emuhost::cocoon_host;
-use cocoon_tests::artifacts::{guest_images, workspace_binary};
+use cocoon_tests::artifacts::{binary_env_name, guest_images, workspace_binary};
 use cocoon_tests::emuhost::SCRIPT_EXIT;
 use cocoon_tests::suite::{choose_mode, KvmMode};
 
@@ -479,11 +479,20 @@ fn ctr_direct(vmm: &Path, guest: &cocoon_tests::artifacts::GuestImages) -> Resul
         .tempdir()?;
     std::fs::write(
         scratch.path().join("image.tar"),
-        cocoon_tests::images::docker_archive(),
+        cocoon_tests::images::pod_images_archive(),
     )?;
     let shim = workspace_binary("containerd-shim-cocoon-v2").map_err(anyhow::Error::msg)?;
     let me = std::env::current_exe()?.display().to_string();
-    let out = Command::new("sh")
+    let mut cmd = Command::new("sh");
+    // The tools by the names the script knows them by (CNI's plugins, runc, ip, the CRI driver).
+    for tool in cocoon_tests::containerd::TOOLS {
+        let name = Path::new(tool).file_name().unwrap_or_default();
+        cmd.env(binary_env_name(&name.to_string_lossy()), tool);
+    }
+    if let Ok(cri_pod) = workspace_binary("cocoon-cri-pod") {
+        cmd.env("COCOON_CRI_POD", cri_pod);
+    }
+    let out = cmd
         .arg("-c")
         .arg(cocoon_tests::container_bench::ctr_script(&me))
         .current_dir(scratch.path())
@@ -515,6 +524,7 @@ fn containerd_main() -> Result<()> {
         ),
     };
     cocoon_tests::container_bench::print_ctr_table(name, &output);
+    cocoon_tests::network_bench::print_pod_table(name, &output);
     Ok(())
 }
 
@@ -526,13 +536,18 @@ fn ctr_in_emulated_host(
 ) -> Result<String> {
     let files = vec![cocoon_tests::suite::SuiteFile {
         name: "image.tar".into(),
-        contents: cocoon_tests::images::docker_archive(),
+        contents: cocoon_tests::images::pod_images_archive(),
     }];
     let mut host = cocoon_host(tools, &guest.cocoon_files(vmm), files)?;
     host.meet(&cocoon_tests::containerd::host_needs())?;
     for tool in cocoon_tests::containerd::TOOLS {
-        host.add_binary(Path::new(tool))?;
+        let in_host = host.add_binary(Path::new(tool))?;
+        let name = Path::new(tool).file_name().unwrap_or_default();
+        host.set_env(&binary_env_name(&name.to_string_lossy()), &in_host);
     }
+    let cri_pod = workspace_binary("cocoon-cri-pod").map_err(anyhow::Error::msg)?;
+    let cri_pod_in_host = host.add_binary(&cri_pod)?;
+    host.set_env("COCOON_CRI_POD", &cri_pod_in_host);
     let shim = workspace_binary("containerd-shim-cocoon-v2").map_err(anyhow::Error::msg)?;
     let shim_in_host = host.add_binary(&shim)?;
     host.set_env("CONTAINERD_SHIM_COCOON_V2", &shim_in_host);
@@ -542,7 +557,7 @@ fn ctr_in_emulated_host(
         cocoon_tests::container_bench::ctr_script(&me)
     );
     let finished = host.run(&script, Duration::from_secs(900), |line, _| {
-        if line.starts_with("@@METRIC") {
+        if line.starts_with("@@METRIC") || line.starts_with("@@CASE") {
             eprintln!("{line}");
         }
     })?;
@@ -641,6 +656,10 @@ fn host_main(runs: usize) -> Result<()> {
                 &output,
             );
             cocoon_tests::container_bench::print_ctr_table(
+                "direct KVM (hardware virtualization)",
+                &output,
+            );
+            cocoon_tests::network_bench::print_pod_table(
                 "direct KVM (hardware virtualization)",
                 &output,
             );
@@ -772,6 +791,10 @@ fn host_main(runs: usize) -> Result<()> {
                 "emulated KVM host (qemu TCG -cpu max, nested SVM)",
                 &ctr_output,
             );
+            cocoon_tests::network_bench::print_pod_table(
+                "emulated KVM host (qemu TCG -cpu max, nested SVM)",
+                &ctr_output,
+            );
             if cocoon_tests::artifacts::dev_kvm_usable() {
                 native_start_table(&MeasureArgs {
                     vmm,
@@ -811,6 +834,14 @@ fn main() -> ExitCode {
         }
         Some("measure-ctr") if args.len() == 2 => {
             cocoon_tests::container_bench::measure_ctr(Path::new(&args[1]))
+        }
+        Some("measure-pod") if args.len() == 4 => {
+            let given = |a: &String| (a != "-").then(|| PathBuf::from(a));
+            cocoon_tests::network_bench::measure_pod(
+                &args[1],
+                given(&args[2]).as_deref(),
+                given(&args[3]).as_deref(),
+            )
         }
         Some("measure-network") if args.len() == 4 => {
             let given = |a: &String| (a != "-").then(|| PathBuf::from(a));

@@ -11,6 +11,9 @@
 //! own instead (CNI's), which serves the host (by its address and through a hostPort), and a second
 //! such pod that fetches from it and then spoofs and floods.
 //! `--report-stuck` prints what the microVMs here are doing ([`cocoon_tests::stuck_vms`]).
+//! For the network benchmark: `--bench-up SOCKET HANDLER IMAGE` leaves a pod with a network of
+//! its own serving the benchmark's files and prints `bench-pod=ID` and `bench-pod-ip=IP`;
+//! `--bench-down SOCKET ID` removes it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -907,6 +910,39 @@ async fn fetch_from_another_pod(
     Ok(())
 }
 
+/// `--bench-up`: a pod with a network of its own (its guest on a tap, CNI's veth behind it)
+/// serving the network benchmark's files, left running; its id and address printed.
+async fn bench_up(socket: PathBuf, handler: &str, image: &str) -> Result<()> {
+    let mut cri = connect(socket).await?;
+    let pod = cri
+        .run_network_pod("bench-pod", handler, Vec::new())
+        .await?;
+    let up = async {
+        cri.create_with(&pod, "server", image, NamespaceMode::Pod, |c| {
+            c.command = cocoon_tests::network_bench::server_command();
+        })
+        .await?;
+        cri.pod_ip(&pod).await
+    }
+    .await;
+    match up {
+        Ok(ip) => {
+            println!("bench-pod={pod}");
+            println!("bench-pod-ip={ip}");
+            Ok(())
+        }
+        Err(e) => {
+            let _ = cri.remove_pod(&pod).await;
+            Err(e)
+        }
+    }
+}
+
+/// `--bench-down`: the benchmark's pod, stopped and removed.
+async fn bench_down(socket: PathBuf, pod: &str) -> Result<()> {
+    connect(socket).await?.remove_pod(pod).await
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args == ["--report-stuck"] {
@@ -917,7 +953,15 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if let [flag, socket, pod] = args.as_slice() {
+        if flag == "--bench-down" {
+            return runtime.block_on(bench_down(socket.into(), pod));
+        }
+    }
     if let [flag, socket, handler, image] = args.as_slice() {
+        if flag == "--bench-up" {
+            return runtime.block_on(bench_up(socket.into(), handler, image));
+        }
         if flag == "--network" {
             if let Err(e) = runtime.block_on(network_scenario(socket.into(), handler, image)) {
                 println!("error={e:#}");
@@ -927,7 +971,7 @@ fn main() -> Result<()> {
         }
     }
     let [socket, handler, image, other_image] = args.as_slice() else {
-        bail!("usage: cocoon-cri-pod [--network] CONTAINERD_SOCKET RUNTIME_HANDLER IMAGE [OTHER_IMAGE] | --report-stuck");
+        bail!("usage: cocoon-cri-pod [--network] CONTAINERD_SOCKET RUNTIME_HANDLER IMAGE [OTHER_IMAGE] | --report-stuck | --bench-up CONTAINERD_SOCKET RUNTIME_HANDLER IMAGE | --bench-down CONTAINERD_SOCKET POD");
     };
     if let Err(e) = runtime.block_on(scenario(socket.into(), handler, image, other_image)) {
         println!("error={e:#}");
