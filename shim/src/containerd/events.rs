@@ -1,7 +1,10 @@
 //! Task events for containerd, published in order from one thread (containerd wants create →
 //! start → exit → delete in that order), over ttrpc `Events.Forward` on `$TTRPC_ADDRESS`. The
 //! shim exits only once they are out ([`Events::published_so_far`]): the last task's
-//! `/tasks/delete` is queued just before containerd asks the shim to shut down.
+//! `/tasks/delete` is queued just before containerd asks the shim to shut down. The queue is
+//! bounded ([`QUEUE`]): a guest that makes its agent push events (OOMs, exits) faster than
+//! containerd takes them holds up its own forwarder, whose queue in turn drops what it cannot
+//! hold (`cocoon_sandbox::client`), instead of growing the shim's memory.
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -16,15 +19,18 @@ enum Queued {
     Barrier(mpsc::Sender<()>),
 }
 
+/// Events waiting to be published at most; past it a publisher waits its turn.
+const QUEUE: usize = 4096;
+
 #[derive(Clone)]
 pub struct Events {
-    queue: mpsc::Sender<Queued>,
+    queue: mpsc::SyncSender<Queued>,
 }
 
 impl Events {
     /// Publishes through `publisher` for `namespace` until every `Events` is dropped.
     pub fn start(publisher: RemotePublisher, namespace: String) -> Self {
-        let (queue, queued) = mpsc::channel::<Queued>();
+        let (queue, queued) = mpsc::sync_channel::<Queued>(QUEUE);
         std::thread::spawn(move || {
             for item in queued {
                 match item {
