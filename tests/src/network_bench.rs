@@ -182,6 +182,18 @@ fn measure_runc(runc: &Path, ip: &Path) -> Result<()> {
     measured
 }
 
+/// The runc side, unless runc or ip is missing (said on a `@@CASE` line, as a failure is).
+fn measure_runc_side(runc: Option<&Path>, ip: Option<&Path>) {
+    match (runc, ip) {
+        (Some(runc), Some(ip)) => {
+            if let Err(e) = measure_runc(runc, ip) {
+                println!("@@CASE network-runc FAIL {e:#}");
+            }
+        }
+        _ => println!("@@CASE network-runc skipped: no runc or no ip here"),
+    }
+}
+
 /// A CRI pod's server at `ip` (cocoon's tap path), then the runc side in the same host; a side
 /// that fails says why on a `@@CASE` line and leaves its rows FAILED.
 pub fn measure_pod(ip: &str, runc: Option<&Path>, ip_tool: Option<&Path>) -> Result<()> {
@@ -196,14 +208,7 @@ pub fn measure_pod(ip: &str, runc: Option<&Path>, ip_tool: Option<&Path>) -> Res
         }
         Err(_) => println!("@@CASE network-pod FAIL no pod address ({ip:?})"),
     }
-    match (runc, ip_tool) {
-        (Some(runc), Some(ip_tool)) => {
-            if let Err(e) = measure_runc(runc, ip_tool) {
-                println!("@@CASE network-runc FAIL {e:#}");
-            }
-        }
-        _ => println!("@@CASE network-runc skipped: no runc or no ip here"),
-    }
+    measure_runc_side(runc, ip_tool);
     Ok(())
 }
 
@@ -213,52 +218,47 @@ pub fn measure_network(cocoon: &Path, runc: Option<&Path>, ip: Option<&Path>) ->
     if let Err(e) = measure_cocoon(cocoon) {
         println!("@@CASE network-cocoon FAIL {e:#}");
     }
-    match (runc, ip) {
-        (Some(runc), Some(ip)) => {
-            if let Err(e) = measure_runc(runc, ip) {
-                println!("@@CASE network-runc FAIL {e:#}");
-            }
-        }
-        _ => println!("@@CASE network-runc skipped: no runc or no ip here"),
-    }
+    measure_runc_side(runc, ip);
     Ok(())
 }
 
-/// The network table from both sides' metric lines.
-pub fn print_table(mode: &str, output: &str) {
+/// A network table: `title`, then cocoon's side (metrics named `cocoon_NAME_…`, shown as
+/// `label`) against runc's veth, from the metric lines in `output`.
+fn print_network_table(title: &str, name: &str, label: &str, output: &str) {
     let m = metrics(output);
     let get = |k: &str| m.get(k).cloned().unwrap_or_else(|| "FAILED".into());
     println!();
-    println!("network — {mode}; busybox httpd in the container, fetched from the host; cocoon: `cocoon run -d -p` (a microVM, virtio-net to passt); runc: a veth into the container's namespace");
-    header("cocoon (passt)", "runc (veth)");
+    println!("{title}");
+    header(label, "runc (veth)");
     row(
         format!("HTTP GET of {BIG_MIB} MiB, container → host"),
-        get("cocoon_passt_http_throughput"),
+        get(&format!("cocoon_{name}_http_throughput")),
         get("runc_veth_http_throughput"),
     );
     row(
         format!("HTTP round trip, small file (median of {ROUND_TRIPS})"),
-        get("cocoon_passt_http_round_trip"),
+        get(&format!("cocoon_{name}_http_round_trip")),
         get("runc_veth_http_round_trip"),
+    );
+}
+
+/// The network table from both sides' metric lines.
+pub fn print_table(mode: &str, output: &str) {
+    print_network_table(
+        &format!("network — {mode}; busybox httpd in the container, fetched from the host; cocoon: `cocoon run -d -p` (a microVM, virtio-net to passt); runc: a veth into the container's namespace"),
+        "passt",
+        "cocoon (passt)",
+        output,
     );
 }
 
 /// The CRI pod's network table (the containerd host's metric lines): cocoon's tap path against
 /// runc's veth in the same host.
 pub fn print_pod_table(mode: &str, output: &str) {
-    let m = metrics(output);
-    let get = |k: &str| m.get(k).cloned().unwrap_or_else(|| "FAILED".into());
-    println!();
-    println!("network, CRI pod — {mode}; the same server fetched from the host; cocoon: a pod through containerd's CRI with CNI's bridge (its microVM on a tap, tc-redirected to the pod's veth); runc: a veth into the container's namespace, in the same host");
-    header("cocoon (tap)", "runc (veth)");
-    row(
-        format!("HTTP GET of {BIG_MIB} MiB, container → host"),
-        get("cocoon_tap_http_throughput"),
-        get("runc_veth_http_throughput"),
-    );
-    row(
-        format!("HTTP round trip, small file (median of {ROUND_TRIPS})"),
-        get("cocoon_tap_http_round_trip"),
-        get("runc_veth_http_round_trip"),
+    print_network_table(
+        &format!("network, CRI pod — {mode}; the same server fetched from the host; cocoon: a pod through containerd's CRI with CNI's bridge (its microVM on a tap, tc-redirected to the pod's veth); runc: a veth into the container's namespace, in the same host"),
+        "tap",
+        "cocoon (tap)",
+        output,
     );
 }
