@@ -107,11 +107,16 @@ type Pending = Arc<Mutex<Routes>>;
 fn answer_deadline(op: &Operation, bound: Duration) -> Option<Duration> {
     match op {
         Operation::Wait { .. } | Operation::ExportVolume { .. } => None,
+        // A signal is sent, not waited on: a guest that cannot answer one soon is stuck, and
+        // its host has to know in time to stop it (a kill must end its task).
+        Operation::Signal { .. } => Some(bound.min(SIGNAL_ANSWER_TIMEOUT)),
         _ => Some(bound),
     }
 }
 
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the agent may take to answer a signal.
+pub const SIGNAL_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Events kept for the host's reader at most; more are dropped (counted and logged): a guest
 /// that pushes events nobody reads (the launcher reads none) must not grow the host's memory.
@@ -321,6 +326,27 @@ mod tests {
             "{error:?}"
         );
         assert!(lock(&client.pending).waiting.is_empty());
+    }
+
+    #[test]
+    fn a_signal_is_answered_sooner_than_other_requests_or_the_guest_is_stuck() {
+        let signal = Operation::Signal {
+            container_id: "c".into(),
+            exec_id: None,
+            signal: 9,
+            all: false,
+        };
+        assert_eq!(
+            answer_deadline(&signal, ANSWER_TIMEOUT),
+            Some(SIGNAL_ANSWER_TIMEOUT)
+        );
+        let short = Duration::from_millis(50);
+        assert_eq!(answer_deadline(&signal, short), Some(short));
+        let wait = Operation::Wait {
+            container_id: "c".into(),
+            exec_id: None,
+        };
+        assert_eq!(answer_deadline(&wait, ANSWER_TIMEOUT), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cocoon_common::lock;
 use cocoon_protocol::{ContainerStats, Operation, Reply, Rootfs};
+use cocoon_sandbox::ClientError;
 use containerd_shim::api;
 use containerd_shim::protos::events::task as events;
 use containerd_shim::protos::protobuf::MessageField;
@@ -385,16 +386,32 @@ impl SandboxManager {
         if stopped {
             return Ok(());
         }
-        self.call(
-            id,
-            Operation::Signal {
-                container_id: id.to_string(),
-                exec_id: (!exec_id.is_empty()).then(|| exec_id.to_string()),
-                signal: signal as i32,
-                all,
-            },
-        )?;
-        Ok(())
+        let sandbox = lock(&self.containers)
+            .get(id)
+            .ok_or_else(|| no_task(id))?
+            .sandbox
+            .clone();
+        let sent = sandbox.client.call(Operation::Signal {
+            container_id: id.to_string(),
+            exec_id: (!exec_id.is_empty()).then(|| exec_id.to_string()),
+            signal: signal as i32,
+            all,
+        });
+        match sent {
+            // The guest is stuck (its agent answers nothing): the signal cannot reach the
+            // process, and a kill must still end the task (the kubelet and `ctr task kill` send
+            // SIGTERM first and retry on an error, for ever). Its VM is stopped, ending every
+            // task in it with status 255, as when a VMM dies.
+            Err(ClientError::NoAnswer { waited, .. }) => {
+                tracing::error!(
+                    "{id}: the agent did not answer signal {signal} within {waited:?}: the guest is stuck; stopping its VM (sandbox {}), which ends every task in it",
+                    sandbox.id
+                );
+                sandbox.kill_vm();
+                Ok(())
+            }
+            other => other.map(drop).map_err(TaskError::from),
+        }
     }
 
     /// Deletes the stopped (or never started) process `id`/`exec_id`; a task's init process

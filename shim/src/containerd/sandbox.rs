@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use cocoon_common::lock;
 use cocoon_protocol::Rootfs;
 use cocoon_sandbox::{AgentClient, Vm};
 
@@ -29,6 +30,17 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
+    /// Kills the VM's VMM at once (its guest stopped answering): every process in it ends, as
+    /// when a VMM dies, and the sandbox is left for its delete to clean up.
+    pub fn kill_vm(&self) {
+        if let Some(pid) = lock(&self.vm).as_ref().and_then(|vm| vm.pid()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
     /// Attaches a pod container's root disks to the VM's slots; `taken` collects the slots used.
     pub fn attach_root(
         &self,

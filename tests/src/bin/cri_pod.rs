@@ -46,8 +46,9 @@ const EXEC_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 const EXEC_SYNC_ANSWER: Duration = Duration::from_secs(90);
 /// The longest any other CRI call may take (RunPodSandbox boots a VM).
 const CRI_CALL_TIMEOUT: Duration = Duration::from_secs(150);
-/// How long the pod of a failed step is given to go, all tries together.
-const REMOVAL_AFTER_FAILURE: Duration = Duration::from_secs(30);
+/// How long the pod of a failed step is given to go, all tries together: a stuck guest's VM is
+/// stopped by the shim once its agent has not answered a signal for 30 s.
+const REMOVAL_AFTER_FAILURE: Duration = Duration::from_secs(90);
 /// Pod A's hostPort (its port 80), through CNI's portmap.
 const HOST_PORT: u16 = 18080;
 /// An address of the node itself: the gateway CNI's bridge takes (the suite's conflist).
