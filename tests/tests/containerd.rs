@@ -251,7 +251,7 @@ wait_status() { i=0; while [ "$(status_of "$1")" != "$2" ] && [ $i -lt 300 ]; do
 c events > events.log 2>&1 &
 events_pid=$!
 # If a step stalls, say where before the suite's deadline ends it all.
-( sleep 300; echo "@@STALL: the ctr scenario has run 300 s; containerd's log and the processes:"; tail -n 40 containerd.log | cut -c1-300; cmdlines | grep -v '^[0-9]* $'; "$COCOON_CRI_POD" --report-stuck ) &
+( sleep 360; echo "@@STALL: the ctr scenario has run 360 s; containerd's log and the processes:"; tail -n 40 containerd.log | cut -c1-300; cmdlines | grep -v '^[0-9]* $'; "$COCOON_CRI_POD" --report-stuck ) &
 watchdog_pid=$!
 IMG=$COCOON_TEST_IMAGE
 R="--runtime io.containerd.cocoon.v2"
@@ -329,11 +329,23 @@ kill -KILL $vmms
 echo "vmm-died=$(wait_status t-die STOPPED)"
 c task rm t-die > /dev/null 2>&1; c containers rm t-die; echo "died-removed=$?"
 
+# A guest that stops answering (its VMM SIGSTOPped): a kill still ends the task, once the agent
+# has not answered it for 30 s (the shim then stops the VM).
+c run -d $R $IMG t-stuck sleep 1000 > /dev/null 2>&1
+stuck=$(cmdlines | grep '^[0-9]* [^ ]*cocoon-vmm .*/run/cocoon/ctr/' | cut -d' ' -f1)
+kill -STOP $stuck
+started=$(date +%s)
+out=$(timeout 90 ctr --address "$containerd_sock" --namespace cocoon-test task kill t-stuck 2>&1)
+echo "stuck-kill=$? $(($(date +%s) - started)) $out"
+echo "stuck-stopped=$(wait_status t-stuck STOPPED)"
+c task rm t-stuck > /dev/null 2>&1; c containers rm t-stuck; echo "stuck-removed=$?"
+
 sleep 1
 kill $events_pid $watchdog_pid
 echo "events-echo=$(awk '/"t-echo"/ { for (i = 1; i <= NF; i++) if ($i ~ /^\/tasks\//) print $i }' events.log | tr '\n' ' ')"
 echo "events-oom=$(grep '/tasks/oom' events.log | grep -c '"t-oom"')"
 echo "events-die=$(grep '/tasks/exit' events.log | grep '"t-die"' | grep -o '"exit_status":[0-9]*')"
+echo "events-stuck=$(grep '/tasks/exit' events.log | grep '"t-stuck"' | grep -o '"exit_status":[0-9]*')"
 
 echo "layer-disks=$(ls layers | grep -c '\.ext4$')"
 echo "tasks-left=$(c task ls -q | wc -l) containers-left=$(c containers ls -q | wc -l)"
@@ -342,6 +354,7 @@ echo "processes-left=$(($(ours) - processes_before))"
 echo "mounts-left=$(grep -c "$root/state" /proc/mounts) vm-dirs-left=$(($(ls /run/cocoon/ctr 2>/dev/null | wc -l) - vm_dirs_before)) tmp-left=$(($(ls /tmp | grep -c '^cocoon-') - tmp_before))"
 stop_containerd
 echo "died-why=$(grep -c 't-die: the microVM went away: .*\[cocoon-vmm exit 137\]' containerd.log)"
+echo "stuck-why=$(grep -c 't-stuck: the agent did not answer signal 15 within 30s: the guest is stuck; stopping its VM' containerd.log)"
 # A task whose guest crashed (the shim logs the VMM's verdict): under the emulated host the suite
 # runs once more (README "Known faults of the emulated host").
 grep -o 'msg="[^"]*guest triple fault[^"]*' containerd.log | cut -c1-300 | sed 's/^msg="/@@COCOON-GUEST-CRASH /'
@@ -384,13 +397,24 @@ done
 cat cri-pod.out; echo "cri-pod-exit=$cri_pod_exit"
 # A pod with a network of its own (CNI's bridge; README "Pod networking"): served to the host.
 if [ -x cni/bin/bridge ]; then
-  "$COCOON_CRI_POD" --network "$containerd_sock" cocoon "$COCOON_TEST_IMAGE" > cri-net.out 2>&1; echo "cri-net-exit=$?"
+  # Under the emulated host (only there) a try whose guest triple-faulted is run up to twice more,
+  # loudly, as the pod scenario's is; what the shim logged is counted from the last try's start.
+  net_attempt=1
+  while :; do
+    log_start=$(($(wc -l < containerd.log) + 1))
+    "$COCOON_CRI_POD" --network "$containerd_sock" cocoon "$COCOON_TEST_IMAGE" > cri-net.out 2>&1; cri_net_exit=$?
+    crash=$(grep -E -m1 -o 'guest triple fault[^;]*|@@NOT-THE-GUESTS-STATE.*' cri-net.out | cut -c1-200)
+    [ $cri_net_exit != 0 ] && [ -n "$crash" ] && [ "${COCOON_EMULATED_HOST:-0}" = 1 ] && [ $net_attempt -le 2 ] || break
+    echo "@@COCOON-RETRY attempt $net_attempt: a network pod's guest crashed under the emulated host: $crash"
+    net_attempt=$((net_attempt + 1))
+  done
+  echo "cri-net-exit=$cri_net_exit"
   cat cri-net.out
   echo "net-pod-left=netns:$(ls /var/run/netns 2>/dev/null | wc -l) veths:$(ls /sys/class/net | grep -c '^veth')"
   # Pod B's VMM counted the spoofed frames; the shim logged its totals when the pod went.
-  echo "net-drops=$(grep -o 'frames dropped while the VM ran: [0-9]* spoofed, [0-9]* malformed' containerd.log | sed 's/.*ran: //' | tr '\n' ' ')"
+  echo "net-drops=$(tail -n +$log_start containerd.log | grep -o 'frames dropped while the VM ran: [0-9]* spoofed, [0-9]* malformed' | sed 's/.*ran: //' | tr '\n' ' ')"
   # ... and logged them at most every few seconds, however many came (the flood).
-  echo "net-drop-warnings=$(grep -c 'dropped a frame' containerd.log)"
+  echo "net-drop-warnings=$(tail -n +$log_start containerd.log | grep -c 'dropped a frame')"
   # portmap's rules for the pod's hostPort went with it.
   echo "net-hostport-rules-left=$(iptables -w -t nat -S 2>/dev/null | grep -c 'CNI-DN-')"
 else
@@ -730,6 +754,24 @@ fn a_dead_vmm_stops_its_task_with_an_error_status() {
     assert_eq!(value(&out, "died-removed="), "0", "{out}");
     // The shim's log says how the VMM ended (SIGKILL).
     assert_eq!(value(&out, "died-why="), "1", "{out}");
+}
+
+#[test]
+fn a_kill_ends_the_task_of_a_guest_that_stopped_answering() {
+    let Some(out) = ctr_output("a_kill_ends_the_task_of_a_guest_that_stopped_answering") else {
+        return;
+    };
+    // `ctr task kill` (SIGTERM) succeeds once the agent has not answered for 30 s: the shim
+    // stopped the VM, and the task ended as when its VMM dies.
+    let kill = value(&out, "stuck-kill=");
+    let mut words = kill.split_whitespace();
+    assert_eq!(words.next(), Some("0"), "{out}");
+    let secs: u64 = words.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert!((29..=60).contains(&secs), "{secs} s\n{out}");
+    assert_eq!(value(&out, "stuck-stopped="), "STOPPED", "{out}");
+    assert_eq!(value(&out, "events-stuck="), "\"exit_status\":255", "{out}");
+    assert_eq!(value(&out, "stuck-removed="), "0", "{out}");
+    assert_eq!(value(&out, "stuck-why="), "1", "the shim says why\n{out}");
 }
 
 #[test]
