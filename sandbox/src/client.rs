@@ -116,7 +116,7 @@ fn answer_deadline(op: &Operation, bound: Duration) -> Option<Duration> {
 
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the agent may take to answer a signal.
-pub const SIGNAL_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+const SIGNAL_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Events kept for the host's reader at most; more are dropped (counted and logged): a guest
 /// that pushes events nobody reads (the launcher reads none) must not grow the host's memory.

@@ -383,6 +383,14 @@ impl Vm {
         self.child.as_ref().map(std::process::Child::id)
     }
 
+    /// Kills the VMM at once (SIGKILL), leaving it to be reaped by [`Self::shut_down`] or the
+    /// drop: for a guest that stopped answering.
+    pub fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+        }
+    }
+
     /// [`Self::shut_down`], summed up for an error message: empty after a clean exit, else
     /// ` [cocoon-vmm exit CODE: what it said last]` (see [`exit_summary`]).
     pub fn shut_down_note(&mut self, timeout: Duration) -> Result<String, VmError> {

@@ -33,11 +33,8 @@ impl Sandbox {
     /// Kills the VM's VMM at once (its guest stopped answering): every process in it ends, as
     /// when a VMM dies, and the sandbox is left for its delete to clean up.
     pub fn kill_vm(&self) {
-        if let Some(pid) = lock(&self.vm).as_ref().and_then(|vm| vm.pid()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        if let Some(vm) = lock(&self.vm).as_mut() {
+            vm.kill();
         }
     }
 
