@@ -100,3 +100,8 @@ pub fn dev_kvm_usable() -> bool {
 pub fn binary_env_name(name: &str) -> String {
     name.to_ascii_uppercase().replace(['-', '.'], "_")
 }
+
+/// [`binary_env_name`] of a tool's file name: `/usr/lib/cni/host-local` -> `HOST_LOCAL`.
+pub fn tool_env_name(path: &Path) -> String {
+    binary_env_name(&path.file_name().unwrap_or_default().to_string_lossy())
+}

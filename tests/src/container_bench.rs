@@ -329,8 +329,7 @@ if [ -n "${{COCOON_CRI_POD:-}}" ] && [ -x cni/bin/bridge ]; then
     || echo "@@CASE network-pod FAIL importing the images for CRI: $(tail -n 2 cri-import.out | tr '\n' ' ')"
   up=$(timeout 300 "$COCOON_CRI_POD" --bench-up "$containerd_sock" cocoon {image} 2>&1)
   pod=$(echo "$up" | sed -n 's/^bench-pod=//p'); ip=$(echo "$up" | sed -n 's/^bench-pod-ip=//p')
-  [ -n "$pod" ] || echo "@@CASE network-pod FAIL $(echo "$up" | tail -n 3 | tr '
-' ' ')"
+  [ -n "$pod" ] || echo "@@CASE network-pod FAIL $(echo "$up" | tail -n 3 | tr '\n' ' ')"
   timeout 300 {bench} measure-pod "${{ip:--}}" "${{RUNC:--}}" "${{IP:--}}"
   [ -z "$pod" ] || timeout 120 "$COCOON_CRI_POD" --bench-down "$containerd_sock" "$pod" > /dev/null
 else

@@ -13,7 +13,8 @@ use cocoon_emuhost::{cocoon_host, host_tools, HostTools};
 pub use cocoon_emuhost::{HostNeeds, SuiteFile};
 
 use crate::artifacts::{
-    binary_env_name, dev_kvm_usable, guest_images, has_hardware_virtualization, workspace_binary,
+    binary_env_name, dev_kvm_usable, guest_images, has_hardware_virtualization, tool_env_name,
+    workspace_binary,
 };
 
 const BEGIN: &str = "@@COCOON-BEGIN ";
@@ -276,11 +277,7 @@ pub fn run_suite_with(
         .map(|name| {
             if name.starts_with('/') {
                 // A tool of this host (e.g. /sbin/mkfs.ext4), carried with its libraries.
-                let file = Path::new(name).file_name().unwrap_or_default();
-                Ok((
-                    binary_env_name(&file.to_string_lossy()),
-                    PathBuf::from(name),
-                ))
+                Ok((tool_env_name(Path::new(name)), PathBuf::from(name)))
             } else {
                 Ok((binary_env_name(name), workspace_binary(name)?))
             }

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cocoon_emuhost::cocoon_host;
-use cocoon_tests::artifacts::{binary_env_name, guest_images, workspace_binary};
+use cocoon_tests::artifacts::{guest_images, tool_env_name, workspace_binary};
 use cocoon_tests::emuhost::SCRIPT_EXIT;
 use cocoon_tests::suite::{choose_mode, KvmMode};
 
@@ -486,8 +486,7 @@ fn ctr_direct(vmm: &Path, guest: &cocoon_tests::artifacts::GuestImages) -> Resul
     let mut cmd = Command::new("sh");
     // The tools by the names the script knows them by (CNI's plugins, runc, ip, the CRI driver).
     for tool in cocoon_tests::containerd::TOOLS {
-        let name = Path::new(tool).file_name().unwrap_or_default();
-        cmd.env(binary_env_name(&name.to_string_lossy()), tool);
+        cmd.env(tool_env_name(Path::new(tool)), tool);
     }
     if let Ok(cri_pod) = workspace_binary("cocoon-cri-pod") {
         cmd.env("COCOON_CRI_POD", cri_pod);
@@ -542,8 +541,7 @@ fn ctr_in_emulated_host(
     host.meet(&cocoon_tests::containerd::host_needs())?;
     for tool in cocoon_tests::containerd::TOOLS {
         let in_host = host.add_binary(Path::new(tool))?;
-        let name = Path::new(tool).file_name().unwrap_or_default();
-        host.set_env(&binary_env_name(&name.to_string_lossy()), &in_host);
+        host.set_env(&tool_env_name(Path::new(tool)), &in_host);
     }
     let cri_pod = workspace_binary("cocoon-cri-pod").map_err(anyhow::Error::msg)?;
     let cri_pod_in_host = host.add_binary(&cri_pod)?;
